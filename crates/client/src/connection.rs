@@ -1,0 +1,225 @@
+//! The connection task and the [`Client`] handle to it.
+
+use std::collections::HashMap;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::value::RawValue;
+use telepound_protocol::codec;
+use telepound_protocol::message::UnixMillis;
+use telepound_protocol::{ClientMessage, MsgId, ServerMessage, UserName};
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::{Error, Result};
+
+/// Largest frame the client accepts (group envelopes can be large).
+const MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// Something the server pushed.
+#[derive(Debug)]
+pub enum Event {
+    /// A message for this user.
+    Message {
+        /// Mailbox sequence number, to acknowledge.
+        seq: i64,
+        /// The sender's message id.
+        msg_id: MsgId,
+        /// The sender, as authenticated by the server.
+        from: UserName,
+        /// When the server accepted it.
+        server_ts: UnixMillis,
+        /// The sealed envelope.
+        envelope: Box<RawValue>,
+    },
+    /// A recipient received one of this user's messages.
+    Delivered {
+        /// Set for a stored receipt, which must be acknowledged.
+        seq: Option<i64>,
+        /// The message.
+        msg_id: MsgId,
+        /// Who received it.
+        to: UserName,
+        /// When.
+        at: UnixMillis,
+    },
+    /// The connection ended; the reason is the server's close reason.
+    Closed(Option<String>),
+}
+
+struct Command {
+    msg: ClientMessage,
+    reply: oneshot::Sender<Result<ServerMessage>>,
+}
+
+/// A handle to one connection. Clone it freely; the connection closes when
+/// the last handle is dropped.
+#[derive(Clone)]
+pub struct Client {
+    tx: mpsc::Sender<Command>,
+    url: String,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("url", &self.url).finish()
+    }
+}
+
+impl Client {
+    /// Connects to `url` (e.g. `ws://127.0.0.1:7878`; the `/v1/ws` path is
+    /// added when missing) and returns the handle and the push events.
+    ///
+    /// Read the events or drop the receiver: pushes wait for room in the
+    /// event channel, and answers to requests queue behind them.
+    ///
+    /// # Errors
+    /// [`Error::Connect`] when the server cannot be reached.
+    pub async fn connect(url: &str) -> Result<(Client, mpsc::Receiver<Event>)> {
+        let full = ws_url(url);
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(MAX_FRAME))
+            .max_frame_size(Some(MAX_FRAME))
+            .read_buffer_size(16 * 1024);
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(&full, Some(config), true)
+            .await
+            .map_err(|e| Error::Connect {
+                url: url.to_owned(),
+                reason: connect_reason(&e),
+            })?;
+        let (tx, rx) = mpsc::channel(64);
+        let (events_tx, events_rx) = mpsc::channel(1024);
+        tokio::spawn(run(ws, rx, events_tx));
+        Ok((
+            Client {
+                tx,
+                url: url.to_owned(),
+            },
+            events_rx,
+        ))
+    }
+
+    /// The URL this client was given.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// Sends a request and waits for its answer. An `error` answer becomes
+    /// [`Error::Server`].
+    ///
+    /// # Errors
+    /// [`Error::Server`], or [`Error::Disconnected`] when the connection ends
+    /// first.
+    pub async fn request(&self, msg: ClientMessage) -> Result<ServerMessage> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command { msg, reply })
+            .await
+            .map_err(|_| Error::Disconnected(None))?;
+        match rx.await.map_err(|_| Error::Disconnected(None))?? {
+            ServerMessage::Error { code, message, .. } => Err(Error::Server { code, message }),
+            other => Ok(other),
+        }
+    }
+}
+
+fn ws_url(url: &str) -> String {
+    let trimmed = url.trim_end_matches('/');
+    if trimmed.ends_with("/v1/ws") {
+        trimmed.to_owned()
+    } else {
+        format!("{trimmed}/v1/ws")
+    }
+}
+
+fn connect_reason(e: &tokio_tungstenite::tungstenite::Error) -> String {
+    use tokio_tungstenite::tungstenite::Error as E;
+    match e {
+        E::Io(io) if io.kind() == std::io::ErrorKind::ConnectionRefused => {
+            "connection refused (is `telepound serve` running there?)".into()
+        }
+        E::Io(io) => io.to_string(),
+        E::Url(u) => format!("bad server URL: {u}"),
+        E::Http(resp) => {
+            let body = resp
+                .body()
+                .as_deref()
+                .map(|b| String::from_utf8_lossy(b).trim().to_owned())
+                .unwrap_or_default();
+            format!(
+                "server refused the connection: HTTP {} {body}",
+                resp.status()
+            )
+        }
+        other => other.to_string(),
+    }
+}
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The connection task: the only owner of the socket.
+async fn run(mut ws: Ws, mut commands: mpsc::Receiver<Command>, events: mpsc::Sender<Event>) {
+    let mut pending: HashMap<u64, oneshot::Sender<Result<ServerMessage>>> = HashMap::new();
+    let mut next_rid: u64 = 1;
+    let reason = loop {
+        tokio::select! {
+            cmd = commands.recv() => {
+                let Some(Command { mut msg, reply }) = cmd else {
+                    let _ = ws.close(None).await;
+                    break None;
+                };
+                let rid = next_rid;
+                next_rid += 1;
+                msg.set_rid(rid);
+                if let Err(e) = ws.send(Message::Text(codec::encode(&msg).into())).await {
+                    let _ = reply.send(Err(Error::Disconnected(Some(e.to_string()))));
+                    break Some(e.to_string());
+                }
+                pending.insert(rid, reply);
+            }
+            frame = ws.next() => {
+                let text = match frame {
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Close(c))) => break c.map(|c| c.reason.to_string()).filter(|r| !r.is_empty()),
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => break Some(e.to_string()),
+                    None => break None,
+                };
+                let msg = match codec::decode_server(text.as_str(), MAX_FRAME) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(cause = %e, "ignoring a frame this client does not understand");
+                        continue;
+                    }
+                };
+                if let Some(reply) = msg.rid().and_then(|rid| pending.remove(&rid)) {
+                    let _ = reply.send(Ok(msg));
+                    continue;
+                }
+                let event = match msg {
+                    ServerMessage::Message { seq, msg_id, from, server_ts, envelope } =>
+                        Event::Message { seq, msg_id, from, server_ts, envelope },
+                    ServerMessage::Delivered { seq, msg_id, to, at } =>
+                        Event::Delivered { seq, msg_id, to, at },
+                    ServerMessage::Error { code, message, .. } => {
+                        tracing::warn!(%code, %message, "server error without a request");
+                        continue;
+                    }
+                    other => {
+                        tracing::debug!(?other, "unsolicited answer ignored");
+                        continue;
+                    }
+                };
+                // Waiting here is the backpressure that keeps a long
+                // mailbox from piling up in memory. A caller that does not
+                // want events drops the receiver, and this returns at once.
+                let _ = events.send(event).await;
+            }
+        }
+    };
+    for (_, reply) in pending.drain() {
+        let _ = reply.send(Err(Error::Disconnected(reason.clone())));
+    }
+    let _ = events.send(Event::Closed(reason)).await;
+}

@@ -1,0 +1,75 @@
+//! Client errors, each with a one-line readable message.
+
+use telepound_protocol::{ErrorCode, UserName};
+
+/// Everything the client library can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The server could not be reached.
+    #[error("cannot connect to {url}: {reason}")]
+    Connect {
+        /// The URL tried.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The connection ended.
+    #[error("connection to the server lost{}", .0.as_deref().map(|r| format!(" ({r})")).unwrap_or_default())]
+    Disconnected(Option<String>),
+    /// The server answered with an error.
+    #[error("{message}")]
+    Server {
+        /// Stable code.
+        code: ErrorCode,
+        /// The server's sentence.
+        message: String,
+    },
+    /// The server said something this client does not understand.
+    #[error("unexpected answer from the server: {0}")]
+    Protocol(String),
+    /// A cryptographic check failed.
+    #[error(transparent)]
+    Crypto(#[from] telepound_crypto::Error),
+    /// A pinned peer's identity key changed.
+    #[error(
+        "WARNING: {user}'s identity key has changed since you last talked. Someone may be impersonating {user}, or {user} has new keys. Compare safety numbers with `telepound verify {user}` and accept the new key with `telepound verify --accept {user}`."
+    )]
+    KeyChanged {
+        /// The peer.
+        user: UserName,
+    },
+    /// No such user.
+    #[error("User Not Found: {0}")]
+    UnknownUser(UserName),
+    /// Local state could not be read or written.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A request timed out.
+    #[error("the server did not answer in time")]
+    Timeout,
+}
+
+impl Error {
+    /// The server's error code, if this is a server error.
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            Self::Server { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        Self::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// This crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

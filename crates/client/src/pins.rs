@@ -1,0 +1,121 @@
+//! Pinned peer identity keys (trust on first use), one JSON file per local
+//! user.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use telepound_protocol::UserName;
+use telepound_protocol::message::B64;
+
+use crate::{Error, Result};
+
+/// One pinned peer.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Pin {
+    /// The Ed25519 identity key first seen (or last accepted).
+    pub identity: B64,
+    /// Whether the user compared safety numbers and accepted this key.
+    pub verified: bool,
+    /// When it was pinned (ms since the epoch).
+    pub pinned_at: i64,
+}
+
+/// What checking a key against the pins found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PinCheck {
+    /// First contact: the key is now pinned.
+    New,
+    /// Same key as pinned.
+    Match,
+    /// A different key than pinned: refuse until accepted.
+    Changed,
+}
+
+/// The pin file of one local user.
+#[derive(Debug)]
+pub struct PinStore {
+    path: PathBuf,
+    pins: BTreeMap<String, Pin>,
+}
+
+impl PinStore {
+    /// Loads `dir/pins.json` (empty if absent).
+    ///
+    /// # Errors
+    /// When the file exists but cannot be read or parsed.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join("pins.json");
+        let pins = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                Error::io(
+                    format!("cannot parse {}", path.display()),
+                    std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+                )
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(Error::io(format!("cannot read {}", path.display()), e)),
+        };
+        Ok(Self { path, pins })
+    }
+
+    /// The pin of `user`, if any.
+    pub fn get(&self, user: &UserName) -> Option<&Pin> {
+        self.pins.get(user.as_str())
+    }
+
+    /// Checks `key` for `user`, pinning it on first contact.
+    ///
+    /// # Errors
+    /// When a new pin cannot be saved.
+    pub fn check(&mut self, user: &UserName, key: &[u8; 32]) -> Result<PinCheck> {
+        match self.pins.get(user.as_str()) {
+            Some(p) if p.identity.0 == key => Ok(PinCheck::Match),
+            Some(_) => Ok(PinCheck::Changed),
+            None => {
+                self.set(user, key, false)?;
+                Ok(PinCheck::New)
+            }
+        }
+    }
+
+    /// Pins `key` for `user` (replacing any earlier pin) and saves.
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    pub fn set(&mut self, user: &UserName, key: &[u8; 32], verified: bool) -> Result<()> {
+        self.pins.insert(
+            user.as_str().to_owned(),
+            Pin {
+                identity: B64(key.to_vec()),
+                verified,
+                pinned_at: crate::session::now_ms(),
+            },
+        );
+        self.save()
+    }
+
+    fn save(&self) -> Result<()> {
+        let json = serde_json::to_vec_pretty(&self.pins).expect("pins serialise");
+        crate::history::write_atomic(&self.path, &json)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_on_first_use_and_flags_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let bob = UserName::new("bob").unwrap();
+        let mut pins = PinStore::load(dir.path()).unwrap();
+        assert_eq!(pins.check(&bob, &[1; 32]).unwrap(), PinCheck::New);
+        assert_eq!(pins.check(&bob, &[1; 32]).unwrap(), PinCheck::Match);
+        let mut again = PinStore::load(dir.path()).unwrap();
+        assert_eq!(again.check(&bob, &[2; 32]).unwrap(), PinCheck::Changed);
+        again.set(&bob, &[2; 32], true).unwrap();
+        assert_eq!(again.check(&bob, &[2; 32]).unwrap(), PinCheck::Match);
+        assert!(again.get(&bob).unwrap().verified);
+    }
+}

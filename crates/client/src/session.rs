@@ -1,0 +1,422 @@
+//! A logged-in user: sending, receiving, presence, key verification.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+
+use serde_json::value::RawValue;
+use telepound_crypto::envelope::{self, Envelope};
+use telepound_crypto::safety::safety_number;
+use telepound_crypto::{Attachment, Identity, Payload, PeerKeys};
+use telepound_protocol::message::{PresenceInfo, UnixMillis};
+use telepound_protocol::{ClientMessage, MsgId, ServerMessage, UserName};
+use zeroize::Zeroizing;
+
+use crate::history::{Direction, History, Record};
+use crate::pins::{PinCheck, PinStore};
+use crate::{Client, Error, Result};
+
+/// The current time in milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The server's answer to a send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SendOutcome {
+    /// The message id.
+    pub msg_id: MsgId,
+    /// When the server stored it.
+    pub server_ts: UnixMillis,
+    /// Whether the recipient was connected and synced at that moment.
+    pub recipient_online: bool,
+}
+
+/// A received message, opened and verified.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Mailbox sequence number, to acknowledge.
+    pub seq: i64,
+    /// The sender's server-side acceptance time.
+    pub server_ts: UnixMillis,
+    /// The verified content (sender, recipients, `sent_at`, text, files).
+    pub payload: Payload,
+}
+
+/// What came of an incoming message.
+#[derive(Debug, Clone)]
+pub enum Incoming {
+    /// A new message.
+    New(Received),
+    /// Already received earlier (a redelivery): acknowledge and skip.
+    Duplicate {
+        /// Mailbox sequence number, to acknowledge.
+        seq: i64,
+    },
+}
+
+/// How a peer's directory key relates to the pinned one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyStatus {
+    /// Never pinned before (now pinned).
+    New,
+    /// Matches the pin, not yet verified by the user.
+    Pinned,
+    /// Matches the pin and the user verified it.
+    Verified,
+    /// Differs from the pin.
+    Changed,
+}
+
+/// A logged-in user with their private keys and local state.
+pub struct Session {
+    client: Client,
+    user: UserName,
+    identity: Identity,
+    dir: PathBuf,
+    pins: PinStore,
+    history: History,
+    token: Zeroizing<Vec<u8>>,
+    keys: HashMap<UserName, PeerKeys>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("user", &self.user)
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Session {
+    pub(crate) fn new(
+        client: Client,
+        user: UserName,
+        identity: Identity,
+        home: &Path,
+        token: Vec<u8>,
+    ) -> Result<Self> {
+        let dir = home.join(user.as_str());
+        create_private_dir(&dir)?;
+        let mut pins = PinStore::load(&dir)?;
+        // Our own key is pinned like anyone else's, so a directory that
+        // later serves a different key for us is noticed too.
+        if pins.check(&user, &identity.identity_key())? == PinCheck::Changed {
+            pins.set(&user, &identity.identity_key(), true)?;
+        }
+        let history = History::open(&dir)?;
+        Ok(Self {
+            client,
+            user,
+            identity,
+            dir,
+            pins,
+            history,
+            token: Zeroizing::new(token),
+            keys: HashMap::new(),
+        })
+    }
+
+    /// The logged-in user.
+    pub fn user(&self) -> &UserName {
+        &self.user
+    }
+
+    /// The connection.
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
+    /// This user's local folder.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The resume token from login.
+    pub fn token(&self) -> &[u8] {
+        &self.token
+    }
+
+    /// Local history.
+    pub fn history(&self) -> &History {
+        &self.history
+    }
+
+    async fn directory(&self, user: &UserName) -> Result<PeerKeys> {
+        let answer = self
+            .client
+            .request(ClientMessage::Keys {
+                rid: None,
+                users: vec![user.clone()],
+            })
+            .await?;
+        let ServerMessage::Keys { keys, .. } = answer else {
+            return Err(Error::Protocol(format!("expected keys, got {answer:?}")));
+        };
+        let entry = keys
+            .into_iter()
+            .find(|k| &k.user == user)
+            .ok_or_else(|| Error::UnknownUser(user.clone()))?;
+        Ok(PeerKeys::verify(&entry.keys)?)
+    }
+
+    /// A peer's keys from the directory, checked against the pin (pinned on
+    /// first contact).
+    ///
+    /// # Errors
+    /// [`Error::UnknownUser`], [`Error::KeyChanged`], or the key's signature
+    /// failing.
+    pub async fn peer_keys(&mut self, user: &UserName) -> Result<PeerKeys> {
+        if user == &self.user {
+            return Ok(self.identity.peer_keys());
+        }
+        if let Some(k) = self.keys.get(user) {
+            return Ok(k.clone());
+        }
+        let keys = self.directory(user).await?;
+        match self.pins.check(user, &keys.identity_key())? {
+            PinCheck::New | PinCheck::Match => {}
+            PinCheck::Changed => return Err(Error::KeyChanged { user: user.clone() }),
+        }
+        self.keys.insert(user.clone(), keys.clone());
+        Ok(keys)
+    }
+
+    /// Seals a message to `to` (and this user's own copy).
+    ///
+    /// # Errors
+    /// As [`Session::peer_keys`].
+    pub async fn seal(
+        &mut self,
+        to: &UserName,
+        msg_id: MsgId,
+        text: &str,
+        attachments: Vec<Attachment>,
+    ) -> Result<String> {
+        let theirs = self.peer_keys(to).await?;
+        let recipients = envelope::canonical_recipients(vec![self.user.clone(), to.clone()]);
+        let mut keys = vec![(self.user.clone(), self.identity.peer_keys())];
+        if to != &self.user {
+            keys.push((to.clone(), theirs));
+        }
+        let payload = Payload {
+            msg_id,
+            sender: self.user.clone(),
+            recipients,
+            group: None,
+            sent_at: now_ms(),
+            text: text.to_owned(),
+            attachments,
+        };
+        Ok(envelope::seal(&self.identity, &payload, &keys)?)
+    }
+
+    /// Sends a sealed envelope; returns once the server has stored it
+    /// durably. Retrying with the same `msg_id` is safe.
+    ///
+    /// # Errors
+    /// [`Error::Server`] (`unknown_user` for a recipient without an
+    /// account) or a connection error.
+    pub async fn send_sealed(
+        &mut self,
+        to: &UserName,
+        msg_id: MsgId,
+        envelope: String,
+    ) -> Result<SendOutcome> {
+        let raw = RawValue::from_string(envelope.clone())
+            .map_err(|e| Error::Protocol(format!("sealed envelope is not JSON: {e}")))?;
+        let answer = self
+            .client
+            .request(ClientMessage::Send {
+                rid: None,
+                msg_id,
+                from: self.user.clone(),
+                to: to.clone(),
+                envelope: raw,
+            })
+            .await
+            .map_err(|e| match e.code() {
+                Some(telepound_protocol::ErrorCode::UnknownUser) => Error::UnknownUser(to.clone()),
+                _ => e,
+            })?;
+        let ServerMessage::Accepted {
+            server_ts,
+            recipient_online,
+            ..
+        } = answer
+        else {
+            return Err(Error::Protocol(format!(
+                "expected accepted, got {answer:?}"
+            )));
+        };
+        self.history.append(&Record {
+            dir: Direction::Out,
+            msg_id,
+            from: self.user.clone(),
+            server_ts,
+            envelope,
+        })?;
+        Ok(SendOutcome {
+            msg_id,
+            server_ts,
+            recipient_online,
+        })
+    }
+
+    /// Seals and sends a text message.
+    ///
+    /// # Errors
+    /// As [`Session::seal`] and [`Session::send_sealed`].
+    pub async fn send_text(&mut self, to: &UserName, text: &str) -> Result<SendOutcome> {
+        let msg_id = MsgId::new();
+        let envelope = self.seal(to, msg_id, text, Vec::new()).await?;
+        self.send_sealed(to, msg_id, envelope).await
+    }
+
+    /// Asks the server to deliver the mailbox. The returned future resolves
+    /// (with the count) after every waiting message has been pushed as an
+    /// event; read events while awaiting it.
+    pub fn sync(&self) -> impl Future<Output = Result<u64>> + Send + 'static {
+        let client = self.client.clone();
+        async move {
+            match client.request(ClientMessage::Sync { rid: None }).await? {
+                ServerMessage::Synced { count, .. } => Ok(count),
+                other => Err(Error::Protocol(format!("expected synced, got {other:?}"))),
+            }
+        }
+    }
+
+    /// Opens a received message, verifying it came from `from` as pinned,
+    /// and records it in history. A message already in history is reported
+    /// as [`Incoming::Duplicate`] without opening it again.
+    ///
+    /// # Errors
+    /// [`Error::KeyChanged`] (leave it unacknowledged: it opens after the new
+    /// key is accepted), or [`Error::Crypto`] for a message that does not
+    /// open or verify (acknowledge and drop it).
+    pub async fn open(
+        &mut self,
+        seq: i64,
+        msg_id: MsgId,
+        from: &UserName,
+        server_ts: UnixMillis,
+        envelope: &RawValue,
+    ) -> Result<Incoming> {
+        if self.history.contains(from, &msg_id) {
+            return Ok(Incoming::Duplicate { seq });
+        }
+        let env = Envelope::parse(envelope.get())?;
+        if &env.sender != from || env.msg_id != msg_id {
+            return Err(telepound_crypto::Error::Tampered(
+                "envelope header differs from the server's routing",
+            )
+            .into());
+        }
+        let keys = self.peer_keys(from).await?;
+        let opened = env.open(&self.identity, &self.user, &keys)?;
+        self.history.append(&Record {
+            dir: Direction::In,
+            msg_id,
+            from: from.clone(),
+            server_ts,
+            envelope: envelope.get().to_owned(),
+        })?;
+        Ok(Incoming::New(Received {
+            seq,
+            server_ts,
+            payload: opened.payload,
+        }))
+    }
+
+    /// Acknowledges received entries so the server deletes them.
+    ///
+    /// # Errors
+    /// A connection or server error.
+    pub async fn ack(&self, seqs: Vec<i64>) -> Result<u64> {
+        if seqs.is_empty() {
+            return Ok(0);
+        }
+        match self
+            .client
+            .request(ClientMessage::Ack { rid: None, seqs })
+            .await?
+        {
+            ServerMessage::Acked { count, .. } => Ok(count),
+            other => Err(Error::Protocol(format!("expected acked, got {other:?}"))),
+        }
+    }
+
+    /// Presence of `users`; the second list holds names without accounts.
+    ///
+    /// # Errors
+    /// A connection or server error.
+    pub async fn presence(
+        &self,
+        users: Vec<UserName>,
+    ) -> Result<(Vec<PresenceInfo>, Vec<UserName>)> {
+        match self
+            .client
+            .request(ClientMessage::Presence { rid: None, users })
+            .await?
+        {
+            ServerMessage::Presence { users, unknown, .. } => Ok((users, unknown)),
+            other => Err(Error::Protocol(format!("expected presence, got {other:?}"))),
+        }
+    }
+
+    /// The safety number between this user and `peer` (from the directory's
+    /// current key) and how that key relates to the pin.
+    ///
+    /// # Errors
+    /// [`Error::UnknownUser`] or a bad key signature.
+    pub async fn safety_number(&mut self, peer: &UserName) -> Result<(String, KeyStatus)> {
+        let keys = if peer == &self.user {
+            self.identity.peer_keys()
+        } else {
+            self.directory(peer).await?
+        };
+        let status = match self.pins.get(peer) {
+            None => {
+                self.pins.set(peer, &keys.identity_key(), false)?;
+                KeyStatus::New
+            }
+            Some(p) if p.identity.0 != keys.identity_key() => KeyStatus::Changed,
+            Some(p) if p.verified => KeyStatus::Verified,
+            Some(_) => KeyStatus::Pinned,
+        };
+        let number = safety_number(
+            (&self.user, &self.identity.identity_key()),
+            (peer, &keys.identity_key()),
+        );
+        Ok((number, status))
+    }
+
+    /// Pins `peer`'s current directory key as verified (after the user
+    /// compared safety numbers).
+    ///
+    /// # Errors
+    /// [`Error::UnknownUser`], a bad key signature, or the pin file.
+    pub async fn accept_key(&mut self, peer: &UserName) -> Result<()> {
+        let keys = self.directory(peer).await?;
+        self.pins.set(peer, &keys.identity_key(), true)?;
+        self.keys.insert(peer.clone(), keys);
+        Ok(())
+    }
+}
+
+/// Creates `dir` (and parents) readable only by the owner.
+fn create_private_dir(dir: &Path) -> Result<()> {
+    let mut b = std::fs::DirBuilder::new();
+    b.recursive(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        b.mode(0o700);
+    }
+    b.create(dir)
+        .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))
+}

@@ -1,0 +1,424 @@
+//! Message envelopes: a payload signed by its sender, encrypted once, with
+//! the content key wrapped for every recipient.
+//!
+//! ```text
+//! payload   = JSON { msg_id, sender, recipients, group, sent_at, text, attachments }
+//! header    = "tp1" ‖ msg_id ‖ sender ‖ recipients ‖ group     (the AAD)
+//! sig       = Ed25519(sender identity, "telepound/tp1/sig" ‖ header ‖ payload)
+//! body      = XChaCha20-Poly1305(content_key, aad = header, sig ‖ payload)
+//! wrap[r]   = HPKE base mode (X-Wing, HKDF-SHA256, ChaCha20-Poly1305) to r's KEM key,
+//!             info = "telepound/tp1/wrap", aad = header ‖ r, plaintext = content_key
+//! ```
+//!
+//! The sender is always one of the recipients, so the sender's own copy
+//! (local history) opens with the sender's key like any other.
+
+use hpke::aead::ChaCha20Poly1305;
+use hpke::kdf::HkdfSha256;
+use hpke::kem::XWing;
+use hpke::{Deserializable, OpModeR, OpModeS, Serializable};
+use serde::{Deserialize, Serialize};
+use telepound_protocol::message::{B64, UnixMillis};
+use telepound_protocol::{GroupName, MsgId, UserName};
+use zeroize::Zeroizing;
+
+use crate::identity::{Identity, PeerKeys};
+use crate::{Error, Result, xchacha};
+
+/// The only suite this version implements.
+pub const SUITE_TP1: &str = "tp1";
+const SIG_CONTEXT: &[u8] = b"telepound/tp1/sig\0";
+const WRAP_INFO: &[u8] = b"telepound/tp1/wrap";
+/// Ed25519 signature length.
+const SIG_LEN: usize = 64;
+
+/// A file attached to a message: everything a recipient needs to fetch,
+/// decrypt and check it. Travels only inside the encrypted payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// The server's id for the encrypted blob.
+    pub blob_id: String,
+    /// The file's content key (32 bytes).
+    pub key: B64,
+    /// Plaintext size in bytes.
+    pub size: u64,
+    /// The name the sender gave it (untrusted; reduce before saving).
+    pub name: String,
+    /// Media type, e.g. `image/png`.
+    pub media_type: String,
+    /// SHA-256 of the plaintext.
+    pub sha256: B64,
+}
+
+/// The signed, encrypted content of a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payload {
+    /// Same as the envelope's.
+    pub msg_id: MsgId,
+    /// Who wrote it.
+    pub sender: UserName,
+    /// Everyone it is encrypted to, sorted, including the sender.
+    pub recipients: Vec<UserName>,
+    /// The group it was sent to, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupName>,
+    /// The sender's clock when it was written.
+    pub sent_at: UnixMillis,
+    /// The message text.
+    pub text: String,
+    /// Attached files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
+}
+
+/// One recipient's wrapped content key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Wrap {
+    /// The recipient.
+    pub to: UserName,
+    /// HPKE encapsulated key (1120 bytes for X-Wing).
+    pub enc: B64,
+    /// The content key, HPKE-sealed (32 + 16 bytes).
+    pub key: B64,
+}
+
+/// The envelope as it travels: a cleartext header the server may route by,
+/// and ciphertext.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Encryption suite and version; clients refuse suites they do not know.
+    pub suite: String,
+    /// The message id.
+    pub msg_id: MsgId,
+    /// The sender.
+    pub sender: UserName,
+    /// Everyone it is encrypted to, sorted, including the sender.
+    pub recipients: Vec<UserName>,
+    /// The group, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupName>,
+    /// nonce ‖ XChaCha20-Poly1305(sig ‖ payload).
+    pub body: B64,
+    /// One wrapped content key per recipient.
+    pub wraps: Vec<Wrap>,
+}
+
+/// A message that opened and verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OpenedMessage {
+    /// The verified payload.
+    pub payload: Payload,
+}
+
+fn header(
+    msg_id: &MsgId,
+    sender: &UserName,
+    recipients: &[UserName],
+    group: Option<&GroupName>,
+) -> Vec<u8> {
+    // Names are [a-z0-9_-] only, so NUL and ',' separate them unambiguously.
+    let mut h = Vec::with_capacity(64 + recipients.len() * 16);
+    h.extend_from_slice(SUITE_TP1.as_bytes());
+    h.push(0);
+    h.extend_from_slice(msg_id.to_string().as_bytes());
+    h.push(0);
+    h.extend_from_slice(sender.as_str().as_bytes());
+    h.push(0);
+    for (i, r) in recipients.iter().enumerate() {
+        if i > 0 {
+            h.push(b',');
+        }
+        h.extend_from_slice(r.as_str().as_bytes());
+    }
+    h.push(0);
+    if let Some(g) = group {
+        h.extend_from_slice(g.as_str().as_bytes());
+    }
+    h
+}
+
+fn wrap_aad(header: &[u8], to: &UserName) -> Vec<u8> {
+    let mut a = header.to_vec();
+    a.push(0);
+    a.extend_from_slice(to.as_str().as_bytes());
+    a
+}
+
+/// Sorts and de-duplicates a recipient list, the canonical form.
+pub fn canonical_recipients(mut names: Vec<UserName>) -> Vec<UserName> {
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Seals `payload` from `sender` to every recipient in `keys` (which must be
+/// exactly `payload.recipients`, sender included) and returns the envelope
+/// as JSON text.
+///
+/// # Errors
+/// [`Error::Malformed`] when the key list and the payload's recipients
+/// differ or the sender is not a recipient.
+pub fn seal(sender: &Identity, payload: &Payload, keys: &[(UserName, PeerKeys)]) -> Result<String> {
+    if payload.recipients != canonical_recipients(payload.recipients.clone()) {
+        return Err(Error::Malformed(
+            "recipients must be sorted and unique".into(),
+        ));
+    }
+    if !payload.recipients.contains(&payload.sender) {
+        return Err(Error::Malformed("the sender must be a recipient".into()));
+    }
+    let mut names: Vec<UserName> = keys.iter().map(|(n, _)| n.clone()).collect();
+    names.sort();
+    if names != payload.recipients {
+        return Err(Error::Malformed(
+            "keys do not match the recipient list".into(),
+        ));
+    }
+    let hdr = header(
+        &payload.msg_id,
+        &payload.sender,
+        &payload.recipients,
+        payload.group.as_ref(),
+    );
+    let payload_json = Zeroizing::new(serde_json::to_vec(payload).expect("payload serialises"));
+    let mut signed = Vec::with_capacity(SIG_CONTEXT.len() + hdr.len() + payload_json.len());
+    signed.extend_from_slice(SIG_CONTEXT);
+    signed.extend_from_slice(&hdr);
+    signed.extend_from_slice(&payload_json);
+    let sig = sender.sign(&signed);
+
+    let mut plain = Zeroizing::new(Vec::with_capacity(SIG_LEN + payload_json.len()));
+    plain.extend_from_slice(&sig.to_bytes());
+    plain.extend_from_slice(&payload_json);
+
+    let mut content_key = Zeroizing::new([0u8; 32]);
+    crate::random_bytes(content_key.as_mut());
+    let body = xchacha::seal(&content_key, &hdr, &plain);
+
+    let mut wraps = Vec::with_capacity(keys.len());
+    for (to, peer) in keys {
+        let (enc, ct) = hpke::single_shot_seal::<ChaCha20Poly1305, HkdfSha256, XWing>(
+            &OpModeS::Base,
+            peer.kem(),
+            WRAP_INFO,
+            content_key.as_ref(),
+            &wrap_aad(&hdr, to),
+        )
+        .map_err(|_| Error::InvalidKey("kem key"))?;
+        wraps.push(Wrap {
+            to: to.clone(),
+            enc: B64(enc.to_bytes().to_vec()),
+            key: B64(ct),
+        });
+    }
+    wraps.sort_by(|a, b| a.to.cmp(&b.to));
+    let env = Envelope {
+        suite: SUITE_TP1.to_owned(),
+        msg_id: payload.msg_id,
+        sender: payload.sender.clone(),
+        recipients: payload.recipients.clone(),
+        group: payload.group.clone(),
+        body: B64(body),
+        wraps,
+    };
+    Ok(serde_json::to_string(&env).expect("envelope serialises"))
+}
+
+impl Envelope {
+    /// Parses envelope JSON and checks its suite.
+    ///
+    /// # Errors
+    /// [`Error::UnknownSuite`] for a suite other than `tp1`,
+    /// [`Error::Malformed`] for anything not shaped like an envelope.
+    pub fn parse(json: &str) -> Result<Self> {
+        #[derive(Deserialize)]
+        struct Suite {
+            suite: String,
+        }
+        let s: Suite = serde_json::from_str(json).map_err(|e| Error::Malformed(e.to_string()))?;
+        if s.suite != SUITE_TP1 {
+            return Err(Error::UnknownSuite(s.suite.chars().take(32).collect()));
+        }
+        serde_json::from_str(json).map_err(|e| Error::Malformed(e.to_string()))
+    }
+
+    /// Opens the envelope as `me`, verifying it was written by the holder of
+    /// `sender_keys` and addressed exactly as its header says.
+    ///
+    /// # Errors
+    /// [`Error::NotForMe`] when `me` is not a recipient, [`Error::Tampered`]
+    /// when any decryption or the signature fails, [`Error::Malformed`] when
+    /// the payload disagrees with the header.
+    pub fn open(
+        &self,
+        me: &Identity,
+        my_name: &UserName,
+        sender_keys: &PeerKeys,
+    ) -> Result<OpenedMessage> {
+        if !self.recipients.contains(my_name) {
+            return Err(Error::NotForMe);
+        }
+        if self.recipients != canonical_recipients(self.recipients.clone()) {
+            return Err(Error::Malformed("recipient list not canonical".into()));
+        }
+        let wrap = self
+            .wraps
+            .iter()
+            .find(|w| &w.to == my_name)
+            .ok_or(Error::NotForMe)?;
+        let hdr = header(
+            &self.msg_id,
+            &self.sender,
+            &self.recipients,
+            self.group.as_ref(),
+        );
+        let enc = <XWing as hpke::Kem>::EncappedKey::from_bytes(&wrap.enc.0)
+            .map_err(|_| Error::Tampered("encapsulated key"))?;
+        let key = Zeroizing::new(
+            hpke::single_shot_open::<ChaCha20Poly1305, HkdfSha256, XWing>(
+                &OpModeR::Base,
+                me.kem_secret(),
+                &enc,
+                WRAP_INFO,
+                &wrap.key.0,
+                &wrap_aad(&hdr, my_name),
+            )
+            .map_err(|_| Error::Tampered("content key"))?,
+        );
+        let key: &[u8; 32] = key
+            .as_slice()
+            .try_into()
+            .map_err(|_| Error::Tampered("content key length"))?;
+        let plain =
+            Zeroizing::new(xchacha::open(key, &hdr, &self.body.0).ok_or(Error::Tampered("body"))?);
+        if plain.len() < SIG_LEN {
+            return Err(Error::Tampered("body too short"));
+        }
+        let (sig, payload_json) = plain.split_at(SIG_LEN);
+        let sig = ed25519_dalek::Signature::from_slice(sig)
+            .map_err(|_| Error::Tampered("signature encoding"))?;
+        let mut signed = Vec::with_capacity(SIG_CONTEXT.len() + hdr.len() + payload_json.len());
+        signed.extend_from_slice(SIG_CONTEXT);
+        signed.extend_from_slice(&hdr);
+        signed.extend_from_slice(payload_json);
+        sender_keys
+            .verifying_key()
+            .verify_strict(&signed, &sig)
+            .map_err(|_| Error::Tampered("signature"))?;
+        let payload: Payload =
+            serde_json::from_slice(payload_json).map_err(|e| Error::Malformed(e.to_string()))?;
+        if payload.msg_id != self.msg_id
+            || payload.sender != self.sender
+            || payload.recipients != self.recipients
+            || payload.group != self.group
+        {
+            return Err(Error::Malformed(
+                "payload does not match the envelope header".into(),
+            ));
+        }
+        Ok(OpenedMessage { payload })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(s: &str) -> UserName {
+        UserName::new(s).unwrap()
+    }
+
+    fn payload(sender: &str, to: &[&str]) -> Payload {
+        let mut r: Vec<UserName> = to.iter().map(|s| name(s)).collect();
+        r.push(name(sender));
+        Payload {
+            msg_id: MsgId::new(),
+            sender: name(sender),
+            recipients: canonical_recipients(r),
+            group: None,
+            sent_at: 1_700_000_000_000,
+            text: "hello bob".into(),
+            attachments: vec![],
+        }
+    }
+
+    #[test]
+    fn recipient_and_sender_open_others_cannot() {
+        let (alice, bob, eve) = (
+            Identity::generate(),
+            Identity::generate(),
+            Identity::generate(),
+        );
+        let p = payload("alice", &["bob"]);
+        let keys = vec![
+            (name("alice"), alice.peer_keys()),
+            (name("bob"), bob.peer_keys()),
+        ];
+        let json = seal(&alice, &p, &keys).unwrap();
+        assert!(!json.contains("hello bob"));
+        let env = Envelope::parse(&json).unwrap();
+        assert_eq!(
+            env.open(&bob, &name("bob"), &alice.peer_keys())
+                .unwrap()
+                .payload,
+            p
+        );
+        assert_eq!(
+            env.open(&alice, &name("alice"), &alice.peer_keys())
+                .unwrap()
+                .payload,
+            p
+        );
+        assert!(matches!(
+            env.open(&eve, &name("eve"), &alice.peer_keys()),
+            Err(Error::NotForMe)
+        ));
+        // Eve claiming to be bob cannot unwrap bob's key.
+        assert!(matches!(
+            env.open(&eve, &name("bob"), &alice.peer_keys()),
+            Err(Error::Tampered(_))
+        ));
+        // A signature by the wrong key fails.
+        assert!(matches!(
+            env.open(&bob, &name("bob"), &eve.peer_keys()),
+            Err(Error::Tampered("signature"))
+        ));
+    }
+
+    #[test]
+    fn tampering_with_the_header_or_body_fails() {
+        let (alice, bob) = (Identity::generate(), Identity::generate());
+        let keys = vec![
+            (name("alice"), alice.peer_keys()),
+            (name("bob"), bob.peer_keys()),
+        ];
+        let json = seal(&alice, &payload("alice", &["bob"]), &keys).unwrap();
+        let env = Envelope::parse(&json).unwrap();
+
+        let mut e = env.clone();
+        e.msg_id = MsgId::new();
+        assert!(e.open(&bob, &name("bob"), &alice.peer_keys()).is_err());
+
+        let mut e = env.clone();
+        e.body.0[30] ^= 1;
+        assert!(e.open(&bob, &name("bob"), &alice.peer_keys()).is_err());
+
+        let mut e = env.clone();
+        e.group = Some(GroupName::new("g").unwrap());
+        assert!(e.open(&bob, &name("bob"), &alice.peer_keys()).is_err());
+    }
+
+    #[test]
+    fn unknown_suite_is_refused_with_a_clear_error() {
+        let err = Envelope::parse(r#"{"suite":"tp9-mls"}"#).unwrap_err();
+        assert!(err.to_string().contains("tp9-mls"));
+        assert!(err.to_string().contains("upgrade"));
+    }
+
+    #[test]
+    fn seal_requires_matching_keys() {
+        let alice = Identity::generate();
+        let p = payload("alice", &["bob"]);
+        assert!(seal(&alice, &p, &[(name("alice"), alice.peer_keys())]).is_err());
+    }
+}

@@ -1,0 +1,550 @@
+//! JSON text frames: encoding, and decoding with a size cap.
+//!
+//! Decoding reads the `type` and `rid` first and then the variant's own
+//! fields, so that envelopes stay raw JSON (see the crate docs).
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::value::RawValue;
+
+use crate::auth::KsfParams;
+use crate::message::{B64, PresenceInfo, PublicKeys, UnixMillis, UserKeys};
+use crate::{ClientMessage, ErrorCode, MsgId, ServerMessage, UserName};
+
+/// Why a frame could not be decoded.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Larger than the cap.
+    #[error("frame of {size} bytes exceeds the limit of {max}")]
+    TooLarge {
+        /// The frame's size.
+        size: usize,
+        /// The cap.
+        max: usize,
+    },
+    /// Not JSON, no `type`, or a field missing or of the wrong shape.
+    #[error("malformed frame: {reason}")]
+    Malformed {
+        /// The request id, when it could be read.
+        rid: Option<u64>,
+        /// What was wrong (serde's message; no frame content).
+        reason: String,
+    },
+    /// A `type` this side does not know.
+    #[error("unknown message type {kind:?}")]
+    UnknownType {
+        /// The request id, when it could be read.
+        rid: Option<u64>,
+        /// The type as sent (truncated to 64 bytes).
+        kind: String,
+    },
+}
+
+impl DecodeError {
+    /// The wire error code for this failure.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Self::TooLarge { .. } => ErrorCode::FrameTooLarge,
+            Self::Malformed { .. } => ErrorCode::Malformed,
+            Self::UnknownType { .. } => ErrorCode::UnknownType,
+        }
+    }
+
+    /// The request id, when it could be read.
+    pub fn rid(&self) -> Option<u64> {
+        match self {
+            Self::TooLarge { .. } => None,
+            Self::Malformed { rid, .. } | Self::UnknownType { rid, .. } => *rid,
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default)]
+    rid: Option<u64>,
+}
+
+fn head(text: &str, max: usize) -> Result<Head<'_>, DecodeError> {
+    if text.len() > max {
+        return Err(DecodeError::TooLarge {
+            size: text.len(),
+            max,
+        });
+    }
+    serde_json::from_str::<Head>(text).map_err(|e| DecodeError::Malformed {
+        rid: None,
+        reason: e.to_string(),
+    })
+}
+
+fn body<T: DeserializeOwned>(text: &str, rid: Option<u64>) -> Result<T, DecodeError> {
+    serde_json::from_str(text).map_err(|e| DecodeError::Malformed {
+        rid,
+        reason: e.to_string(),
+    })
+}
+
+fn unknown(kind: &str, rid: Option<u64>) -> DecodeError {
+    let mut end = kind.len().min(64);
+    while !kind.is_char_boundary(end) {
+        end -= 1;
+    }
+    DecodeError::UnknownType {
+        rid,
+        kind: kind[..end].to_owned(),
+    }
+}
+
+/// Decodes one client frame.
+///
+/// # Errors
+/// [`DecodeError`] for an oversize frame, malformed JSON or fields, or an
+/// unknown type. The error carries the `rid` when it could be read, so the
+/// server can answer the right request.
+pub fn decode_client(text: &str, max: usize) -> Result<ClientMessage, DecodeError> {
+    let Head { kind, rid } = head(text, max)?;
+    Ok(match &*kind {
+        "register_start" => {
+            #[derive(Deserialize)]
+            struct B {
+                user: UserName,
+                request: B64,
+            }
+            let b: B = body(text, rid)?;
+            ClientMessage::RegisterStart {
+                rid,
+                user: b.user,
+                request: b.request,
+            }
+        }
+        "register_finish" => {
+            #[derive(Deserialize)]
+            struct B {
+                user: UserName,
+                upload: B64,
+                ksf: KsfParams,
+                keys: PublicKeys,
+                backup: B64,
+            }
+            let b: B = body(text, rid)?;
+            ClientMessage::RegisterFinish {
+                rid,
+                user: b.user,
+                upload: b.upload,
+                ksf: b.ksf,
+                keys: b.keys,
+                backup: b.backup,
+            }
+        }
+        "login_start" => {
+            #[derive(Deserialize)]
+            struct B {
+                user: UserName,
+                request: B64,
+            }
+            let b: B = body(text, rid)?;
+            ClientMessage::LoginStart {
+                rid,
+                user: b.user,
+                request: b.request,
+            }
+        }
+        "login_finish" => {
+            #[derive(Deserialize)]
+            struct B {
+                finalization: B64,
+            }
+            let b: B = body(text, rid)?;
+            ClientMessage::LoginFinish {
+                rid,
+                finalization: b.finalization,
+            }
+        }
+        "resume" => {
+            #[derive(Deserialize)]
+            struct B {
+                user: UserName,
+                token: B64,
+            }
+            let b: B = body(text, rid)?;
+            ClientMessage::Resume {
+                rid,
+                user: b.user,
+                token: b.token,
+            }
+        }
+        "send" => {
+            #[derive(Deserialize)]
+            struct B {
+                msg_id: MsgId,
+                from: UserName,
+                to: UserName,
+                envelope: Box<RawValue>,
+            }
+            let b: B = body(text, rid)?;
+            ClientMessage::Send {
+                rid,
+                msg_id: b.msg_id,
+                from: b.from,
+                to: b.to,
+                envelope: b.envelope,
+            }
+        }
+        "sync" => ClientMessage::Sync { rid },
+        "ack" => {
+            #[derive(Deserialize)]
+            struct B {
+                seqs: Vec<i64>,
+            }
+            let b: B = body(text, rid)?;
+            ClientMessage::Ack { rid, seqs: b.seqs }
+        }
+        "keys" => {
+            #[derive(Deserialize)]
+            struct B {
+                users: Vec<UserName>,
+            }
+            let b: B = body(text, rid)?;
+            ClientMessage::Keys {
+                rid,
+                users: b.users,
+            }
+        }
+        "presence" => {
+            #[derive(Deserialize)]
+            struct B {
+                users: Vec<UserName>,
+            }
+            let b: B = body(text, rid)?;
+            ClientMessage::Presence {
+                rid,
+                users: b.users,
+            }
+        }
+        other => return Err(unknown(other, rid)),
+    })
+}
+
+/// Decodes one server frame.
+///
+/// # Errors
+/// As [`decode_client`].
+pub fn decode_server(text: &str, max: usize) -> Result<ServerMessage, DecodeError> {
+    let Head { kind, rid } = head(text, max)?;
+    Ok(match &*kind {
+        "register_challenge" => {
+            #[derive(Deserialize)]
+            struct B {
+                response: B64,
+            }
+            let b: B = body(text, rid)?;
+            ServerMessage::RegisterChallenge {
+                rid,
+                response: b.response,
+            }
+        }
+        "registered" => {
+            #[derive(Deserialize)]
+            struct B {
+                user: UserName,
+            }
+            let b: B = body(text, rid)?;
+            ServerMessage::Registered { rid, user: b.user }
+        }
+        "login_challenge" => {
+            #[derive(Deserialize)]
+            struct B {
+                response: B64,
+                ksf: KsfParams,
+            }
+            let b: B = body(text, rid)?;
+            ServerMessage::LoginChallenge {
+                rid,
+                response: b.response,
+                ksf: b.ksf,
+            }
+        }
+        "login_ok" => {
+            #[derive(Deserialize)]
+            struct B {
+                user: UserName,
+                backup: B64,
+                keys: PublicKeys,
+                token: B64,
+                token_ttl_secs: u64,
+            }
+            let b: B = body(text, rid)?;
+            ServerMessage::LoginOk {
+                rid,
+                user: b.user,
+                backup: b.backup,
+                keys: b.keys,
+                token: b.token,
+                token_ttl_secs: b.token_ttl_secs,
+            }
+        }
+        "resumed" => {
+            #[derive(Deserialize)]
+            struct B {
+                user: UserName,
+            }
+            let b: B = body(text, rid)?;
+            ServerMessage::Resumed { rid, user: b.user }
+        }
+        "accepted" => {
+            #[derive(Deserialize)]
+            struct B {
+                msg_id: MsgId,
+                server_ts: UnixMillis,
+                recipient_online: bool,
+            }
+            let b: B = body(text, rid)?;
+            ServerMessage::Accepted {
+                rid,
+                msg_id: b.msg_id,
+                server_ts: b.server_ts,
+                recipient_online: b.recipient_online,
+            }
+        }
+        "message" => {
+            #[derive(Deserialize)]
+            struct B {
+                seq: i64,
+                msg_id: MsgId,
+                from: UserName,
+                server_ts: UnixMillis,
+                envelope: Box<RawValue>,
+            }
+            let b: B = body(text, rid)?;
+            ServerMessage::Message {
+                seq: b.seq,
+                msg_id: b.msg_id,
+                from: b.from,
+                server_ts: b.server_ts,
+                envelope: b.envelope,
+            }
+        }
+        "delivered" => {
+            #[derive(Deserialize)]
+            struct B {
+                #[serde(default)]
+                seq: Option<i64>,
+                msg_id: MsgId,
+                to: UserName,
+                at: UnixMillis,
+            }
+            let b: B = body(text, rid)?;
+            ServerMessage::Delivered {
+                seq: b.seq,
+                msg_id: b.msg_id,
+                to: b.to,
+                at: b.at,
+            }
+        }
+        "synced" => {
+            #[derive(Deserialize)]
+            struct B {
+                count: u64,
+            }
+            let b: B = body(text, rid)?;
+            ServerMessage::Synced {
+                rid,
+                count: b.count,
+            }
+        }
+        "acked" => {
+            #[derive(Deserialize)]
+            struct B {
+                count: u64,
+            }
+            let b: B = body(text, rid)?;
+            ServerMessage::Acked {
+                rid,
+                count: b.count,
+            }
+        }
+        "keys" => {
+            #[derive(Deserialize)]
+            struct B {
+                keys: Vec<UserKeys>,
+                unknown: Vec<UserName>,
+            }
+            let b: B = body(text, rid)?;
+            ServerMessage::Keys {
+                rid,
+                keys: b.keys,
+                unknown: b.unknown,
+            }
+        }
+        "presence" => {
+            #[derive(Deserialize)]
+            struct B {
+                users: Vec<PresenceInfo>,
+                unknown: Vec<UserName>,
+            }
+            let b: B = body(text, rid)?;
+            ServerMessage::Presence {
+                rid,
+                users: b.users,
+                unknown: b.unknown,
+            }
+        }
+        "error" => {
+            #[derive(Deserialize)]
+            struct B {
+                code: ErrorCode,
+                message: String,
+            }
+            let b: B = body(text, rid)?;
+            ServerMessage::Error {
+                rid,
+                code: b.code,
+                message: b.message,
+            }
+        }
+        other => return Err(unknown(other, rid)),
+    })
+}
+
+/// Renders a `message` push without parsing the envelope again: `envelope`
+/// must be JSON text that was accepted as such when the sender sent it.
+/// Produces exactly what [`encode`] produces for [`ServerMessage::Message`].
+pub fn render_message(
+    seq: i64,
+    msg_id: &MsgId,
+    from: &UserName,
+    server_ts: UnixMillis,
+    envelope: &str,
+) -> String {
+    // Names are [a-z0-9_-] and ids are hyphenated hex: neither needs escaping.
+    let mut out = String::with_capacity(envelope.len() + 160);
+    out.push_str(r#"{"type":"message","seq":"#);
+    out.push_str(&seq.to_string());
+    out.push_str(r#","msg_id":""#);
+    out.push_str(&msg_id.to_string());
+    out.push_str(r#"","from":""#);
+    out.push_str(from.as_str());
+    out.push_str(r#"","server_ts":"#);
+    out.push_str(&server_ts.to_string());
+    out.push_str(r#","envelope":"#);
+    out.push_str(envelope);
+    out.push('}');
+    out
+}
+
+/// Encodes a message as one JSON text frame.
+pub fn encode<T: serde::Serialize>(msg: &T) -> String {
+    // Serialising these types cannot fail: every map key is a string and no
+    // Serialize impl here returns an error.
+    serde_json::to_string(msg).expect("protocol messages always serialise")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MAX: usize = crate::DEFAULT_MAX_FRAME;
+
+    fn envelope() -> Box<RawValue> {
+        RawValue::from_string(r#"{"v":1, "ct":"AAAA"}"#.to_owned()).unwrap()
+    }
+
+    #[test]
+    fn client_messages_round_trip() {
+        let msgs = vec![
+            ClientMessage::Send {
+                rid: Some(7),
+                msg_id: "0190f0a8-7b1c-7c3e-8b7a-0f0e0d0c0b0a".parse().unwrap(),
+                from: UserName::new("alice").unwrap(),
+                to: UserName::new("bob").unwrap(),
+                envelope: envelope(),
+            },
+            ClientMessage::Sync { rid: None },
+            ClientMessage::Ack {
+                rid: Some(1),
+                seqs: vec![1, 2, 3],
+            },
+        ];
+        for m in msgs {
+            let text = encode(&m);
+            let back = decode_client(&text, MAX).unwrap();
+            assert_eq!(encode(&back), text);
+        }
+    }
+
+    #[test]
+    fn envelope_bytes_are_forwarded_verbatim() {
+        let text = r#"{"envelope":{"v":1, "ct":"AAAA"},"type":"send","rid":3,"msg_id":"0190f0a8-7b1c-7c3e-8b7a-0f0e0d0c0b0a","from":"alice","to":"bob"}"#;
+        let ClientMessage::Send { envelope, rid, .. } = decode_client(text, MAX).unwrap() else {
+            panic!("not a send")
+        };
+        assert_eq!(rid, Some(3));
+        assert_eq!(envelope.get(), r#"{"v":1, "ct":"AAAA"}"#);
+    }
+
+    #[test]
+    fn bad_frames_get_codes() {
+        let e = decode_client("not json", MAX).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Malformed);
+        let e = decode_client(r#"{"type":"launch","rid":9}"#, MAX).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::UnknownType);
+        assert_eq!(e.rid(), Some(9));
+        let e = decode_client(r#"{"type":"send","rid":4,"to":"bob"}"#, MAX).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Malformed);
+        assert_eq!(e.rid(), Some(4));
+        let e = decode_client(r#"{"type":"keys","users":["Bad Name"]}"#, MAX).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Malformed);
+        let big = format!(r#"{{"type":"sync","pad":"{}"}}"#, "x".repeat(100));
+        let e = decode_client(&big, 50).unwrap_err();
+        assert_eq!(e.code(), ErrorCode::FrameTooLarge);
+    }
+
+    #[test]
+    fn rendered_message_matches_encode() {
+        let id = MsgId::new();
+        let from = UserName::new("alice").unwrap();
+        let env = r#"{"v":1, "ct":"AAAA"}"#;
+        let fast = render_message(9, &id, &from, 123, env);
+        let slow = encode(&ServerMessage::Message {
+            seq: 9,
+            msg_id: id,
+            from,
+            server_ts: 123,
+            envelope: RawValue::from_string(env.to_owned()).unwrap(),
+        });
+        assert_eq!(fast, slow);
+    }
+
+    #[test]
+    fn server_messages_round_trip() {
+        let msgs = vec![
+            ServerMessage::Message {
+                seq: 5,
+                msg_id: MsgId::new(),
+                from: UserName::new("alice").unwrap(),
+                server_ts: 1_700_000_000_000,
+                envelope: envelope(),
+            },
+            ServerMessage::error(Some(2), ErrorCode::UnknownUser),
+            ServerMessage::Presence {
+                rid: None,
+                users: vec![PresenceInfo {
+                    user: UserName::new("bob").unwrap(),
+                    online: false,
+                    last_seen: Some(1),
+                }],
+                unknown: vec![],
+            },
+        ];
+        for m in msgs {
+            let text = encode(&m);
+            let back = decode_server(&text, MAX).unwrap();
+            assert_eq!(encode(&back), text);
+        }
+    }
+}

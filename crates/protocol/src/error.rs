@@ -1,0 +1,109 @@
+//! Stable wire error codes.
+
+use serde::{Deserialize, Serialize};
+
+/// Every error the server can put in an `error` frame or a close reason.
+///
+/// The snake_case names are the stable contract; the human-readable text that
+/// travels beside them may change. Never carries server internals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The frame was not valid JSON or lacked a required field.
+    Malformed,
+    /// The frame's `type` is not one this server knows.
+    UnknownType,
+    /// The frame exceeded the server's size limit; the connection is closed.
+    FrameTooLarge,
+    /// Binary frames are not part of the protocol.
+    BinaryFrame,
+    /// The request needs a logged-in session.
+    NotAuthenticated,
+    /// The connection is already logged in.
+    AlreadyAuthenticated,
+    /// A user or group name outside the allowed characters.
+    InvalidName,
+    /// Sign-up for a name that is taken.
+    UserTaken,
+    /// No such user ("User Not Found").
+    UnknownUser,
+    /// Wrong password (the OPAQUE login did not verify).
+    AuthFailed,
+    /// `login_finish` without a `login_start` before it on this connection.
+    NoLoginInProgress,
+    /// A `from` field that is not the session's user.
+    SenderMismatch,
+    /// A message id that is not a UUID.
+    InvalidMsgId,
+    /// A public key, signature or OPAQUE message that does not decode.
+    BadKey,
+    /// A session token that is unknown or expired.
+    InvalidToken,
+    /// Too many requests; slow down.
+    RateLimited,
+    /// Too many connections from this address or in total.
+    TooManyConnections,
+    /// The server is shutting down; reconnect later.
+    ShuttingDown,
+    /// Something failed on the server; the cause is in its log.
+    Internal,
+}
+
+impl ErrorCode {
+    /// The stable snake_case name, as on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Malformed => "malformed",
+            Self::UnknownType => "unknown_type",
+            Self::FrameTooLarge => "frame_too_large",
+            Self::BinaryFrame => "binary_frame",
+            Self::NotAuthenticated => "not_authenticated",
+            Self::AlreadyAuthenticated => "already_authenticated",
+            Self::InvalidName => "invalid_name",
+            Self::UserTaken => "user_taken",
+            Self::UnknownUser => "unknown_user",
+            Self::AuthFailed => "auth_failed",
+            Self::NoLoginInProgress => "no_login_in_progress",
+            Self::SenderMismatch => "sender_mismatch",
+            Self::InvalidMsgId => "invalid_msg_id",
+            Self::BadKey => "bad_key",
+            Self::InvalidToken => "invalid_token",
+            Self::RateLimited => "rate_limited",
+            Self::TooManyConnections => "too_many_connections",
+            Self::ShuttingDown => "shutting_down",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// A short readable sentence for this code, used when nothing more
+    /// specific is known.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Malformed => "the frame is not a valid request",
+            Self::UnknownType => "unknown request type",
+            Self::FrameTooLarge => "frame too large",
+            Self::BinaryFrame => "binary frames are not supported",
+            Self::NotAuthenticated => "log in first",
+            Self::AlreadyAuthenticated => "already logged in on this connection",
+            Self::InvalidName => "invalid name",
+            Self::UserTaken => "that user name is taken",
+            Self::UnknownUser => "User Not Found",
+            Self::AuthFailed => "wrong user name or password",
+            Self::NoLoginInProgress => "no login in progress",
+            Self::SenderMismatch => "the sender is not the logged-in user",
+            Self::InvalidMsgId => "invalid message id",
+            Self::BadKey => "invalid key material",
+            Self::InvalidToken => "session expired; log in again",
+            Self::RateLimited => "too many requests; slow down",
+            Self::TooManyConnections => "too many connections",
+            Self::ShuttingDown => "the server is shutting down",
+            Self::Internal => "internal server error",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -1,0 +1,210 @@
+//! Identifiers that cross the wire: user names, group names and message ids.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Why an identifier was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    /// A user or group name outside the allowed characters or length.
+    #[error(
+        "invalid name {0:?}: use 1 to 32 characters, lowercase letters a-z, digits, '_' or '-', starting with a letter"
+    )]
+    InvalidName(String),
+    /// A message id that is not a UUID (version 7 is what clients generate).
+    #[error("invalid message id {0:?}: expected a UUID")]
+    InvalidMsgId(String),
+}
+
+/// Longest user or group name, in bytes (names are ASCII).
+pub const MAX_NAME_LEN: usize = 32;
+
+fn valid_name(s: &str) -> bool {
+    let b = s.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_NAME_LEN
+        && b[0].is_ascii_lowercase()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
+}
+
+macro_rules! name_type {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Validates `s` as a name.
+            ///
+            /// # Errors
+            /// [`IdError::InvalidName`] when `s` is empty, longer than
+            /// [`MAX_NAME_LEN`], or has a character other than `a-z`, `0-9`,
+            /// `_` and `-`, or does not start with a letter.
+            pub fn new(s: impl Into<String>) -> Result<Self, IdError> {
+                let s = s.into();
+                if valid_name(&s) { Ok(Self(s)) } else { Err(IdError::InvalidName(s)) }
+            }
+
+            /// The name as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Debug::fmt(&self.0, f)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = IdError;
+            fn from_str(s: &str) -> Result<Self, IdError> {
+                Self::new(s)
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::new(s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+name_type!(
+    /// A user name: 1 to 32 characters of `a-z`, `0-9`, `_`, `-`, starting
+    /// with a letter. Lowercase only, so `Alice` cannot pose as `alice`.
+    UserName
+);
+name_type!(
+    /// A group name, with the same rules as a [`UserName`]. Written `#name`
+    /// where a user could be meant.
+    GroupName
+);
+
+/// A message id: a UUID chosen by the sending client (version 7, so ids sort
+/// by creation time). Retrying a send with the same id is idempotent.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MsgId(uuid::Uuid);
+
+impl MsgId {
+    /// A fresh time-ordered id (UUIDv7).
+    pub fn new() -> Self {
+        Self(uuid::Uuid::now_v7())
+    }
+
+    /// The id as a UUID.
+    pub fn as_uuid(&self) -> &uuid::Uuid {
+        &self.0
+    }
+}
+
+impl Default for MsgId {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Display for MsgId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.0.hyphenated(), f)
+    }
+}
+
+impl fmt::Debug for MsgId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MsgId({})", self.0.hyphenated())
+    }
+}
+
+impl FromStr for MsgId {
+    type Err = IdError;
+    fn from_str(s: &str) -> Result<Self, IdError> {
+        uuid::Uuid::try_parse(s)
+            .map(Self)
+            .map_err(|_| IdError::InvalidMsgId(s.to_owned()))
+    }
+}
+
+impl Serialize for MsgId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut buf = uuid::Uuid::encode_buffer();
+        s.serialize_str(self.0.hyphenated().encode_lower(&mut buf))
+    }
+}
+
+impl<'de> Deserialize<'de> for MsgId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_names_follow_the_rules() {
+        for ok in [
+            "a",
+            "alice",
+            "bob_2",
+            "x-y",
+            "a234567890123456789012345678901",
+        ] {
+            assert!(UserName::new(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "Alice",
+            "1abc",
+            "_a",
+            "a b",
+            "a/b",
+            "../etc",
+            "a\0",
+            "é",
+            "a23456789012345678901234567890123",
+        ] {
+            assert!(UserName::new(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn user_name_json_rejects_invalid() {
+        assert!(serde_json::from_str::<UserName>("\"alice\"").is_ok());
+        assert!(serde_json::from_str::<UserName>("\"ALICE\"").is_err());
+    }
+
+    #[test]
+    fn msg_id_round_trips() {
+        let id = MsgId::new();
+        let s = serde_json::to_string(&id).unwrap();
+        assert_eq!(serde_json::from_str::<MsgId>(&s).unwrap(), id);
+        assert!("not-a-uuid".parse::<MsgId>().is_err());
+    }
+}

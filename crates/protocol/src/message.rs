@@ -1,0 +1,408 @@
+//! Client and server messages.
+//!
+//! Requests carry an optional `rid` (request id) chosen by the client; the
+//! server copies it into the response or `error` for that request, so a client
+//! can have several requests in flight. Pushes (`message`, `delivered`) carry
+//! no `rid`.
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::auth::KsfParams;
+use crate::{ErrorCode, MsgId, UserName};
+
+/// Bytes carried as standard base64 text in JSON.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct B64(pub Vec<u8>);
+
+impl std::fmt::Debug for B64 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "B64({} bytes)", self.0.len())
+    }
+}
+
+impl Serialize for B64 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use base64::Engine;
+        s.serialize_str(&base64::engine::general_purpose::STANDARD.encode(&self.0))
+    }
+}
+
+impl<'de> Deserialize<'de> for B64 {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use base64::Engine;
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        base64::engine::general_purpose::STANDARD
+            .decode(s.as_bytes())
+            .map(B64)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl From<Vec<u8>> for B64 {
+    fn from(v: Vec<u8>) -> Self {
+        B64(v)
+    }
+}
+
+/// Milliseconds since the Unix epoch, UTC.
+pub type UnixMillis = i64;
+
+/// A user's public keys, as published in the key directory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublicKeys {
+    /// Ed25519 identity (signing) key, 32 bytes.
+    pub identity: B64,
+    /// X-Wing KEM public key, 1216 bytes.
+    pub kem: B64,
+    /// Ed25519 signature by `identity` over the KEM key (see the crypto crate).
+    pub kem_sig: B64,
+}
+
+/// One user's entry in a `keys` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UserKeys {
+    /// Whose keys these are.
+    pub user: UserName,
+    /// The keys.
+    pub keys: PublicKeys,
+}
+
+/// One user's entry in a `presence` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceInfo {
+    /// The user.
+    pub user: UserName,
+    /// Whether the user has at least one logged-in connection now.
+    pub online: bool,
+    /// When the user's last connection ended; `None` if never, or online now.
+    pub last_seen: Option<UnixMillis>,
+}
+
+/// What a client sends.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientMessage {
+    /// OPAQUE registration, first message.
+    RegisterStart {
+        /// Request id, echoed back.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+        /// The name to register.
+        user: UserName,
+        /// OPAQUE `RegistrationRequest`.
+        request: B64,
+    },
+    /// OPAQUE registration, final message, with the new user's public keys and
+    /// sealed private-key backup.
+    RegisterFinish {
+        /// Request id, echoed back.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+        /// The name to register (same as in `register_start`).
+        user: UserName,
+        /// OPAQUE `RegistrationUpload` (the record the server stores).
+        upload: B64,
+        /// The Argon2id parameters the client stretched the password with.
+        ksf: KsfParams,
+        /// The user's public keys for the key directory.
+        keys: PublicKeys,
+        /// The private keys, sealed under a key only the password can derive.
+        backup: B64,
+    },
+    /// OPAQUE login, first message.
+    LoginStart {
+        /// Request id, echoed back.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+        /// Who is logging in.
+        user: UserName,
+        /// OPAQUE `CredentialRequest`.
+        request: B64,
+    },
+    /// OPAQUE login, final message.
+    LoginFinish {
+        /// Request id, echoed back.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+        /// OPAQUE `CredentialFinalization`.
+        finalization: B64,
+    },
+    /// Log in with a session token from an earlier `login_ok` (reconnects).
+    Resume {
+        /// Request id, echoed back.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+        /// Who is resuming.
+        user: UserName,
+        /// The token from `login_ok`.
+        token: B64,
+    },
+    /// Send an end-to-end encrypted message to one user.
+    Send {
+        /// Request id, echoed back.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+        /// Client-chosen id; a retry with the same id is stored once.
+        msg_id: MsgId,
+        /// The sender; must be the session's user.
+        from: UserName,
+        /// The recipient.
+        to: UserName,
+        /// The sealed envelope, opaque to the server.
+        envelope: Box<RawValue>,
+    },
+    /// Start delivery of the waiting mailbox; the server answers with
+    /// `message` pushes in mailbox order and then `synced`.
+    Sync {
+        /// Request id, echoed back in `synced`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+    },
+    /// Acknowledge received messages by their mailbox sequence numbers; the
+    /// server deletes them and tells each sender `delivered`.
+    Ack {
+        /// Request id, echoed back in `acked`.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+        /// The `seq` of each message received.
+        seqs: Vec<i64>,
+    },
+    /// Fetch users' public keys from the key directory.
+    Keys {
+        /// Request id, echoed back.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+        /// Whose keys.
+        users: Vec<UserName>,
+    },
+    /// Ask whether users are online and when they were last seen.
+    Presence {
+        /// Request id, echoed back.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+        /// Which users.
+        users: Vec<UserName>,
+    },
+}
+
+impl ClientMessage {
+    /// The request id, if the client set one.
+    pub fn rid(&self) -> Option<u64> {
+        match self {
+            Self::RegisterStart { rid, .. }
+            | Self::RegisterFinish { rid, .. }
+            | Self::LoginStart { rid, .. }
+            | Self::LoginFinish { rid, .. }
+            | Self::Resume { rid, .. }
+            | Self::Send { rid, .. }
+            | Self::Sync { rid }
+            | Self::Ack { rid, .. }
+            | Self::Keys { rid, .. }
+            | Self::Presence { rid, .. } => *rid,
+        }
+    }
+
+    /// Sets the request id.
+    pub fn set_rid(&mut self, id: u64) {
+        match self {
+            Self::RegisterStart { rid, .. }
+            | Self::RegisterFinish { rid, .. }
+            | Self::LoginStart { rid, .. }
+            | Self::LoginFinish { rid, .. }
+            | Self::Resume { rid, .. }
+            | Self::Send { rid, .. }
+            | Self::Sync { rid }
+            | Self::Ack { rid, .. }
+            | Self::Keys { rid, .. }
+            | Self::Presence { rid, .. } => *rid = Some(id),
+        }
+    }
+
+    /// The wire name of this message's type.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::RegisterStart { .. } => "register_start",
+            Self::RegisterFinish { .. } => "register_finish",
+            Self::LoginStart { .. } => "login_start",
+            Self::LoginFinish { .. } => "login_finish",
+            Self::Resume { .. } => "resume",
+            Self::Send { .. } => "send",
+            Self::Sync { .. } => "sync",
+            Self::Ack { .. } => "ack",
+            Self::Keys { .. } => "keys",
+            Self::Presence { .. } => "presence",
+        }
+    }
+}
+
+/// What the server sends.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerMessage {
+    /// OPAQUE registration response.
+    RegisterChallenge {
+        /// The request's id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+        /// OPAQUE `RegistrationResponse`.
+        response: B64,
+    },
+    /// The account exists now.
+    Registered {
+        /// The request's id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+        /// The new user.
+        user: UserName,
+    },
+    /// OPAQUE login challenge, with the account's Argon2 parameters.
+    LoginChallenge {
+        /// The request's id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+        /// OPAQUE `CredentialResponse`.
+        response: B64,
+        /// The parameters the password was registered with.
+        ksf: KsfParams,
+    },
+    /// The login verified; the connection is now the user's session.
+    LoginOk {
+        /// The request's id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+        /// The logged-in user.
+        user: UserName,
+        /// The sealed private-key backup stored at sign-up.
+        backup: B64,
+        /// The user's published public keys, so the client can check that the
+        /// directory matches its private keys.
+        keys: PublicKeys,
+        /// A session token for `resume` on reconnect.
+        token: B64,
+        /// Seconds until the token expires.
+        token_ttl_secs: u64,
+    },
+    /// A `resume` succeeded.
+    Resumed {
+        /// The request's id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+        /// The logged-in user.
+        user: UserName,
+    },
+    /// The message is stored durably in every recipient's mailbox.
+    Accepted {
+        /// The request's id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+        /// The message.
+        msg_id: MsgId,
+        /// Server time of acceptance.
+        server_ts: UnixMillis,
+        /// Whether the recipient had a live session when the message was
+        /// stored (so a `delivered` may follow soon).
+        recipient_online: bool,
+    },
+    /// A message for this user (pushed live or from the mailbox).
+    Message {
+        /// Mailbox sequence number; acknowledge with `ack`.
+        seq: i64,
+        /// The sender's message id.
+        msg_id: MsgId,
+        /// The sender, as authenticated by the server.
+        from: UserName,
+        /// Server time of acceptance.
+        server_ts: UnixMillis,
+        /// The sealed envelope, byte for byte as the sender sent it.
+        envelope: Box<RawValue>,
+    },
+    /// A recipient acknowledged one of this user's messages.
+    Delivered {
+        /// Set when the receipt was stored while this user was away:
+        /// acknowledge it with `ack` like a message.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        seq: Option<i64>,
+        /// The message.
+        msg_id: MsgId,
+        /// The recipient who received it.
+        to: UserName,
+        /// When the recipient acknowledged it.
+        at: UnixMillis,
+    },
+    /// The mailbox has been sent up to now; later messages arrive live.
+    Synced {
+        /// The `sync` request's id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+        /// How many mailbox messages this sync delivered.
+        count: u64,
+    },
+    /// The acknowledged messages are deleted from the mailbox.
+    Acked {
+        /// The request's id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+        /// How many were deleted (already-deleted ones are not counted).
+        count: u64,
+    },
+    /// Key directory answer.
+    Keys {
+        /// The request's id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+        /// One entry per known user, in the order asked.
+        keys: Vec<UserKeys>,
+        /// Names asked for that have no account.
+        unknown: Vec<UserName>,
+    },
+    /// Presence answer.
+    Presence {
+        /// The request's id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+        /// One entry per known user, in the order asked.
+        users: Vec<PresenceInfo>,
+        /// Names asked for that have no account.
+        unknown: Vec<UserName>,
+    },
+    /// A request failed.
+    Error {
+        /// The failed request's id, when it could be read.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+        /// Stable code.
+        code: ErrorCode,
+        /// Readable detail for people; not a contract.
+        message: String,
+    },
+}
+
+impl ServerMessage {
+    /// The request id this answers, if any.
+    pub fn rid(&self) -> Option<u64> {
+        match self {
+            Self::RegisterChallenge { rid, .. }
+            | Self::Registered { rid, .. }
+            | Self::LoginChallenge { rid, .. }
+            | Self::LoginOk { rid, .. }
+            | Self::Resumed { rid, .. }
+            | Self::Accepted { rid, .. }
+            | Self::Synced { rid, .. }
+            | Self::Acked { rid, .. }
+            | Self::Keys { rid, .. }
+            | Self::Presence { rid, .. }
+            | Self::Error { rid, .. } => *rid,
+            Self::Message { .. } | Self::Delivered { .. } => None,
+        }
+    }
+
+    /// An `error` frame with the code's standard text.
+    pub fn error(rid: Option<u64>, code: ErrorCode) -> Self {
+        Self::Error {
+            rid,
+            code,
+            message: code.describe().to_owned(),
+        }
+    }
+}

@@ -1,0 +1,263 @@
+//! Server configuration: [`RawConfig`] as read from a TOML file, the
+//! environment and flags, validated once into a [`Config`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::store::{DatabaseUrl, WriterConfig};
+
+/// Configuration as given: every field optional, unknown fields refused.
+/// Later sources override earlier ones with [`RawConfig::merge`].
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// Address to listen on, e.g. `127.0.0.1:7878`.
+    pub listen: Option<String>,
+    /// Folder for the SQLite database and other server data.
+    pub data_dir: Option<PathBuf>,
+    /// `postgres://…` to use PostgreSQL, or `sqlite://PATH`; default: SQLite
+    /// in the data folder.
+    pub database: Option<String>,
+    /// Run migrations at start (default true). Set false when the server
+    /// runs as an application role that may not change the schema.
+    pub migrate: Option<bool>,
+    /// Largest accepted frame in bytes (default 1 MiB).
+    pub max_frame_bytes: Option<usize>,
+    /// Days an undelivered message waits before it is deleted (default 30).
+    pub message_ttl_days: Option<u64>,
+    /// Hours a resume token stays valid (default 168).
+    pub session_ttl_hours: Option<u64>,
+    /// Pushes queued per connection before it is disconnected as too slow
+    /// (default 256).
+    pub outbox: Option<usize>,
+    /// Most connections at once (default 10000).
+    pub max_connections: Option<usize>,
+    /// Requests one connection may have in flight (default 128).
+    pub max_in_flight: Option<usize>,
+    /// Seconds between WebSocket pings (default 10).
+    pub ping_interval_secs: Option<u64>,
+    /// Seconds of silence after which a peer is presumed dead (default 30).
+    pub idle_timeout_secs: Option<u64>,
+    /// Seconds a login may take between its two messages (default 30).
+    pub login_timeout_secs: Option<u64>,
+    /// Seconds to let connections finish on shutdown (default 10).
+    pub shutdown_grace_secs: Option<u64>,
+}
+
+macro_rules! merge_fields {
+    ($self:ident, $other:ident; $($f:ident),*) => {
+        RawConfig { $($f: $other.$f.or($self.$f)),* }
+    };
+}
+
+impl RawConfig {
+    /// Reads a TOML file.
+    ///
+    /// # Errors
+    /// A readable message naming the file when it cannot be read or parsed.
+    pub fn from_toml_file(path: &std::path::Path) -> Result<Self, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read config file {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| format!("config file {}: {e}", path.display()))
+    }
+
+    /// `other`'s values where set, else `self`'s.
+    pub fn merge(self, other: RawConfig) -> RawConfig {
+        merge_fields!(self, other; listen, data_dir, database, migrate, max_frame_bytes,
+            message_ttl_days, session_ttl_hours, outbox, max_connections, max_in_flight,
+            ping_interval_secs, idle_timeout_secs, login_timeout_secs, shutdown_grace_secs)
+    }
+
+    /// Validates into a [`Config`], filling defaults.
+    ///
+    /// # Errors
+    /// A readable message for the first invalid value.
+    pub fn validate(self) -> Result<Config, String> {
+        let listen: SocketAddr = self
+            .listen
+            .as_deref()
+            .unwrap_or("127.0.0.1:7878")
+            .parse()
+            .map_err(|_| {
+                format!(
+                    "invalid listen address {:?}: expected IP:PORT, e.g. 127.0.0.1:7878",
+                    self.listen.as_deref().unwrap_or_default()
+                )
+            })?;
+        let data_dir = self
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from("telepound-data"));
+        let database = match self.database.as_deref() {
+            None | Some("") => DatabaseUrl::Sqlite(data_dir.join("telepound.sqlite3")),
+            Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+                DatabaseUrl::Postgres(u.to_owned())
+            }
+            Some(u) if u.starts_with("sqlite://") => {
+                DatabaseUrl::Sqlite(PathBuf::from(&u["sqlite://".len()..]))
+            }
+            Some(u) => {
+                return Err(format!(
+                    "unsupported database {:?}: use postgres://USER@HOST/DB or sqlite://PATH",
+                    redact_url(u)
+                ));
+            }
+        };
+        let positive = |name: &str, v: Option<u64>, default: u64| -> Result<u64, String> {
+            match v.unwrap_or(default) {
+                0 => Err(format!("{name} must be greater than zero")),
+                n => Ok(n),
+            }
+        };
+        let max_frame = self
+            .max_frame_bytes
+            .unwrap_or(telepound_protocol::DEFAULT_MAX_FRAME);
+        if max_frame < 4096 {
+            return Err("max_frame_bytes must be at least 4096".into());
+        }
+        let ping = positive("ping_interval_secs", self.ping_interval_secs, 10)?;
+        let idle = positive("idle_timeout_secs", self.idle_timeout_secs, 30)?;
+        if idle <= ping {
+            return Err("idle_timeout_secs must be longer than ping_interval_secs".into());
+        }
+        Ok(Config {
+            listen,
+            data_dir,
+            database,
+            migrate: self.migrate.unwrap_or(true),
+            max_frame,
+            message_ttl: Duration::from_secs(
+                positive("message_ttl_days", self.message_ttl_days, 30)? * 86_400,
+            ),
+            session_ttl: Duration::from_secs(
+                positive("session_ttl_hours", self.session_ttl_hours, 168)? * 3600,
+            ),
+            outbox: positive("outbox", self.outbox.map(|v| v as u64), 256)? as usize,
+            max_connections: positive(
+                "max_connections",
+                self.max_connections.map(|v| v as u64),
+                10_000,
+            )? as usize,
+            max_in_flight: positive("max_in_flight", self.max_in_flight.map(|v| v as u64), 128)?
+                as usize,
+            ping_interval: Duration::from_secs(ping),
+            idle_timeout: Duration::from_secs(idle),
+            login_timeout: Duration::from_secs(positive(
+                "login_timeout_secs",
+                self.login_timeout_secs,
+                30,
+            )?),
+            shutdown_grace: Duration::from_secs(positive(
+                "shutdown_grace_secs",
+                self.shutdown_grace_secs,
+                10,
+            )?),
+            writer: WriterConfig::default(),
+        })
+    }
+}
+
+/// A database URL with any password replaced, safe to print.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+/// Validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where to listen (used by the binary; [`crate::run`] takes a listener).
+    pub listen: SocketAddr,
+    /// Server data folder.
+    pub data_dir: PathBuf,
+    /// The database.
+    pub database: DatabaseUrl,
+    /// Whether to run migrations at start.
+    pub migrate: bool,
+    /// Largest accepted frame in bytes.
+    pub max_frame: usize,
+    /// How long undelivered messages wait.
+    pub message_ttl: Duration,
+    /// How long resume tokens last.
+    pub session_ttl: Duration,
+    /// Outbox capacity per connection.
+    pub outbox: usize,
+    /// Connection cap.
+    pub max_connections: usize,
+    /// In-flight request cap per connection.
+    pub max_in_flight: usize,
+    /// Ping period.
+    pub ping_interval: Duration,
+    /// Silence after which a peer is dead.
+    pub idle_timeout: Duration,
+    /// Time allowed between `login_start` and `login_finish`.
+    pub login_timeout: Duration,
+    /// Shutdown deadline for connections.
+    pub shutdown_grace: Duration,
+    /// Group-commit writer tuning.
+    pub writer: WriterConfig,
+}
+
+impl Config {
+    /// Defaults with SQLite in `data_dir`: what tests and embedders start from.
+    pub fn with_data_dir(data_dir: impl Into<PathBuf>) -> Self {
+        RawConfig {
+            data_dir: Some(data_dir.into()),
+            ..RawConfig::default()
+        }
+        .validate()
+        .expect("defaults are valid")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_overrides() {
+        let c = RawConfig::default().validate().unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:7878");
+        assert_eq!(
+            c.database,
+            DatabaseUrl::Sqlite(PathBuf::from("telepound-data/telepound.sqlite3"))
+        );
+        let file: RawConfig = toml::from_str("listen = \"0.0.0.0:9000\"\noutbox = 8").unwrap();
+        let flags = RawConfig {
+            listen: Some("127.0.0.1:1".into()),
+            ..Default::default()
+        };
+        let c = file.merge(flags).validate().unwrap();
+        assert_eq!(c.listen.port(), 1);
+        assert_eq!(c.outbox, 8);
+    }
+
+    #[test]
+    fn bad_values_are_readable_errors() {
+        let e = RawConfig {
+            listen: Some("nope".into()),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.contains("invalid listen address"));
+        let e = RawConfig {
+            database: Some("mysql://root:hunter2@x/db".into()),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(!e.contains("hunter2"), "{e}");
+        assert!(toml::from_str::<RawConfig>("bogus = 1").is_err());
+    }
+}

@@ -1,0 +1,493 @@
+//! One task per WebSocket connection.
+//!
+//! The task owns the socket and `select!`s over: shutdown, being kicked (its
+//! outbox overflowed), answers of requests in flight, pushes from its
+//! bounded outbox, the next mailbox page while syncing, the next inbound
+//! frame, and the ping timer. Requests are answered in the order they
+//! arrived.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::StreamExt;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesOrdered;
+use telepound_protocol::codec::{self, DecodeError};
+use telepound_protocol::{ClientMessage, ErrorCode, ServerMessage, UserName};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::handler::{self, HandlerError, Pending, login::PendingLogin};
+use crate::hub::{Member, Outbound};
+use crate::server::Shared;
+use crate::store::{self, EntryKind, StoredEntry};
+
+/// Mailbox entries fetched per page while syncing.
+const PAGE: u32 = 256;
+
+/// WebSocket close codes used.
+mod close {
+    pub const NORMAL: u16 = 1000;
+    pub const GOING_AWAY: u16 = 1001;
+    pub const POLICY: u16 = 1008;
+    pub const TOO_BIG: u16 = 1009;
+}
+
+/// Where the connection is in delivering its mailbox.
+enum SyncState {
+    /// No `sync` yet: mailbox pushes are not wanted (a one-shot command).
+    Idle,
+    /// Sending the stored mailbox page by page.
+    Running {
+        rid: Option<u64>,
+        count: u64,
+        /// A push arrived since the current fetch began; fetch again before
+        /// going live, because that fetch may not include it.
+        dirty: bool,
+        fetch: BoxFuture<'static, store::Result<Vec<StoredEntry>>>,
+    },
+    /// Caught up: pushes are forwarded as they come.
+    Live,
+}
+
+enum Event {
+    Shutdown,
+    Kicked,
+    Answer(ServerMessage),
+    Push(Outbound),
+    Page(store::Result<Vec<StoredEntry>>),
+    Frame(Option<Result<Message, axum::Error>>),
+    Tick,
+}
+
+/// Why the connection ended, for the log.
+#[derive(Debug, Clone, Copy)]
+enum Ending {
+    ClientClosed,
+    Shutdown,
+    SlowConsumer,
+    IdleTimeout,
+    FrameTooLarge,
+    ProtocolError,
+    WriteFailed,
+}
+
+/// Runs one connection until it closes. `_permit` holds its place under the
+/// connection cap for as long as it lives.
+pub async fn run(
+    shared: Arc<Shared>,
+    socket: WebSocket,
+    peer: SocketAddr,
+    _permit: OwnedSemaphorePermit,
+) {
+    let conn_id = shared.next_conn_id();
+    let span = tracing::info_span!("conn", conn_id, %peer, user = tracing::field::Empty);
+    async move {
+        tracing::info!("connected");
+        let mut conn = Connection::new(shared, socket, conn_id);
+        let ending = conn.serve().await;
+        conn.leave().await;
+        tracing::info!(reason = ?ending, "disconnected");
+    }
+    .instrument(span)
+    .await
+}
+
+struct Connection {
+    shared: Arc<Shared>,
+    socket: WebSocket,
+    conn_id: u64,
+    user: Option<UserName>,
+    pending_login: Option<PendingLogin>,
+    outbox_tx: mpsc::Sender<Outbound>,
+    outbox_rx: mpsc::Receiver<Outbound>,
+    live: Arc<AtomicBool>,
+    kick: CancellationToken,
+    sync: SyncState,
+    /// Highest mailbox seq sent to the client since the last `sync`.
+    cursor: i64,
+    in_flight: FuturesOrdered<Pending>,
+    last_heard: Instant,
+}
+
+impl Connection {
+    fn new(shared: Arc<Shared>, socket: WebSocket, conn_id: u64) -> Self {
+        let (outbox_tx, outbox_rx) = mpsc::channel(shared.config.outbox);
+        Self {
+            shared,
+            socket,
+            conn_id,
+            user: None,
+            pending_login: None,
+            outbox_tx,
+            outbox_rx,
+            live: Arc::new(AtomicBool::new(false)),
+            kick: CancellationToken::new(),
+            sync: SyncState::Idle,
+            cursor: 0,
+            in_flight: FuturesOrdered::new(),
+            last_heard: Instant::now(),
+        }
+    }
+
+    async fn serve(&mut self) -> Ending {
+        let shutdown = self.shared.shutdown.clone();
+        let kick = self.kick.clone();
+        let mut ping = tokio::time::interval(self.shared.config.ping_interval);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ping.tick().await;
+        let max_in_flight = self.shared.config.max_in_flight;
+        loop {
+            let syncing = matches!(self.sync, SyncState::Running { .. });
+            let event = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => Event::Shutdown,
+                () = kick.cancelled() => Event::Kicked,
+                Some(answer) = self.in_flight.next(), if !self.in_flight.is_empty() => Event::Answer(answer),
+                Some(out) = self.outbox_rx.recv() => Event::Push(out),
+                page = poll_fetch(&mut self.sync), if syncing => Event::Page(page),
+                frame = self.socket.recv(), if self.in_flight.len() < max_in_flight => Event::Frame(frame),
+                _ = ping.tick() => Event::Tick,
+            };
+            let step = match event {
+                Event::Shutdown => return self.shut_down().await,
+                Event::Kicked => {
+                    tracing::warn!("outbox full: disconnecting a client that is not reading");
+                    let _ = self
+                        .close(
+                            close::POLICY,
+                            "slow_consumer: reconnect to resume from your mailbox",
+                        )
+                        .await;
+                    return Ending::SlowConsumer;
+                }
+                Event::Answer(answer) => self.write(&answer).await,
+                Event::Push(out) => self.on_push(out).await,
+                Event::Page(page) => self.on_page(page).await,
+                Event::Frame(frame) => match self.on_frame(frame).await {
+                    Ok(()) => Ok(()),
+                    Err(ending) => return ending,
+                },
+                Event::Tick => {
+                    if self.last_heard.elapsed() > self.shared.config.idle_timeout {
+                        let _ = self.close(close::POLICY, "idle_timeout").await;
+                        return Ending::IdleTimeout;
+                    }
+                    self.socket.send(Message::Ping(Default::default())).await
+                }
+            };
+            if step.is_err() {
+                return Ending::WriteFailed;
+            }
+        }
+    }
+
+    /// Handles one inbound frame; `Err` ends the connection.
+    async fn on_frame(
+        &mut self,
+        frame: Option<Result<Message, axum::Error>>,
+    ) -> Result<(), Ending> {
+        self.last_heard = Instant::now();
+        let text = match frame {
+            None | Some(Ok(Message::Close(_))) => return Err(Ending::ClientClosed),
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Ok(()),
+            Some(Ok(Message::Binary(_))) => {
+                let e = ServerMessage::error(None, ErrorCode::BinaryFrame);
+                return self.write(&e).await.map_err(|_| Ending::WriteFailed);
+            }
+            Some(Err(e)) => {
+                if is_too_big(&e) {
+                    tracing::warn!("frame over the size limit");
+                    let _ = self
+                        .close(close::TOO_BIG, ErrorCode::FrameTooLarge.as_str())
+                        .await;
+                    return Err(Ending::FrameTooLarge);
+                }
+                tracing::debug!(cause = %e, "websocket error");
+                return Err(Ending::ProtocolError);
+            }
+        };
+        match codec::decode_client(text.as_str(), self.shared.config.max_frame) {
+            Ok(msg) => self.on_request(msg).await.map_err(|_| Ending::WriteFailed),
+            Err(e @ DecodeError::TooLarge { .. }) => {
+                let _ = self.close(close::TOO_BIG, e.code().as_str()).await;
+                Err(Ending::FrameTooLarge)
+            }
+            Err(e) => {
+                let reply = ServerMessage::Error {
+                    rid: e.rid(),
+                    code: e.code(),
+                    message: e.to_string(),
+                };
+                self.write(&reply).await.map_err(|_| Ending::WriteFailed)
+            }
+        }
+    }
+
+    async fn on_request(&mut self, msg: ClientMessage) -> Result<(), axum::Error> {
+        let rid = msg.rid();
+        let Some(user) = self.user.clone() else {
+            let reply = self.on_unauthenticated(msg).await;
+            return self.write(&reply).await;
+        };
+        if let ClientMessage::Sync { rid } = msg {
+            self.start_sync(rid, &user);
+            return Ok(());
+        }
+        let pending = handler::dispatch(&self.shared, &user, msg).await;
+        self.in_flight.push_back(pending);
+        let _ = rid;
+        Ok(())
+    }
+
+    /// Requests before login: registration, login, resume.
+    async fn on_unauthenticated(&mut self, msg: ClientMessage) -> ServerMessage {
+        let shared = self.shared.clone();
+        let rid = msg.rid();
+        let result = match msg {
+            ClientMessage::RegisterStart { user, request, .. } => {
+                handler::register::start(&shared, rid, &user, &request.0).await
+            }
+            ClientMessage::RegisterFinish {
+                user,
+                upload,
+                ksf,
+                keys,
+                backup,
+                ..
+            } => {
+                handler::register::finish(&shared, rid, user, &upload.0, ksf, keys, backup.0).await
+            }
+            ClientMessage::LoginStart { user, request, .. } => {
+                match handler::login::start(&shared, rid, user, &request.0).await {
+                    Ok((reply, pending)) => {
+                        self.pending_login = Some(pending);
+                        Ok(reply)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            ClientMessage::LoginFinish { finalization, .. } => match self.pending_login.take() {
+                None => Err(HandlerError::new(ErrorCode::NoLoginInProgress)),
+                Some(pending) => {
+                    match handler::login::finish(&shared, rid, pending, &finalization.0).await {
+                        Ok((reply, user)) => {
+                            self.enter(user);
+                            Ok(reply)
+                        }
+                        Err(e) => {
+                            if e.code == ErrorCode::AuthFailed {
+                                tracing::info!("login failed");
+                            }
+                            Err(e)
+                        }
+                    }
+                }
+            },
+            ClientMessage::Resume { user, token, .. } => {
+                match handler::login::resume(&shared, rid, user.clone(), &token.0).await {
+                    Ok(reply) => {
+                        self.enter(user);
+                        Ok(reply)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            _ => Err(HandlerError::new(ErrorCode::NotAuthenticated)),
+        };
+        result.unwrap_or_else(|e| e.reply(rid))
+    }
+
+    /// The connection becomes `user`'s session.
+    fn enter(&mut self, user: UserName) {
+        tracing::Span::current().record("user", tracing::field::display(&user));
+        tracing::info!("logged in");
+        self.shared.hub.join(
+            &user,
+            Member {
+                conn_id: self.conn_id,
+                tx: self.outbox_tx.clone(),
+                live: self.live.clone(),
+                kick: self.kick.clone(),
+            },
+        );
+        self.user = Some(user);
+    }
+
+    fn start_sync(&mut self, rid: Option<u64>, user: &UserName) {
+        // Every sync starts from the beginning of the mailbox: whatever is
+        // still there has not been acknowledged, and clients drop duplicates.
+        self.live.store(false, Ordering::Release);
+        self.cursor = 0;
+        self.sync = SyncState::Running {
+            rid,
+            count: 0,
+            dirty: false,
+            fetch: fetch(&self.shared, user, 0),
+        };
+    }
+
+    async fn on_page(&mut self, page: store::Result<Vec<StoredEntry>>) -> Result<(), axum::Error> {
+        let user = self.user.clone().expect("sync only after login");
+        let page = match page {
+            Ok(page) => page,
+            Err(e) => {
+                tracing::error!(cause = %e, "mailbox fetch failed");
+                let SyncState::Running { rid, .. } =
+                    std::mem::replace(&mut self.sync, SyncState::Idle)
+                else {
+                    unreachable!("page only while running")
+                };
+                return self
+                    .write(&ServerMessage::error(rid, ErrorCode::Internal))
+                    .await;
+            }
+        };
+        let full = page.len() == PAGE as usize;
+        for entry in &page {
+            self.send_entry(entry).await?;
+        }
+        let cursor = self.cursor;
+        let SyncState::Running {
+            rid,
+            count,
+            dirty,
+            fetch: next,
+        } = &mut self.sync
+        else {
+            unreachable!("page only while running")
+        };
+        *count += page.len() as u64;
+        if full || *dirty {
+            *dirty = false;
+            *next = fetch(&self.shared, &user, cursor);
+            return Ok(());
+        }
+        let reply = ServerMessage::Synced {
+            rid: *rid,
+            count: *count,
+        };
+        self.sync = SyncState::Live;
+        self.live.store(true, Ordering::Release);
+        self.write(&reply).await
+    }
+
+    async fn on_push(&mut self, out: Outbound) -> Result<(), axum::Error> {
+        match out {
+            Outbound::Entry(entry) => match &mut self.sync {
+                SyncState::Live if entry.seq > self.cursor => self.send_entry(&entry).await,
+                SyncState::Running { dirty, .. } => {
+                    *dirty = true;
+                    Ok(())
+                }
+                _ => Ok(()),
+            },
+            Outbound::Delivered { msg_id, to, at } => {
+                self.write(&ServerMessage::Delivered {
+                    seq: None,
+                    msg_id,
+                    to,
+                    at,
+                })
+                .await
+            }
+        }
+    }
+
+    async fn send_entry(&mut self, entry: &StoredEntry) -> Result<(), axum::Error> {
+        self.cursor = self.cursor.max(entry.seq);
+        let text = match entry.kind {
+            EntryKind::Message => codec::render_message(
+                entry.seq,
+                &entry.msg_id,
+                &entry.sender,
+                entry.server_ts,
+                &entry.envelope,
+            ),
+            EntryKind::Receipt => codec::encode(&ServerMessage::Delivered {
+                seq: Some(entry.seq),
+                msg_id: entry.msg_id,
+                to: entry.sender.clone(),
+                at: entry.server_ts,
+            }),
+        };
+        self.socket.send(Message::Text(text.into())).await
+    }
+
+    async fn write(&mut self, msg: &ServerMessage) -> Result<(), axum::Error> {
+        self.socket
+            .send(Message::Text(codec::encode(msg).into()))
+            .await
+    }
+
+    async fn close(&mut self, code: u16, reason: &str) -> Result<(), axum::Error> {
+        self.socket
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from(reason.to_owned()),
+            })))
+            .await
+    }
+
+    /// Lets requests in flight finish (their writes may already be
+    /// committed: the sender must hear `accepted`), then says goodbye.
+    async fn shut_down(&mut self) -> Ending {
+        while let Some(answer) = self.in_flight.next().await {
+            if self.write(&answer).await.is_err() {
+                return Ending::Shutdown;
+            }
+        }
+        let _ = self
+            .close(close::GOING_AWAY, ErrorCode::ShuttingDown.as_str())
+            .await;
+        Ending::Shutdown
+    }
+
+    async fn leave(&mut self) {
+        let _ = close::NORMAL;
+        if let Some(user) = self.user.take()
+            && self.shared.hub.leave(&user, self.conn_id)
+            && let Err(e) = self
+                .shared
+                .store
+                .set_last_seen(&user, crate::now_ms())
+                .await
+        {
+            tracing::warn!(cause = %e, "could not record last seen");
+        }
+    }
+}
+
+fn fetch(
+    shared: &Arc<Shared>,
+    user: &UserName,
+    after: i64,
+) -> BoxFuture<'static, store::Result<Vec<StoredEntry>>> {
+    let (store, user) = (shared.store.clone(), user.clone());
+    Box::pin(async move { store.fetch(&user, after, PAGE).await })
+}
+
+/// Polls the running fetch. Only called while syncing; the future is kept
+/// across loop turns, so a busy connection does not restart it.
+async fn poll_fetch(sync: &mut SyncState) -> store::Result<Vec<StoredEntry>> {
+    match sync {
+        SyncState::Running { fetch, .. } => fetch.await,
+        _ => std::future::pending().await,
+    }
+}
+
+fn is_too_big(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(s) = source {
+        if let Some(t) = s.downcast_ref::<tungstenite::Error>() {
+            return matches!(t, tungstenite::Error::Capacity(_));
+        }
+        source = s.source();
+    }
+    false
+}

@@ -1,0 +1,137 @@
+//! Routing of live pushes to connected users, and who is online.
+//!
+//! The hub is the one seam through which every push goes, so that a later
+//! multi-node deployment can route between nodes here without touching
+//! the handlers.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use telepound_protocol::message::UnixMillis;
+use telepound_protocol::{MsgId, UserName};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::store::StoredEntry;
+
+/// Something pushed to a connection.
+#[derive(Debug, Clone)]
+pub enum Outbound {
+    /// A mailbox entry just committed for this user.
+    Entry(Arc<StoredEntry>),
+    /// A live delivery receipt (not stored).
+    Delivered {
+        /// The message.
+        msg_id: MsgId,
+        /// Who received it.
+        to: UserName,
+        /// When.
+        at: UnixMillis,
+    },
+}
+
+/// A connection's registration in the hub.
+#[derive(Clone)]
+pub struct Member {
+    /// The connection's id.
+    pub conn_id: u64,
+    /// Its bounded outbox.
+    pub tx: mpsc::Sender<Outbound>,
+    /// Set once the connection has synced its mailbox and takes live pushes.
+    pub live: Arc<AtomicBool>,
+    /// Cancelled when the connection must be dropped (its outbox is full).
+    pub kick: CancellationToken,
+}
+
+/// The routing table: user → connected members.
+#[derive(Default)]
+pub struct Hub {
+    // A std Mutex: every critical section is a map lookup and non-blocking
+    // `try_send`s, with no `.await` inside, so it is never held across a
+    // suspension point.
+    members: Mutex<HashMap<UserName, Vec<Member>>>,
+}
+
+/// What a push reached.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PushOutcome {
+    /// Live (synced) connections that got it.
+    pub live: usize,
+    /// Connections dropped because their outbox was full.
+    pub kicked: usize,
+}
+
+impl Hub {
+    /// Adds a logged-in connection.
+    pub fn join(&self, user: &UserName, member: Member) {
+        let mut m = self.members.lock().expect("hub lock");
+        m.entry(user.clone()).or_default().push(member);
+    }
+
+    /// Removes a connection; returns true when it was the user's last.
+    pub fn leave(&self, user: &UserName, conn_id: u64) -> bool {
+        let mut m = self.members.lock().expect("hub lock");
+        let Some(list) = m.get_mut(user) else {
+            return true;
+        };
+        list.retain(|x| x.conn_id != conn_id);
+        if list.is_empty() {
+            m.remove(user);
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Whether the user has any logged-in connection.
+    pub fn is_online(&self, user: &UserName) -> bool {
+        self.members.lock().expect("hub lock").contains_key(user)
+    }
+
+    /// Whether the user has a connection that takes live pushes.
+    pub fn is_live(&self, user: &UserName) -> bool {
+        self.members
+            .lock()
+            .expect("hub lock")
+            .get(user)
+            .is_some_and(|l| l.iter().any(|x| x.live.load(Ordering::Acquire)))
+    }
+
+    /// How many connections are logged in.
+    pub fn sessions(&self) -> usize {
+        self.members
+            .lock()
+            .expect("hub lock")
+            .values()
+            .map(Vec::len)
+            .sum()
+    }
+
+    /// Pushes to every connection of `user`. A connection whose outbox is
+    /// full is kicked (it will catch up from its mailbox when it returns);
+    /// nobody waits for a slow reader.
+    pub fn push(&self, user: &UserName, item: Outbound) -> PushOutcome {
+        let m = self.members.lock().expect("hub lock");
+        let mut out = PushOutcome::default();
+        if let Some(list) = m.get(user) {
+            for member in list {
+                match member.tx.try_send(item.clone()) {
+                    Ok(()) => {
+                        if member.live.load(Ordering::Acquire) {
+                            out.live += 1;
+                        }
+                    }
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        member.kick.cancel();
+                        out.kicked += 1;
+                    }
+                    // The connection is ending; it leaves the hub itself.
+                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                }
+            }
+        }
+        out
+    }
+}

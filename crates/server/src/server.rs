@@ -1,0 +1,229 @@
+//! The server entry point: [`run`].
+
+use std::collections::HashSet;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
+
+use axum::Router;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use opaque_ke::ServerSetup;
+use rand_core_06::OsRng;
+use telepound_protocol::UserName;
+use telepound_protocol::auth::Suite;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, redact_url};
+use crate::hub::Hub;
+use crate::store::{self, DatabaseUrl, Store};
+
+/// State shared by every connection.
+pub struct Shared {
+    /// The database.
+    pub store: Arc<dyn Store>,
+    /// Live routing.
+    pub hub: Hub,
+    /// Validated configuration.
+    pub config: Config,
+    /// The OPAQUE server keys (persisted in the store).
+    pub opaque: ServerSetup<Suite>,
+    /// Cancelled when the server starts shutting down.
+    pub shutdown: CancellationToken,
+    /// Tracks connection tasks so shutdown can wait for them.
+    pub tracker: TaskTracker,
+    /// Connection cap.
+    pub connections: Arc<Semaphore>,
+    next_conn: AtomicU64,
+    // Names known to exist. Accounts are never deleted, so a positive cache
+    // never goes stale; it saves a query on every send. std Mutex: no await
+    // while held.
+    known_users: Mutex<HashSet<UserName>>,
+}
+
+impl Shared {
+    /// A fresh connection id.
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether `user` has an account.
+    ///
+    /// # Errors
+    /// Store failures.
+    pub async fn user_exists(&self, user: &UserName) -> store::Result<bool> {
+        if self.known_users.lock().expect("cache lock").contains(user) {
+            return Ok(true);
+        }
+        let exists = self.store.users_exist(std::slice::from_ref(user)).await?[0];
+        if exists {
+            self.known_users
+                .lock()
+                .expect("cache lock")
+                .insert(user.clone());
+        }
+        Ok(exists)
+    }
+}
+
+/// Runs the server on `listener` until `shutdown` completes, then stops
+/// accepting, tells every client it is going away, lets in-flight writes
+/// finish (up to `config.shutdown_grace`), and closes the store.
+///
+/// # Errors
+/// When the store cannot be opened or the listener fails.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+
+    if let DatabaseUrl::Sqlite(path) = &config.database
+        && let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty())
+    {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create data folder {}", dir.display()))?;
+    }
+    let store = store::open(&config.database, config.migrate, config.writer)
+        .await
+        .with_context(|| match &config.database {
+            DatabaseUrl::Sqlite(p) => format!("cannot open SQLite database {}", p.display()),
+            DatabaseUrl::Postgres(u) => {
+                format!("cannot open PostgreSQL database {}", redact_url(u))
+            }
+        })?;
+    let fresh = ServerSetup::<Suite>::new(&mut OsRng);
+    let setup_bytes = store
+        .server_setup(&fresh.serialize())
+        .await
+        .context("cannot load the server's OPAQUE setup")?;
+    let opaque = ServerSetup::<Suite>::deserialize(&setup_bytes)
+        .map_err(|_| anyhow::anyhow!("the stored OPAQUE setup is corrupt"))?;
+
+    let shared = Arc::new(Shared {
+        store,
+        hub: Hub::default(),
+        connections: Arc::new(Semaphore::new(config.max_connections)),
+        config,
+        opaque,
+        shutdown: CancellationToken::new(),
+        tracker: TaskTracker::new(),
+        next_conn: AtomicU64::new(1),
+        known_users: Mutex::new(HashSet::new()),
+    });
+
+    let expiry = tokio::spawn(expire_loop(shared.clone()));
+    let _expiry = AbortOnDrop(expiry);
+
+    let app = Router::new()
+        .route("/v1/ws", get(ws_upgrade))
+        .route("/healthz", get(healthz))
+        .with_state(shared.clone());
+
+    let addr = listener.local_addr().context("listener has no address")?;
+    tracing::info!(%addr, database = %describe(&shared.config.database), "telepound listening");
+
+    let token = shared.shutdown.clone();
+    let serve_token = token.clone();
+    let signal = tokio::spawn(async move {
+        shutdown.await;
+        token.cancel();
+    });
+    let _signal = AbortOnDrop(signal);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { serve_token.cancelled().await })
+    .await
+    .context("server failed")?;
+
+    tracing::info!("shutting down: waiting for connections to finish");
+    shared.tracker.close();
+    if tokio::time::timeout(shared.config.shutdown_grace, shared.tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            remaining = shared.tracker.len(),
+            "shutdown deadline passed; dropping remaining connections"
+        );
+    }
+    shared.store.close().await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn describe(db: &DatabaseUrl) -> String {
+    match db {
+        DatabaseUrl::Sqlite(p) => format!("sqlite:{}", p.display()),
+        DatabaseUrl::Postgres(u) => redact_url(u),
+    }
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+async fn expire_loop(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tick.tick().await;
+        match shared.store.expire(crate::now_ms()).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(expired = n, "deleted expired undelivered messages"),
+            Err(e) => tracing::warn!(cause = %e, "expiry failed"),
+        }
+    }
+}
+
+async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();
+    }
+    match shared.store.ping().await {
+        Ok(_) => (StatusCode::OK, "ok\n").into_response(),
+        Err(e) => {
+            tracing::warn!(cause = %e, "health check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response()
+        }
+    }
+}
+
+async fn ws_upgrade(
+    ws: WebSocketUpgrade,
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+) -> Response {
+    if shared.shutdown.is_cancelled() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "shutting_down\n").into_response();
+    }
+    let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
+        tracing::warn!(%peer, "connection refused: too many connections");
+        return (StatusCode::SERVICE_UNAVAILABLE, "too_many_connections\n").into_response();
+    };
+    let max = shared.config.max_frame;
+    ws.max_message_size(max)
+        .max_frame_size(max)
+        .read_buffer_size(4096)
+        .write_buffer_size(0)
+        .on_upgrade(move |socket| {
+            let tracker = shared.tracker.clone();
+            tracker.track_future(crate::connection::run(shared, socket, peer, permit))
+        })
+}

@@ -1,0 +1,270 @@
+//! The store behaviour suite, written once and run against every backend
+//! (see `tests/store` and [`crate::store_conformance_tests`]).
+//!
+//! Each check takes a fresh, empty, migrated store and panics on a
+//! violation.
+
+use std::sync::Arc;
+
+use telepound_protocol::auth::KsfParams;
+use telepound_protocol::message::{B64, PublicKeys};
+use telepound_protocol::{MsgId, UserName};
+
+use super::{EntryKind, NewEntry, NewUser, Store};
+
+fn name(s: &str) -> UserName {
+    UserName::new(s).expect("valid test name")
+}
+
+fn keys(tag: u8) -> PublicKeys {
+    PublicKeys {
+        identity: B64(vec![tag; 32]),
+        kem: B64(vec![tag; 1216]),
+        kem_sig: B64(vec![tag; 64]),
+    }
+}
+
+fn user(n: &str) -> NewUser {
+    NewUser {
+        name: name(n),
+        opaque_record: vec![1; 192],
+        ksf: KsfParams {
+            m_kib: 64,
+            t: 1,
+            p: 1,
+        },
+        keys: keys(n.len() as u8),
+        key_backup: vec![9; 89],
+        created_at: 1,
+    }
+}
+
+fn entry(to: &str, from: &str, id: MsgId, envelope: &str) -> NewEntry {
+    NewEntry {
+        recipient: name(to),
+        kind: EntryKind::Message,
+        sender: name(from),
+        msg_id: id,
+        server_ts: 1000,
+        expires_at: 10_000,
+        envelope: envelope.to_owned(),
+    }
+}
+
+/// Accounts: creation, duplicates, lookups, key directory, last seen.
+pub async fn users(store: Arc<dyn Store>) {
+    assert!(store.create_user(&user("alice")).await.unwrap());
+    assert!(
+        !store.create_user(&user("alice")).await.unwrap(),
+        "name taken"
+    );
+    assert!(store.create_user(&user("bob")).await.unwrap());
+
+    let rec = store
+        .user(&name("alice"))
+        .await
+        .unwrap()
+        .expect("alice exists");
+    assert_eq!(rec.opaque_record, vec![1; 192]);
+    assert_eq!(rec.ksf.m_kib, 64);
+    assert_eq!(rec.keys, keys(5));
+    assert!(store.user(&name("carol")).await.unwrap().is_none());
+
+    let exist = store
+        .users_exist(&[name("bob"), name("carol"), name("alice")])
+        .await
+        .unwrap();
+    assert_eq!(exist, vec![true, false, true]);
+
+    let k = store
+        .public_keys(&[name("bob"), name("nobody"), name("alice")])
+        .await
+        .unwrap();
+    assert_eq!(k, vec![(name("bob"), keys(3)), (name("alice"), keys(5))]);
+
+    assert_eq!(
+        store.last_seen(&[name("alice")]).await.unwrap(),
+        vec![(name("alice"), None)]
+    );
+    store.set_last_seen(&name("alice"), 42).await.unwrap();
+    assert_eq!(
+        store
+            .last_seen(&[name("zed"), name("alice")])
+            .await
+            .unwrap(),
+        vec![(name("alice"), Some(42))]
+    );
+}
+
+/// The OPAQUE server setup is stored once and then always returned.
+pub async fn server_setup_is_stable(store: Arc<dyn Store>) {
+    let first = store.server_setup(b"first").await.unwrap();
+    assert_eq!(first, b"first");
+    let again = store.server_setup(b"second").await.unwrap();
+    assert_eq!(again, b"first");
+}
+
+/// Sessions: lookups by hash, expiry.
+pub async fn sessions(store: Arc<dyn Store>) {
+    store.create_user(&user("alice")).await.unwrap();
+    store
+        .create_session(&[7; 32], &name("alice"), 5000)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.session_user(&[7; 32], 4000).await.unwrap(),
+        Some(name("alice"))
+    );
+    assert_eq!(store.session_user(&[7; 32], 6000).await.unwrap(), None);
+    assert_eq!(store.session_user(&[8; 32], 4000).await.unwrap(), None);
+    store.expire(6000).await.unwrap();
+    assert_eq!(store.session_user(&[7; 32], 4000).await.unwrap(), None);
+}
+
+/// Mailbox: order, idempotent retries, per-recipient isolation, paging,
+/// acknowledgement.
+pub async fn mailbox(store: Arc<dyn Store>) {
+    let ids: Vec<MsgId> = (0..5).map(|_| MsgId::new()).collect();
+    let mut seqs = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let s = store
+            .enqueue(vec![entry("bob", "alice", *id, &format!("{{\"n\":{i}}}"))])
+            .await
+            .unwrap();
+        seqs.push(s[0].expect("new entry gets a seq"));
+    }
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seqs increase");
+
+    // A retry of the same message is stored once.
+    let again = store
+        .enqueue(vec![entry("bob", "alice", ids[2], "{\"n\":2}")])
+        .await
+        .unwrap();
+    assert_eq!(again, vec![None]);
+    // The same id from another sender, or to another recipient, is distinct.
+    let other = store
+        .enqueue(vec![
+            entry("bob", "carol", ids[2], "{}"),
+            entry("dave", "alice", ids[2], "{}"),
+        ])
+        .await
+        .unwrap();
+    assert!(other.iter().all(Option::is_some));
+
+    let page = store.fetch(&name("bob"), 0, 3).await.unwrap();
+    assert_eq!(page.len(), 3);
+    assert_eq!(page[0].msg_id, ids[0]);
+    assert_eq!(page[0].envelope, "{\"n\":0}");
+    assert_eq!(page[0].sender, name("alice"));
+    let rest = store.fetch(&name("bob"), page[2].seq, 100).await.unwrap();
+    assert_eq!(rest.len(), 3, "two from alice and one from carol");
+    assert_eq!(store.fetch(&name("dave"), 0, 100).await.unwrap().len(), 1);
+    assert_eq!(store.mailbox_depth().await.unwrap(), 7);
+
+    // Acknowledging deletes, reports what existed, and is idempotent.
+    let acked = store
+        .ack(&name("bob"), vec![seqs[0], seqs[1], 999_999])
+        .await
+        .unwrap();
+    assert_eq!(acked.len(), 2);
+    assert!(acked.iter().all(|a| a.sender == name("alice")));
+    assert!(
+        store
+            .ack(&name("bob"), vec![seqs[0]])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Another user cannot acknowledge bob's mail.
+    assert!(
+        store
+            .ack(&name("dave"), vec![seqs[2]])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let left = store.fetch(&name("bob"), 0, 100).await.unwrap();
+    assert_eq!(left.first().unwrap().msg_id, ids[2]);
+    assert_eq!(left.len(), 4);
+}
+
+/// Entries past their expiry are deleted; others stay.
+pub async fn expiry(store: Arc<dyn Store>) {
+    let mut old = entry("bob", "alice", MsgId::new(), "{}");
+    old.expires_at = 100;
+    let fresh = entry("bob", "alice", MsgId::new(), "{}");
+    store.enqueue(vec![old, fresh.clone()]).await.unwrap();
+    assert_eq!(store.expire(200).await.unwrap(), 1);
+    let left = store.fetch(&name("bob"), 0, 10).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].msg_id, fresh.msg_id);
+}
+
+/// Many concurrent writers are all committed, each exactly once, and a
+/// sequence number is never reused after a delete.
+pub async fn concurrent_writes_group_commit(store: Arc<dyn Store>) {
+    let mut tasks = Vec::new();
+    for t in 0..8 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut n = 0;
+            for _ in 0..50 {
+                let r = store
+                    .enqueue(vec![entry("bob", &format!("s{t}"), MsgId::new(), "{}")])
+                    .await
+                    .unwrap();
+                n += r.iter().filter(|s| s.is_some()).count();
+            }
+            n
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        total += t.await.unwrap();
+    }
+    assert_eq!(total, 400);
+    let all = store.fetch(&name("bob"), 0, 1000).await.unwrap();
+    assert_eq!(all.len(), 400);
+    let last = all.last().unwrap().seq;
+    store.ack(&name("bob"), vec![last]).await.unwrap();
+    let s = store
+        .enqueue(vec![entry("bob", "alice", MsgId::new(), "{}")])
+        .await
+        .unwrap();
+    assert!(s[0].unwrap() > last, "seq not reused after delete");
+}
+
+/// Receipts are stored apart from messages with the same id.
+pub async fn receipts(store: Arc<dyn Store>) {
+    let id = MsgId::new();
+    let mut r = entry("alice", "bob", id, "");
+    r.kind = EntryKind::Receipt;
+    let m = entry("alice", "bob", id, "{}");
+    let s = store.enqueue(vec![r, m]).await.unwrap();
+    assert!(s.iter().all(Option::is_some));
+    let got = store.fetch(&name("alice"), 0, 10).await.unwrap();
+    assert_eq!(got[0].kind, EntryKind::Receipt);
+    assert_eq!(got[1].kind, EntryKind::Message);
+}
+
+/// Generates one `#[tokio::test]` per behaviour check, each on a fresh store
+/// made by `$make` (an async expression yielding `Arc<dyn Store>`, or `None`
+/// to skip with a message).
+#[macro_export]
+macro_rules! store_conformance_tests {
+    ($make:expr) => {
+        $crate::store_conformance_tests!(@each $make;
+            users, server_setup_is_stable, sessions, mailbox, expiry,
+            concurrent_writes_group_commit, receipts);
+    };
+    (@each $make:expr; $($check:ident),*) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                let Some((store, _guard)) = $make.await else { return };
+                $crate::store::conformance::$check(store.clone()).await;
+                store.close().await;
+            }
+        )*
+    };
+}

@@ -1,0 +1,299 @@
+//! Persistent state behind one [`Store`] trait, with a SQLite backend (the
+//! embedded default) and a PostgreSQL backend.
+//!
+//! Mailbox writes (the hot path) go through one writer task per store that
+//! batches every waiting insert and delete into a single transaction (group
+//! commit); each caller waits for its batch's commit, so `accepted` is only
+//! ever sent for a durable write. Everything else is a plain query on a pool.
+//!
+//! SQL is built from constant strings only, and every value is a bound
+//! parameter.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use telepound_protocol::message::{PublicKeys, UnixMillis};
+use telepound_protocol::{MsgId, UserName, auth::KsfParams};
+
+pub mod conformance;
+pub mod postgres;
+pub mod sqlite;
+mod writer;
+
+pub use writer::WriterConfig;
+
+/// Store errors. The cause is logged by the caller; clients see `internal`.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database refused or failed a query.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// Migrations failed or the schema is from a newer version.
+    #[error("migration error: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The writer task is gone (the store is shutting down).
+    #[error("the store's writer has stopped")]
+    WriterGone,
+    /// The batch this write was in did not commit (the cause is logged).
+    #[error("the write did not commit")]
+    BatchFailed,
+    /// A stored value does not decode (corruption or manual edits).
+    #[error("corrupt stored value: {0}")]
+    Corrupt(String),
+}
+
+/// This module's result type.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A new account.
+#[derive(Debug, Clone)]
+pub struct NewUser {
+    /// Its name.
+    pub name: UserName,
+    /// The OPAQUE registration record.
+    pub opaque_record: Vec<u8>,
+    /// Argon2 parameters the client registered with.
+    pub ksf: KsfParams,
+    /// Public keys for the directory.
+    pub keys: PublicKeys,
+    /// The sealed private-key backup.
+    pub key_backup: Vec<u8>,
+    /// Creation time.
+    pub created_at: UnixMillis,
+}
+
+/// What login needs of an account.
+#[derive(Debug, Clone)]
+pub struct UserRecord {
+    /// The OPAQUE registration record.
+    pub opaque_record: Vec<u8>,
+    /// Argon2 parameters.
+    pub ksf: KsfParams,
+    /// Published public keys.
+    pub keys: PublicKeys,
+    /// The sealed private-key backup.
+    pub key_backup: Vec<u8>,
+}
+
+/// What a mailbox entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryKind {
+    /// A sealed message.
+    Message,
+    /// A delivery receipt for a message the recipient sent; `sender` is who
+    /// received it.
+    Receipt,
+}
+
+impl EntryKind {
+    pub(crate) fn to_i16(self) -> i16 {
+        match self {
+            Self::Message => 0,
+            Self::Receipt => 1,
+        }
+    }
+
+    pub(crate) fn from_i64(v: i64) -> Result<Self> {
+        match v {
+            0 => Ok(Self::Message),
+            1 => Ok(Self::Receipt),
+            other => Err(StoreError::Corrupt(format!("mailbox kind {other}"))),
+        }
+    }
+}
+
+/// A mailbox entry to store.
+#[derive(Debug, Clone)]
+pub struct NewEntry {
+    /// Whose mailbox.
+    pub recipient: UserName,
+    /// Message or receipt.
+    pub kind: EntryKind,
+    /// The message's sender (for a receipt: who received it).
+    pub sender: UserName,
+    /// The message id.
+    pub msg_id: MsgId,
+    /// Server time of acceptance.
+    pub server_ts: UnixMillis,
+    /// When it is deleted if never acknowledged.
+    pub expires_at: UnixMillis,
+    /// The sealed envelope JSON (empty for receipts).
+    pub envelope: String,
+}
+
+/// A stored mailbox entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEntry {
+    /// Mailbox sequence number, increasing per store.
+    pub seq: i64,
+    /// Message or receipt.
+    pub kind: EntryKind,
+    /// The sender (for a receipt: who received it).
+    pub sender: UserName,
+    /// The message id.
+    pub msg_id: MsgId,
+    /// Server time of acceptance.
+    pub server_ts: UnixMillis,
+    /// The sealed envelope JSON (empty for receipts).
+    pub envelope: String,
+}
+
+/// A mailbox entry deleted by an acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AckedEntry {
+    /// Message or receipt.
+    pub kind: EntryKind,
+    /// The message's sender.
+    pub sender: UserName,
+    /// The message id.
+    pub msg_id: MsgId,
+}
+
+/// The storage interface. One behaviour suite ([`conformance`]) runs against
+/// every implementation.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Returns the stored OPAQUE server setup, storing `fresh` first if there
+    /// is none. Concurrent first starts agree on one value.
+    async fn server_setup(&self, fresh: &[u8]) -> Result<Vec<u8>>;
+
+    /// Creates an account; `Ok(false)` if the name is taken.
+    async fn create_user(&self, user: &NewUser) -> Result<bool>;
+
+    /// Looks up an account.
+    async fn user(&self, name: &UserName) -> Result<Option<UserRecord>>;
+
+    /// Which of `names` have accounts, in the same order.
+    async fn users_exist(&self, names: &[UserName]) -> Result<Vec<bool>>;
+
+    /// Published keys of the named users that exist, in the order asked.
+    async fn public_keys(&self, names: &[UserName]) -> Result<Vec<(UserName, PublicKeys)>>;
+
+    /// Last-seen times of the named users that exist, in the order asked.
+    async fn last_seen(&self, names: &[UserName]) -> Result<Vec<(UserName, Option<UnixMillis>)>>;
+
+    /// Records when a user's last connection ended.
+    async fn set_last_seen(&self, name: &UserName, at: UnixMillis) -> Result<()>;
+
+    /// Stores a resume token's hash.
+    async fn create_session(
+        &self,
+        token_hash: &[u8],
+        user: &UserName,
+        expires_at: UnixMillis,
+    ) -> Result<()>;
+
+    /// The user a token hash belongs to, if it has not expired at `now`.
+    async fn session_user(&self, token_hash: &[u8], now: UnixMillis) -> Result<Option<UserName>>;
+
+    /// Durably stores mailbox entries (group-committed). Returns each entry's
+    /// sequence number, or `None` where the same (recipient, kind, sender,
+    /// msg_id) was already waiting: retries are stored once.
+    async fn enqueue(&self, entries: Vec<NewEntry>) -> Result<Vec<Option<i64>>>;
+
+    /// Up to `limit` entries of `recipient`'s mailbox after `after_seq`, in
+    /// order.
+    async fn fetch(
+        &self,
+        recipient: &UserName,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredEntry>>;
+
+    /// Deletes acknowledged entries of `recipient` (group-committed); returns
+    /// the ones that existed.
+    async fn ack(&self, recipient: &UserName, seqs: Vec<i64>) -> Result<Vec<AckedEntry>>;
+
+    /// Deletes expired mailbox entries and sessions; returns how many
+    /// mailbox entries went.
+    async fn expire(&self, now: UnixMillis) -> Result<u64>;
+
+    /// How many entries are waiting in all mailboxes.
+    async fn mailbox_depth(&self) -> Result<u64>;
+
+    /// Checks the database answers.
+    async fn ping(&self) -> Result<()>;
+
+    /// Stops the writer after it commits what it has; later writes fail.
+    async fn close(&self);
+}
+
+/// How to reach a database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DatabaseUrl {
+    /// A SQLite file.
+    Sqlite(std::path::PathBuf),
+    /// A PostgreSQL URL (`postgres://…`).
+    Postgres(String),
+}
+
+/// Opens the store at `url`, running migrations first when `migrate` is set
+/// (otherwise checking that they have been run).
+///
+/// # Errors
+/// Connection, migration or schema-check failures.
+pub async fn open(
+    url: &DatabaseUrl,
+    migrate: bool,
+    writer: WriterConfig,
+) -> Result<std::sync::Arc<dyn Store>> {
+    Ok(match url {
+        DatabaseUrl::Sqlite(path) => {
+            std::sync::Arc::new(sqlite::SqliteStore::open(path, migrate, writer).await?)
+        }
+        DatabaseUrl::Postgres(url) => {
+            std::sync::Arc::new(postgres::PgStore::open(url, migrate, writer).await?)
+        }
+    })
+}
+
+pub(crate) fn migration(
+    version: i64,
+    description: &'static str,
+    sql: &'static str,
+) -> sqlx::migrate::Migration {
+    use sqlx::SqlSafeStr;
+    sqlx::migrate::Migration::new(
+        version,
+        description.into(),
+        sqlx::migrate::MigrationType::Simple,
+        sql.into_sql_str(),
+        false,
+    )
+}
+
+/// Fails with a readable error when `migrator` has migrations the database
+/// lacks (the server runs as a role that may not migrate).
+pub(crate) fn check_applied(migrator: &sqlx::migrate::Migrator, applied: &[i64]) -> Result<()> {
+    for m in migrator.iter() {
+        if !applied.contains(&m.version) {
+            return Err(StoreError::Corrupt(format!(
+                "migration {} ({}) has not been applied; run `telepound migrate` as the owner role",
+                m.version, m.description
+            )));
+        }
+    }
+    Ok(())
+}
+
+pub(crate) fn ksf_to_text(k: &KsfParams) -> String {
+    serde_json::to_string(k).expect("ksf params serialise")
+}
+
+pub(crate) fn ksf_from_text(s: &str) -> Result<KsfParams> {
+    serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("ksf: {e}")))
+}
+
+pub(crate) fn user_name(s: String) -> Result<UserName> {
+    UserName::new(s).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+pub(crate) fn msg_id(s: &str) -> Result<MsgId> {
+    s.parse()
+        .map_err(|e: telepound_protocol::IdError| StoreError::Corrupt(e.to_string()))
+}
+
+/// How long the writer waits for more work before committing a batch
+/// that is not full. Zero: commit as soon as the queue is drained; batches
+/// form naturally while the previous commit is in progress.
+pub const DEFAULT_BATCH_LINGER: Duration = Duration::ZERO;

@@ -1,0 +1,344 @@
+//! The PostgreSQL backend. Commits wait for the WAL flush (PostgreSQL's
+//! default `synchronous_commit = on`), so `accepted` follows a durable write.
+//!
+//! The server can run as a least-privilege application role: with
+//! `migrate = false` it only checks that the owner has run the migrations.
+
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Connection, Row};
+use telepound_protocol::UserName;
+use telepound_protocol::message::{B64, PublicKeys, UnixMillis};
+
+use super::writer::{BatchApply, WriteOp, WriteResult, Writer};
+use super::{
+    AckedEntry, EntryKind, NewEntry, NewUser, Result, Store, StoredEntry, UserRecord, WriterConfig,
+    check_applied, ksf_from_text, ksf_to_text, migration, msg_id, user_name,
+};
+
+fn migrator() -> sqlx::migrate::Migrator {
+    sqlx::migrate::Migrator::with_migrations(vec![migration(
+        1,
+        "init",
+        include_str!("../../migrations/postgres/0001_init.sql"),
+    )])
+}
+
+/// Runs the PostgreSQL migrations at `url` (as the owner role).
+///
+/// # Errors
+/// Connection or migration failures.
+pub async fn migrate(url: &str) -> Result<()> {
+    let mut conn = PgConnectOptions::from_str(url)?.connect().await?;
+    migrator().run(&mut conn).await?;
+    conn.close().await?;
+    Ok(())
+}
+
+/// The PostgreSQL store.
+pub struct PgStore {
+    pool: PgPool,
+    writer: Writer,
+}
+
+impl PgStore {
+    /// Connects to `url`.
+    ///
+    /// # Errors
+    /// When the database cannot be reached or migrated.
+    pub async fn open(url: &str, migrate: bool, writer: WriterConfig) -> Result<Self> {
+        let opts = PgConnectOptions::from_str(url)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts.clone())
+            .await?;
+        let m = migrator();
+        if migrate {
+            m.run(&pool).await?;
+        } else {
+            let applied: Vec<i64> =
+                sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                    .fetch_all(&pool)
+                    .await?;
+            check_applied(&m, &applied)?;
+        }
+        let conn = opts.connect().await?;
+        Ok(Self {
+            pool,
+            writer: Writer::spawn(PgBatch { conn }, writer),
+        })
+    }
+}
+
+struct PgBatch {
+    conn: PgConnection,
+}
+
+#[async_trait]
+impl BatchApply for PgBatch {
+    async fn apply(&mut self, ops: &[WriteOp]) -> Result<Vec<WriteResult>> {
+        let mut tx = self.conn.begin().await?;
+        let mut out = Vec::with_capacity(ops.len());
+        for op in ops {
+            out.push(match op {
+                WriteOp::Insert(entries) => {
+                    let mut seqs = Vec::with_capacity(entries.len());
+                    for e in entries {
+                        let seq: Option<i64> = sqlx::query_scalar(
+                            "INSERT INTO mailbox (recipient, kind, sender, msg_id, server_ts, expires_at, envelope) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                             ON CONFLICT (recipient, kind, sender, msg_id) DO NOTHING RETURNING seq",
+                        )
+                        .bind(e.recipient.as_str())
+                        .bind(e.kind.to_i16())
+                        .bind(e.sender.as_str())
+                        .bind(e.msg_id.to_string())
+                        .bind(e.server_ts)
+                        .bind(e.expires_at)
+                        .bind(e.envelope.as_str())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        seqs.push(seq);
+                    }
+                    WriteResult::Inserted(seqs)
+                }
+                WriteOp::Ack { recipient, seqs } => {
+                    let rows = sqlx::query(
+                        "DELETE FROM mailbox WHERE recipient = $1 AND seq = ANY($2) RETURNING kind, sender, msg_id",
+                    )
+                    .bind(recipient.as_str())
+                    .bind(seqs)
+                    .fetch_all(&mut *tx)
+                    .await?;
+                    let mut acked = Vec::with_capacity(rows.len());
+                    for row in rows {
+                        acked.push(AckedEntry {
+                            kind: EntryKind::from_i64(i64::from(row.try_get::<i16, _>("kind")?))?,
+                            sender: user_name(row.try_get("sender")?)?,
+                            msg_id: msg_id(row.try_get("msg_id")?)?,
+                        });
+                    }
+                    WriteResult::Acked(acked)
+                }
+                WriteOp::Expire { now } => {
+                    let n = sqlx::query("DELETE FROM mailbox WHERE expires_at < $1")
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    WriteResult::Expired(n)
+                }
+            });
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+}
+
+fn keys_from_row(row: &sqlx::postgres::PgRow) -> Result<PublicKeys> {
+    Ok(PublicKeys {
+        identity: B64(row.try_get("identity_key")?),
+        kem: B64(row.try_get("kem_key")?),
+        kem_sig: B64(row.try_get("kem_sig")?),
+    })
+}
+
+fn names_vec(names: &[UserName]) -> Vec<String> {
+    names.iter().map(|n| n.as_str().to_owned()).collect()
+}
+
+#[async_trait]
+impl Store for PgStore {
+    async fn server_setup(&self, fresh: &[u8]) -> Result<Vec<u8>> {
+        sqlx::query("INSERT INTO server_state (name, value) VALUES ('opaque_setup', $1) ON CONFLICT (name) DO NOTHING")
+            .bind(fresh)
+            .execute(&self.pool)
+            .await?;
+        Ok(
+            sqlx::query_scalar("SELECT value FROM server_state WHERE name = 'opaque_setup'")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn create_user(&self, u: &NewUser) -> Result<bool> {
+        let r = sqlx::query(
+            "INSERT INTO users (name, opaque_record, ksf, identity_key, kem_key, kem_sig, key_backup, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(u.name.as_str())
+        .bind(&u.opaque_record)
+        .bind(ksf_to_text(&u.ksf))
+        .bind(&u.keys.identity.0)
+        .bind(&u.keys.kem.0)
+        .bind(&u.keys.kem_sig.0)
+        .bind(&u.key_backup)
+        .bind(u.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn user(&self, name: &UserName) -> Result<Option<UserRecord>> {
+        let row = sqlx::query(
+            "SELECT opaque_record, ksf, identity_key, kem_key, kem_sig, key_backup FROM users WHERE name = $1",
+        )
+        .bind(name.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(UserRecord {
+                opaque_record: row.try_get("opaque_record")?,
+                ksf: ksf_from_text(row.try_get("ksf")?)?,
+                keys: keys_from_row(&row)?,
+                key_backup: row.try_get("key_backup")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn users_exist(&self, names: &[UserName]) -> Result<Vec<bool>> {
+        let found: Vec<String> = sqlx::query_scalar("SELECT name FROM users WHERE name = ANY($1)")
+            .bind(names_vec(names))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(names
+            .iter()
+            .map(|n| found.iter().any(|f| f == n.as_str()))
+            .collect())
+    }
+
+    async fn public_keys(&self, names: &[UserName]) -> Result<Vec<(UserName, PublicKeys)>> {
+        let rows = sqlx::query(
+            "SELECT name, identity_key, kem_key, kem_sig FROM users WHERE name = ANY($1)",
+        )
+        .bind(names_vec(names))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for n in names {
+            if let Some(row) = rows
+                .iter()
+                .find(|r| r.try_get::<&str, _>("name").ok() == Some(n.as_str()))
+            {
+                out.push((n.clone(), keys_from_row(row)?));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn last_seen(&self, names: &[UserName]) -> Result<Vec<(UserName, Option<UnixMillis>)>> {
+        let rows: Vec<(String, Option<i64>)> =
+            sqlx::query_as("SELECT name, last_seen FROM users WHERE name = ANY($1)")
+                .bind(names_vec(names))
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(names
+            .iter()
+            .filter_map(|n| {
+                rows.iter()
+                    .find(|(name, _)| name == n.as_str())
+                    .map(|(_, seen)| (n.clone(), *seen))
+            })
+            .collect())
+    }
+
+    async fn set_last_seen(&self, name: &UserName, at: UnixMillis) -> Result<()> {
+        sqlx::query("UPDATE users SET last_seen = $1 WHERE name = $2")
+            .bind(at)
+            .bind(name.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn create_session(
+        &self,
+        token_hash: &[u8],
+        user: &UserName,
+        expires_at: UnixMillis,
+    ) -> Result<()> {
+        sqlx::query("INSERT INTO sessions (token_hash, user_name, expires_at) VALUES ($1, $2, $3)")
+            .bind(token_hash)
+            .bind(user.as_str())
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn session_user(&self, token_hash: &[u8], now: UnixMillis) -> Result<Option<UserName>> {
+        let name: Option<String> = sqlx::query_scalar(
+            "SELECT user_name FROM sessions WHERE token_hash = $1 AND expires_at > $2",
+        )
+        .bind(token_hash)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        name.map(user_name).transpose()
+    }
+
+    async fn enqueue(&self, entries: Vec<NewEntry>) -> Result<Vec<Option<i64>>> {
+        self.writer.insert(entries).await
+    }
+
+    async fn fetch(
+        &self,
+        recipient: &UserName,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredEntry>> {
+        let rows = sqlx::query(
+            "SELECT seq, kind, sender, msg_id, server_ts, envelope FROM mailbox \
+             WHERE recipient = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+        )
+        .bind(recipient.as_str())
+        .bind(after_seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(StoredEntry {
+                    seq: row.try_get("seq")?,
+                    kind: EntryKind::from_i64(i64::from(row.try_get::<i16, _>("kind")?))?,
+                    sender: user_name(row.try_get("sender")?)?,
+                    msg_id: msg_id(row.try_get("msg_id")?)?,
+                    server_ts: row.try_get("server_ts")?,
+                    envelope: row.try_get("envelope")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn ack(&self, recipient: &UserName, seqs: Vec<i64>) -> Result<Vec<AckedEntry>> {
+        self.writer.ack(recipient.clone(), seqs).await
+    }
+
+    async fn expire(&self, now: UnixMillis) -> Result<u64> {
+        self.writer.expire(now).await
+    }
+
+    async fn mailbox_depth(&self) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM mailbox")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u64)
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.writer.close().await;
+        self.pool.close().await;
+    }
+}

@@ -1,0 +1,334 @@
+//! The SQLite backend: one file in the data directory, WAL mode, and
+//! `synchronous = FULL` so a commit is on disk before `accepted` is sent.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
+};
+use sqlx::{ConnectOptions, Connection, Row};
+use telepound_protocol::UserName;
+use telepound_protocol::message::{B64, PublicKeys, UnixMillis};
+
+use super::writer::{BatchApply, WriteOp, WriteResult, Writer};
+use super::{
+    AckedEntry, EntryKind, NewEntry, NewUser, Result, Store, StoredEntry, UserRecord, WriterConfig,
+    check_applied, ksf_from_text, ksf_to_text, migration, msg_id, user_name,
+};
+
+fn migrator() -> sqlx::migrate::Migrator {
+    sqlx::migrate::Migrator::with_migrations(vec![migration(
+        1,
+        "init",
+        include_str!("../../migrations/sqlite/0001_init.sql"),
+    )])
+}
+
+/// The SQLite store.
+pub struct SqliteStore {
+    pool: SqlitePool,
+    writer: Writer,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database file at `path`.
+    ///
+    /// # Errors
+    /// When the file cannot be opened or migrated.
+    pub async fn open(path: &Path, migrate: bool, writer: WriterConfig) -> Result<Self> {
+        let opts = SqliteConnectOptions::from_str("sqlite://")?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(opts.clone())
+            .await?;
+        let m = migrator();
+        if migrate {
+            m.run(&pool).await?;
+        } else {
+            let applied: Vec<i64> =
+                sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
+                    .fetch_all(&pool)
+                    .await?;
+            check_applied(&m, &applied)?;
+        }
+        let conn = opts.connect().await?;
+        Ok(Self {
+            pool,
+            writer: Writer::spawn(SqliteBatch { conn }, writer),
+        })
+    }
+}
+
+struct SqliteBatch {
+    conn: SqliteConnection,
+}
+
+#[async_trait]
+impl BatchApply for SqliteBatch {
+    async fn apply(&mut self, ops: &[WriteOp]) -> Result<Vec<WriteResult>> {
+        let mut tx = self.conn.begin().await?;
+        let mut out = Vec::with_capacity(ops.len());
+        for op in ops {
+            out.push(match op {
+                WriteOp::Insert(entries) => {
+                    let mut seqs = Vec::with_capacity(entries.len());
+                    for e in entries {
+                        let seq: Option<i64> = sqlx::query_scalar(
+                            "INSERT INTO mailbox (recipient, kind, sender, msg_id, server_ts, expires_at, envelope) \
+                             VALUES (?, ?, ?, ?, ?, ?, ?) \
+                             ON CONFLICT (recipient, kind, sender, msg_id) DO NOTHING RETURNING seq",
+                        )
+                        .bind(e.recipient.as_str())
+                        .bind(e.kind.to_i16())
+                        .bind(e.sender.as_str())
+                        .bind(e.msg_id.to_string())
+                        .bind(e.server_ts)
+                        .bind(e.expires_at)
+                        .bind(e.envelope.as_str())
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        seqs.push(seq);
+                    }
+                    WriteResult::Inserted(seqs)
+                }
+                WriteOp::Ack { recipient, seqs } => {
+                    let mut acked = Vec::with_capacity(seqs.len());
+                    for seq in seqs {
+                        let row = sqlx::query(
+                            "DELETE FROM mailbox WHERE recipient = ? AND seq = ? RETURNING kind, sender, msg_id",
+                        )
+                        .bind(recipient.as_str())
+                        .bind(seq)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        if let Some(row) = row {
+                            acked.push(AckedEntry {
+                                kind: EntryKind::from_i64(row.try_get("kind")?)?,
+                                sender: user_name(row.try_get("sender")?)?,
+                                msg_id: msg_id(row.try_get("msg_id")?)?,
+                            });
+                        }
+                    }
+                    WriteResult::Acked(acked)
+                }
+                WriteOp::Expire { now } => {
+                    let n = sqlx::query("DELETE FROM mailbox WHERE expires_at < ?")
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?
+                        .rows_affected();
+                    sqlx::query("DELETE FROM sessions WHERE expires_at < ?")
+                        .bind(now)
+                        .execute(&mut *tx)
+                        .await?;
+                    WriteResult::Expired(n)
+                }
+            });
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+}
+
+fn keys_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<PublicKeys> {
+    Ok(PublicKeys {
+        identity: B64(row.try_get("identity_key")?),
+        kem: B64(row.try_get("kem_key")?),
+        kem_sig: B64(row.try_get("kem_sig")?),
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn server_setup(&self, fresh: &[u8]) -> Result<Vec<u8>> {
+        sqlx::query("INSERT INTO server_state (name, value) VALUES ('opaque_setup', ?) ON CONFLICT (name) DO NOTHING")
+            .bind(fresh)
+            .execute(&self.pool)
+            .await?;
+        Ok(
+            sqlx::query_scalar("SELECT value FROM server_state WHERE name = 'opaque_setup'")
+                .fetch_one(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn create_user(&self, u: &NewUser) -> Result<bool> {
+        let r = sqlx::query(
+            "INSERT INTO users (name, opaque_record, ksf, identity_key, kem_key, kem_sig, key_backup, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(u.name.as_str())
+        .bind(&u.opaque_record)
+        .bind(ksf_to_text(&u.ksf))
+        .bind(&u.keys.identity.0)
+        .bind(&u.keys.kem.0)
+        .bind(&u.keys.kem_sig.0)
+        .bind(&u.key_backup)
+        .bind(u.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn user(&self, name: &UserName) -> Result<Option<UserRecord>> {
+        let row = sqlx::query(
+            "SELECT opaque_record, ksf, identity_key, kem_key, kem_sig, key_backup FROM users WHERE name = ?",
+        )
+        .bind(name.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            Ok(UserRecord {
+                opaque_record: row.try_get("opaque_record")?,
+                ksf: ksf_from_text(row.try_get("ksf")?)?,
+                keys: keys_from_row(&row)?,
+                key_backup: row.try_get("key_backup")?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn users_exist(&self, names: &[UserName]) -> Result<Vec<bool>> {
+        let mut out = Vec::with_capacity(names.len());
+        for n in names {
+            let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM users WHERE name = ?")
+                .bind(n.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+            out.push(found.is_some());
+        }
+        Ok(out)
+    }
+
+    async fn public_keys(&self, names: &[UserName]) -> Result<Vec<(UserName, PublicKeys)>> {
+        let mut out = Vec::with_capacity(names.len());
+        for n in names {
+            let row =
+                sqlx::query("SELECT identity_key, kem_key, kem_sig FROM users WHERE name = ?")
+                    .bind(n.as_str())
+                    .fetch_optional(&self.pool)
+                    .await?;
+            if let Some(row) = row {
+                out.push((n.clone(), keys_from_row(&row)?));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn last_seen(&self, names: &[UserName]) -> Result<Vec<(UserName, Option<UnixMillis>)>> {
+        let mut out = Vec::with_capacity(names.len());
+        for n in names {
+            let row: Option<(Option<i64>,)> =
+                sqlx::query_as("SELECT last_seen FROM users WHERE name = ?")
+                    .bind(n.as_str())
+                    .fetch_optional(&self.pool)
+                    .await?;
+            if let Some((seen,)) = row {
+                out.push((n.clone(), seen));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn set_last_seen(&self, name: &UserName, at: UnixMillis) -> Result<()> {
+        sqlx::query("UPDATE users SET last_seen = ? WHERE name = ?")
+            .bind(at)
+            .bind(name.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn create_session(
+        &self,
+        token_hash: &[u8],
+        user: &UserName,
+        expires_at: UnixMillis,
+    ) -> Result<()> {
+        sqlx::query("INSERT INTO sessions (token_hash, user_name, expires_at) VALUES (?, ?, ?)")
+            .bind(token_hash)
+            .bind(user.as_str())
+            .bind(expires_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn session_user(&self, token_hash: &[u8], now: UnixMillis) -> Result<Option<UserName>> {
+        let name: Option<String> = sqlx::query_scalar(
+            "SELECT user_name FROM sessions WHERE token_hash = ? AND expires_at > ?",
+        )
+        .bind(token_hash)
+        .bind(now)
+        .fetch_optional(&self.pool)
+        .await?;
+        name.map(user_name).transpose()
+    }
+
+    async fn enqueue(&self, entries: Vec<NewEntry>) -> Result<Vec<Option<i64>>> {
+        self.writer.insert(entries).await
+    }
+
+    async fn fetch(
+        &self,
+        recipient: &UserName,
+        after_seq: i64,
+        limit: u32,
+    ) -> Result<Vec<StoredEntry>> {
+        let rows = sqlx::query(
+            "SELECT seq, kind, sender, msg_id, server_ts, envelope FROM mailbox \
+             WHERE recipient = ? AND seq > ? ORDER BY seq LIMIT ?",
+        )
+        .bind(recipient.as_str())
+        .bind(after_seq)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(StoredEntry {
+                    seq: row.try_get("seq")?,
+                    kind: EntryKind::from_i64(row.try_get("kind")?)?,
+                    sender: user_name(row.try_get("sender")?)?,
+                    msg_id: msg_id(row.try_get("msg_id")?)?,
+                    server_ts: row.try_get("server_ts")?,
+                    envelope: row.try_get("envelope")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn ack(&self, recipient: &UserName, seqs: Vec<i64>) -> Result<Vec<AckedEntry>> {
+        self.writer.ack(recipient.clone(), seqs).await
+    }
+
+    async fn expire(&self, now: UnixMillis) -> Result<u64> {
+        self.writer.expire(now).await
+    }
+
+    async fn mailbox_depth(&self) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM mailbox")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n as u64)
+    }
+
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn close(&self) {
+        self.writer.close().await;
+        self.pool.close().await;
+    }
+}

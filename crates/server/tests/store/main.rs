@@ -1,0 +1,36 @@
+//! The store behaviour suite against both backends.
+
+use std::sync::Arc;
+
+use telepound_server::store::{self, DatabaseUrl, Store, WriterConfig};
+
+mod sqlite {
+    use super::*;
+
+    async fn make() -> Option<(Arc<dyn Store>, tempfile::TempDir)> {
+        let dir = tempfile::tempdir().unwrap();
+        let url = DatabaseUrl::Sqlite(dir.path().join("t.sqlite3"));
+        let store = store::open(&url, true, WriterConfig::default())
+            .await
+            .unwrap();
+        Some((store, dir))
+    }
+
+    telepound_server::store_conformance_tests!(make());
+}
+
+mod postgres {
+    use super::*;
+    use telepound_testkit::pg::PgDb;
+
+    async fn make() -> Option<(Arc<dyn Store>, PgDb)> {
+        let db = PgDb::create().await?;
+        let url = DatabaseUrl::Postgres(db.url.clone());
+        let store = store::open(&url, true, WriterConfig::default())
+            .await
+            .unwrap();
+        Some((store, db))
+    }
+
+    telepound_server::store_conformance_tests!(make());
+}
