@@ -47,9 +47,15 @@ pub enum Event {
     Closed(Option<String>),
 }
 
-struct Command {
-    msg: ClientMessage,
-    reply: oneshot::Sender<Result<ServerMessage>>,
+/// The receiving end of a connection's pushes.
+pub type Events = mpsc::UnboundedReceiver<Event>;
+
+enum Command {
+    Request {
+        msg: ClientMessage,
+        reply: oneshot::Sender<Result<ServerMessage>>,
+    },
+    Close(oneshot::Sender<()>),
 }
 
 /// A handle to one connection. Clone it freely; the connection closes when
@@ -70,12 +76,14 @@ impl Client {
     /// Connects to `url` (e.g. `ws://127.0.0.1:7878`; the `/v1/ws` path is
     /// added when missing) and returns the handle and the push events.
     ///
-    /// Read the events or drop the receiver: pushes wait for room in the
-    /// event channel, and answers to requests queue behind them.
+    /// The event channel is unbounded so that a caller awaiting an answer
+    /// (a key lookup while opening a message) can never deadlock behind
+    /// unread pushes; what bounds it is the protocol: the mailbox arrives
+    /// in pages the caller asks for (see [`crate::Session::sync_page`]).
     ///
     /// # Errors
     /// [`Error::Connect`] when the server cannot be reached.
-    pub async fn connect(url: &str) -> Result<(Client, mpsc::Receiver<Event>)> {
+    pub async fn connect(url: &str) -> Result<(Client, Events)> {
         let full = ws_url(url);
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_FRAME))
@@ -88,7 +96,7 @@ impl Client {
                 reason: connect_reason(&e),
             })?;
         let (tx, rx) = mpsc::channel(64);
-        let (events_tx, events_rx) = mpsc::channel(1024);
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
         tokio::spawn(run(ws, rx, events_tx));
         Ok((
             Client {
@@ -113,12 +121,23 @@ impl Client {
     pub async fn request(&self, msg: ClientMessage) -> Result<ServerMessage> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command { msg, reply })
+            .send(Command::Request { msg, reply })
             .await
             .map_err(|_| Error::Disconnected(None))?;
         match rx.await.map_err(|_| Error::Disconnected(None))?? {
             ServerMessage::Error { code, message, .. } => Err(Error::Server { code, message }),
             other => Ok(other),
+        }
+    }
+}
+
+impl Client {
+    /// Closes the connection cleanly (a WebSocket close handshake) and
+    /// waits for it; other handles see [`Error::Disconnected`] afterwards.
+    pub async fn close(&self) {
+        let (done, rx) = oneshot::channel();
+        if self.tx.send(Command::Close(done)).await.is_ok() {
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(2), rx).await;
         }
     }
 }
@@ -158,16 +177,37 @@ fn connect_reason(e: &tokio_tungstenite::tungstenite::Error) -> String {
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
+/// Sends a close frame and waits briefly for the server's.
+async fn close_gracefully(ws: &mut Ws) {
+    let _ = ws.close(None).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        while let Some(Ok(_)) = ws.next().await {}
+    })
+    .await;
+}
+
 /// The connection task: the only owner of the socket.
-async fn run(mut ws: Ws, mut commands: mpsc::Receiver<Command>, events: mpsc::Sender<Event>) {
+async fn run(
+    mut ws: Ws,
+    mut commands: mpsc::Receiver<Command>,
+    events: mpsc::UnboundedSender<Event>,
+) {
     let mut pending: HashMap<u64, oneshot::Sender<Result<ServerMessage>>> = HashMap::new();
     let mut next_rid: u64 = 1;
     let reason = loop {
         tokio::select! {
             cmd = commands.recv() => {
-                let Some(Command { mut msg, reply }) = cmd else {
-                    let _ = ws.close(None).await;
-                    break None;
+                let (mut msg, reply) = match cmd {
+                    Some(Command::Request { msg, reply }) => (msg, reply),
+                    Some(Command::Close(done)) => {
+                        close_gracefully(&mut ws).await;
+                        let _ = done.send(());
+                        break None;
+                    }
+                    None => {
+                        close_gracefully(&mut ws).await;
+                        break None;
+                    }
                 };
                 let rid = next_rid;
                 next_rid += 1;
@@ -211,15 +251,12 @@ async fn run(mut ws: Ws, mut commands: mpsc::Receiver<Command>, events: mpsc::Se
                         continue;
                     }
                 };
-                // Waiting here is the backpressure that keeps a long
-                // mailbox from piling up in memory. A caller that does not
-                // want events drops the receiver, and this returns at once.
-                let _ = events.send(event).await;
+                let _ = events.send(event);
             }
         }
     };
     for (_, reply) in pending.drain() {
         let _ = reply.send(Err(Error::Disconnected(reason.clone())));
     }
-    let _ = events.send(Event::Closed(reason)).await;
+    let _ = events.send(Event::Closed(reason));
 }

@@ -26,6 +26,6 @@ pub mod history;
 pub mod pins;
 pub mod session;
 
-pub use connection::{Client, Event};
+pub use connection::{Client, Event, Events};
 pub use error::{Error, Result};
-pub use session::{Received, SendOutcome, Session};
+pub use session::{Inbound, Incoming, KeyStatus, Received, SendOutcome, Session, SyncPage};

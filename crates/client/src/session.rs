@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 use crate::history::{Direction, History, Record};
 use crate::pins::{PinCheck, PinStore};
-use crate::{Client, Error, Result};
+use crate::{Client, Error, Event, Result};
 
 /// The current time in milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -33,6 +33,17 @@ pub struct SendOutcome {
     pub server_ts: UnixMillis,
     /// Whether the recipient was connected and synced at that moment.
     pub recipient_online: bool,
+}
+
+/// The answer to one [`Session::sync_page`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncPage {
+    /// Entries pushed in this page.
+    pub count: u64,
+    /// Whether to ask again (with `after = cursor`).
+    pub more: bool,
+    /// Highest seq pushed so far.
+    pub cursor: i64,
 }
 
 /// A received message, opened and verified.
@@ -55,6 +66,33 @@ pub enum Incoming {
     Duplicate {
         /// Mailbox sequence number, to acknowledge.
         seq: i64,
+    },
+}
+
+/// What an event amounts to, for display.
+#[derive(Debug, Clone)]
+pub enum Inbound {
+    /// A new message, opened and verified.
+    Message(Received),
+    /// A recipient got one of this user's messages.
+    Delivered {
+        /// The message.
+        msg_id: MsgId,
+        /// Who received it.
+        to: UserName,
+        /// When.
+        at: UnixMillis,
+    },
+    /// A message that was not shown: the reason is one readable line.
+    /// `kept` says whether it stays in the mailbox (to be read later, e.g.
+    /// after accepting a changed key) or was discarded.
+    Refused {
+        /// The sender.
+        from: UserName,
+        /// Why.
+        reason: String,
+        /// Whether it remains in the mailbox.
+        kept: bool,
     },
 }
 
@@ -139,6 +177,11 @@ impl Session {
     /// The resume token from login.
     pub fn token(&self) -> &[u8] {
         &self.token
+    }
+
+    /// This user's keys.
+    pub fn identity(&self) -> &Identity {
+        &self.identity
     }
 
     /// Local history.
@@ -277,14 +320,35 @@ impl Session {
         self.send_sealed(to, msg_id, envelope).await
     }
 
-    /// Asks the server to deliver the mailbox. The returned future resolves
-    /// (with the count) after every waiting message has been pushed as an
-    /// event; read events while awaiting it.
-    pub fn sync(&self) -> impl Future<Output = Result<u64>> + Send + 'static {
+    /// Asks for one page of the mailbox after `after`. The returned future
+    /// resolves once the page's entries have all been pushed as events
+    /// (read events while awaiting it). When [`SyncPage::more`] is false
+    /// the connection is live and new messages arrive as events.
+    pub fn sync_page(
+        &self,
+        after: i64,
+        limit: u32,
+    ) -> impl Future<Output = Result<SyncPage>> + Send + 'static {
         let client = self.client.clone();
         async move {
-            match client.request(ClientMessage::Sync { rid: None }).await? {
-                ServerMessage::Synced { count, .. } => Ok(count),
+            match client
+                .request(ClientMessage::Sync {
+                    rid: None,
+                    after,
+                    limit,
+                })
+                .await?
+            {
+                ServerMessage::Synced {
+                    count,
+                    more,
+                    cursor,
+                    ..
+                } => Ok(SyncPage {
+                    count,
+                    more,
+                    cursor,
+                }),
                 other => Err(Error::Protocol(format!("expected synced, got {other:?}"))),
             }
         }
@@ -330,6 +394,68 @@ impl Session {
             server_ts,
             payload: opened.payload,
         }))
+    }
+
+    /// Turns a pushed event into something to show, and adds the entries to
+    /// acknowledge to `acks`: messages shown or duplicate, stored receipts,
+    /// and messages that can never open. A message from a peer whose key
+    /// changed, or in an unknown suite, is left in the mailbox.
+    ///
+    /// Returns `Ok(None)` for events with nothing to show.
+    ///
+    /// # Errors
+    /// [`Error::Disconnected`] for [`Event::Closed`], or a local-state or
+    /// connection error.
+    pub async fn handle_event(
+        &mut self,
+        event: Event,
+        acks: &mut Vec<i64>,
+    ) -> Result<Option<Inbound>> {
+        match event {
+            Event::Closed(reason) => Err(Error::Disconnected(reason)),
+            Event::Delivered {
+                seq,
+                msg_id,
+                to,
+                at,
+            } => {
+                acks.extend(seq);
+                Ok(Some(Inbound::Delivered { msg_id, to, at }))
+            }
+            Event::Message {
+                seq,
+                msg_id,
+                from,
+                server_ts,
+                envelope,
+            } => match self.open(seq, msg_id, &from, server_ts, &envelope).await {
+                Ok(Incoming::New(r)) => {
+                    acks.push(seq);
+                    Ok(Some(Inbound::Message(r)))
+                }
+                Ok(Incoming::Duplicate { seq }) => {
+                    acks.push(seq);
+                    Ok(None)
+                }
+                Err(
+                    e @ (Error::KeyChanged { .. }
+                    | Error::Crypto(telepound_crypto::Error::UnknownSuite(_))),
+                ) => Ok(Some(Inbound::Refused {
+                    from,
+                    reason: e.to_string(),
+                    kept: true,
+                })),
+                Err(e @ (Error::Crypto(_) | Error::UnknownUser(_))) => {
+                    acks.push(seq);
+                    Ok(Some(Inbound::Refused {
+                        from,
+                        reason: e.to_string(),
+                        kept: false,
+                    }))
+                }
+                Err(e) => Err(e),
+            },
+        }
     }
 
     /// Acknowledges received entries so the server deletes them.

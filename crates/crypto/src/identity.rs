@@ -91,6 +91,15 @@ impl Identity {
         &self.kem_secret
     }
 
+    /// The raw private keys. Only for tests that prove secrets never leave
+    /// the client (they search the server's database for these bytes);
+    /// nothing else may call it.
+    #[doc(hidden)]
+    pub fn dangerous_secret_bytes(&self) -> Zeroizing<Vec<u8>> {
+        let b = self.to_bundle();
+        Zeroizing::new(b[1..].to_vec())
+    }
+
     /// The private keys as bytes, for sealing into a backup.
     pub(crate) fn to_bundle(&self) -> Zeroizing<Vec<u8>> {
         let mut out = Zeroizing::new(Vec::with_capacity(BUNDLE_LEN));

@@ -100,6 +100,15 @@ fn unknown(kind: &str, rid: Option<u64>) -> DecodeError {
     }
 }
 
+/// Default and largest `sync` page.
+pub const DEFAULT_PAGE: u32 = 256;
+/// Largest `sync` page a server serves.
+pub const MAX_PAGE: u32 = 1024;
+
+fn default_page() -> u32 {
+    DEFAULT_PAGE
+}
+
 /// Decodes one client frame.
 ///
 /// # Errors
@@ -195,7 +204,21 @@ pub fn decode_client(text: &str, max: usize) -> Result<ClientMessage, DecodeErro
                 envelope: b.envelope,
             }
         }
-        "sync" => ClientMessage::Sync { rid },
+        "sync" => {
+            #[derive(Deserialize)]
+            struct B {
+                #[serde(default)]
+                after: i64,
+                #[serde(default = "default_page")]
+                limit: u32,
+            }
+            let b: B = body(text, rid)?;
+            ClientMessage::Sync {
+                rid,
+                after: b.after,
+                limit: b.limit,
+            }
+        }
         "ack" => {
             #[derive(Deserialize)]
             struct B {
@@ -350,11 +373,15 @@ pub fn decode_server(text: &str, max: usize) -> Result<ServerMessage, DecodeErro
             #[derive(Deserialize)]
             struct B {
                 count: u64,
+                more: bool,
+                cursor: i64,
             }
             let b: B = body(text, rid)?;
             ServerMessage::Synced {
                 rid,
                 count: b.count,
+                more: b.more,
+                cursor: b.cursor,
             }
         }
         "acked" => {
@@ -464,7 +491,11 @@ mod tests {
                 to: UserName::new("bob").unwrap(),
                 envelope: envelope(),
             },
-            ClientMessage::Sync { rid: None },
+            ClientMessage::Sync {
+                rid: None,
+                after: 0,
+                limit: 10,
+            },
             ClientMessage::Ack {
                 rid: Some(1),
                 seqs: vec![1, 2, 3],

@@ -152,12 +152,20 @@ pub enum ClientMessage {
         /// The sealed envelope, opaque to the server.
         envelope: Box<RawValue>,
     },
-    /// Start delivery of the waiting mailbox; the server answers with
-    /// `message` pushes in mailbox order and then `synced`.
+    /// Deliver one page of the waiting mailbox: the server pushes up to
+    /// `limit` entries after `after` as `message` / `delivered` frames, in
+    /// mailbox order, then answers `synced`. When `synced` says there is no
+    /// more, the connection is live: new entries are pushed as they arrive.
+    /// Asking page by page is the flow control: a client gets no more than
+    /// it asked for while catching up.
     Sync {
         /// Request id, echoed back in `synced`.
         #[serde(skip_serializing_if = "Option::is_none")]
         rid: Option<u64>,
+        /// Deliver entries with `seq` greater than this (0: from the start).
+        after: i64,
+        /// Most entries in this page (1..=1024).
+        limit: u32,
     },
     /// Acknowledge received messages by their mailbox sequence numbers; the
     /// server deletes them and tells each sender `delivered`.
@@ -196,7 +204,7 @@ impl ClientMessage {
             | Self::LoginFinish { rid, .. }
             | Self::Resume { rid, .. }
             | Self::Send { rid, .. }
-            | Self::Sync { rid }
+            | Self::Sync { rid, .. }
             | Self::Ack { rid, .. }
             | Self::Keys { rid, .. }
             | Self::Presence { rid, .. } => *rid,
@@ -212,7 +220,7 @@ impl ClientMessage {
             | Self::LoginFinish { rid, .. }
             | Self::Resume { rid, .. }
             | Self::Send { rid, .. }
-            | Self::Sync { rid }
+            | Self::Sync { rid, .. }
             | Self::Ack { rid, .. }
             | Self::Keys { rid, .. }
             | Self::Presence { rid, .. } => *rid = Some(id),
@@ -330,13 +338,18 @@ pub enum ServerMessage {
         /// When the recipient acknowledged it.
         at: UnixMillis,
     },
-    /// The mailbox has been sent up to now; later messages arrive live.
+    /// A page of the mailbox has been pushed.
     Synced {
         /// The `sync` request's id.
         #[serde(skip_serializing_if = "Option::is_none")]
         rid: Option<u64>,
-        /// How many mailbox messages this sync delivered.
+        /// How many entries this page pushed.
         count: u64,
+        /// Whether more may be waiting: ask again with `after = cursor`.
+        /// When false, the connection is live.
+        more: bool,
+        /// The highest `seq` pushed so far (the `after` for the next page).
+        cursor: i64,
     },
     /// The acknowledged messages are deleted from the mailbox.
     Acked {

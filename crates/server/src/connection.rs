@@ -26,9 +26,6 @@ use crate::hub::{Member, Outbound};
 use crate::server::Shared;
 use crate::store::{self, EntryKind, StoredEntry};
 
-/// Mailbox entries fetched per page while syncing.
-const PAGE: u32 = 256;
-
 /// WebSocket close codes used.
 mod close {
     pub const NORMAL: u16 = 1000;
@@ -41,15 +38,18 @@ mod close {
 enum SyncState {
     /// No `sync` yet: mailbox pushes are not wanted (a one-shot command).
     Idle,
-    /// Sending the stored mailbox page by page.
-    Running {
+    /// Fetching the page a `sync` asked for.
+    Fetching {
         rid: Option<u64>,
-        count: u64,
-        /// A push arrived since the current fetch began; fetch again before
-        /// going live, because that fetch may not include it.
+        limit: u32,
+        /// A push arrived since the fetch began; the fetch may not include
+        /// it, so the answer must say there may be more.
         dirty: bool,
         fetch: BoxFuture<'static, store::Result<Vec<StoredEntry>>>,
     },
+    /// Between pages: the client will ask for the next one. Pushes are
+    /// dropped; the next page reads them from the mailbox.
+    Paging,
     /// Caught up: pushes are forwarded as they come.
     Live,
 }
@@ -68,6 +68,8 @@ enum Event {
 #[derive(Debug, Clone, Copy)]
 enum Ending {
     ClientClosed,
+    /// The peer went away without a close handshake (killed, network lost).
+    ClientVanished,
     Shutdown,
     SlowConsumer,
     IdleTimeout,
@@ -142,7 +144,7 @@ impl Connection {
         ping.tick().await;
         let max_in_flight = self.shared.config.max_in_flight;
         loop {
-            let syncing = matches!(self.sync, SyncState::Running { .. });
+            let syncing = matches!(self.sync, SyncState::Fetching { .. });
             let event = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => Event::Shutdown,
@@ -208,6 +210,9 @@ impl Connection {
                         .await;
                     return Err(Ending::FrameTooLarge);
                 }
+                if is_reset(&e) {
+                    return Err(Ending::ClientVanished);
+                }
                 tracing::debug!(cause = %e, "websocket error");
                 return Err(Ending::ProtocolError);
             }
@@ -235,9 +240,8 @@ impl Connection {
             let reply = self.on_unauthenticated(msg).await;
             return self.write(&reply).await;
         };
-        if let ClientMessage::Sync { rid } = msg {
-            self.start_sync(rid, &user);
-            return Ok(());
+        if let ClientMessage::Sync { rid, after, limit } = msg {
+            return self.start_sync(rid, &user, after, limit).await;
         }
         let pending = handler::dispatch(&self.shared, &user, msg).await;
         self.in_flight.push_back(pending);
@@ -319,61 +323,65 @@ impl Connection {
         self.user = Some(user);
     }
 
-    fn start_sync(&mut self, rid: Option<u64>, user: &UserName) {
-        // Every sync starts from the beginning of the mailbox: whatever is
-        // still there has not been acknowledged, and clients drop duplicates.
+    async fn start_sync(
+        &mut self,
+        rid: Option<u64>,
+        user: &UserName,
+        after: i64,
+        limit: u32,
+    ) -> Result<(), axum::Error> {
+        if !(1..=codec::MAX_PAGE).contains(&limit) || after < 0 {
+            let e = HandlerError::with(
+                ErrorCode::Malformed,
+                format!("sync needs after >= 0 and limit 1..={}", codec::MAX_PAGE),
+            );
+            return self.write(&e.reply(rid)).await;
+        }
+        if matches!(self.sync, SyncState::Fetching { .. }) {
+            let e = HandlerError::with(ErrorCode::Malformed, "a sync is already in progress");
+            return self.write(&e.reply(rid)).await;
+        }
         self.live.store(false, Ordering::Release);
-        self.cursor = 0;
-        self.sync = SyncState::Running {
+        self.cursor = after;
+        self.sync = SyncState::Fetching {
             rid,
-            count: 0,
+            limit,
             dirty: false,
-            fetch: fetch(&self.shared, user, 0),
+            fetch: fetch(&self.shared, user, after, limit),
         };
+        Ok(())
     }
 
     async fn on_page(&mut self, page: store::Result<Vec<StoredEntry>>) -> Result<(), axum::Error> {
-        let user = self.user.clone().expect("sync only after login");
+        let SyncState::Fetching {
+            rid, limit, dirty, ..
+        } = std::mem::replace(&mut self.sync, SyncState::Paging)
+        else {
+            unreachable!("a page arrives only while fetching")
+        };
         let page = match page {
             Ok(page) => page,
             Err(e) => {
                 tracing::error!(cause = %e, "mailbox fetch failed");
-                let SyncState::Running { rid, .. } =
-                    std::mem::replace(&mut self.sync, SyncState::Idle)
-                else {
-                    unreachable!("page only while running")
-                };
                 return self
                     .write(&ServerMessage::error(rid, ErrorCode::Internal))
                     .await;
             }
         };
-        let full = page.len() == PAGE as usize;
         for entry in &page {
             self.send_entry(entry).await?;
         }
-        let cursor = self.cursor;
-        let SyncState::Running {
-            rid,
-            count,
-            dirty,
-            fetch: next,
-        } = &mut self.sync
-        else {
-            unreachable!("page only while running")
-        };
-        *count += page.len() as u64;
-        if full || *dirty {
-            *dirty = false;
-            *next = fetch(&self.shared, &user, cursor);
-            return Ok(());
+        let more = page.len() == limit as usize || dirty;
+        if !more {
+            self.sync = SyncState::Live;
+            self.live.store(true, Ordering::Release);
         }
         let reply = ServerMessage::Synced {
-            rid: *rid,
-            count: *count,
+            rid,
+            count: page.len() as u64,
+            more,
+            cursor: self.cursor,
         };
-        self.sync = SyncState::Live;
-        self.live.store(true, Ordering::Release);
         self.write(&reply).await
     }
 
@@ -381,7 +389,7 @@ impl Connection {
         match out {
             Outbound::Entry(entry) => match &mut self.sync {
                 SyncState::Live if entry.seq > self.cursor => self.send_entry(&entry).await,
-                SyncState::Running { dirty, .. } => {
+                SyncState::Fetching { dirty, .. } => {
                     *dirty = true;
                     Ok(())
                 }
@@ -467,27 +475,45 @@ fn fetch(
     shared: &Arc<Shared>,
     user: &UserName,
     after: i64,
+    limit: u32,
 ) -> BoxFuture<'static, store::Result<Vec<StoredEntry>>> {
     let (store, user) = (shared.store.clone(), user.clone());
-    Box::pin(async move { store.fetch(&user, after, PAGE).await })
+    Box::pin(async move { store.fetch(&user, after, limit).await })
 }
 
 /// Polls the running fetch. Only called while syncing; the future is kept
 /// across loop turns, so a busy connection does not restart it.
 async fn poll_fetch(sync: &mut SyncState) -> store::Result<Vec<StoredEntry>> {
     match sync {
-        SyncState::Running { fetch, .. } => fetch.await,
+        SyncState::Fetching { fetch, .. } => fetch.await,
         _ => std::future::pending().await,
     }
 }
 
-fn is_too_big(e: &axum::Error) -> bool {
+fn tungstenite_error(e: &axum::Error) -> Option<&tungstenite::Error> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(s) = source {
         if let Some(t) = s.downcast_ref::<tungstenite::Error>() {
-            return matches!(t, tungstenite::Error::Capacity(_));
+            return Some(t);
         }
         source = s.source();
     }
-    false
+    None
+}
+
+fn is_too_big(e: &axum::Error) -> bool {
+    matches!(tungstenite_error(e), Some(tungstenite::Error::Capacity(_)))
+}
+
+fn is_reset(e: &axum::Error) -> bool {
+    use tungstenite::error::ProtocolError;
+    matches!(
+        tungstenite_error(e),
+        Some(
+            tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)
+                | tungstenite::Error::Io(_)
+                | tungstenite::Error::ConnectionClosed
+                | tungstenite::Error::AlreadyClosed
+        )
+    )
 }

@@ -115,6 +115,135 @@ pub async fn spawn_server_with(config: Config) -> TestServer {
     }
 }
 
+/// The password test users get.
+pub const PASSWORD: &str = "correct horse battery staple";
+
+/// Signs `name` up (with [`FAST_KSF`]) on the server at `url`.
+///
+/// # Panics
+/// When sign-up fails.
+pub async fn signup(url: &str, name: &str) {
+    let (client, _events) = telepound_client::Client::connect(url)
+        .await
+        .expect("connect");
+    telepound_client::account::signup(
+        &client,
+        &telepound_protocol::UserName::new(name).expect("valid name"),
+        PASSWORD.as_bytes(),
+        FAST_KSF.parse().expect("valid ksf"),
+    )
+    .await
+    .expect("signup");
+    client.close().await;
+}
+
+/// Logs `name` in with local state under `home`.
+///
+/// # Panics
+/// When login fails.
+pub async fn login(
+    url: &str,
+    name: &str,
+    home: &Path,
+) -> (telepound_client::Session, telepound_client::Events) {
+    let (client, events) = telepound_client::Client::connect(url)
+        .await
+        .expect("connect");
+    let session = telepound_client::account::login(
+        &client,
+        &telepound_protocol::UserName::new(name).expect("valid name"),
+        PASSWORD.as_bytes(),
+        home,
+    )
+    .await
+    .expect("login");
+    (session, events)
+}
+
+/// Signs up and logs in.
+pub async fn user(
+    url: &str,
+    name: &str,
+    home: &Path,
+) -> (telepound_client::Session, telepound_client::Events) {
+    signup(url, name).await;
+    login(url, name, home).await
+}
+
+/// Receives the waiting mailbox (all pages), acknowledges it, and returns
+/// what was shown. The connection is live afterwards.
+///
+/// # Panics
+/// On connection errors.
+pub async fn drain(
+    session: &mut telepound_client::Session,
+    events: &mut telepound_client::Events,
+) -> Vec<telepound_client::Inbound> {
+    let mut shown = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = session.sync_page(after, 64);
+        tokio::pin!(page);
+        let mut acks = Vec::new();
+        let page = loop {
+            tokio::select! {
+                biased;
+                Some(ev) = events.recv() => {
+                    if let Some(i) = session.handle_event(ev, &mut acks).await.expect("event") {
+                        shown.push(i);
+                    }
+                }
+                p = &mut page => break p.expect("sync"),
+            }
+        };
+        while let Ok(ev) = events.try_recv() {
+            if let Some(i) = session.handle_event(ev, &mut acks).await.expect("event") {
+                shown.push(i);
+            }
+        }
+        session.ack(acks).await.expect("ack");
+        if !page.more {
+            return shown;
+        }
+        after = page.cursor;
+    }
+}
+
+/// Waits up to `secs` for the next shown event on a live connection.
+///
+/// # Panics
+/// On timeout or connection errors.
+pub async fn next_inbound(
+    session: &mut telepound_client::Session,
+    events: &mut telepound_client::Events,
+    secs: u64,
+) -> telepound_client::Inbound {
+    tokio::time::timeout(Duration::from_secs(secs), async {
+        loop {
+            let ev = events.recv().await.expect("events open");
+            let mut acks = Vec::new();
+            let shown = session.handle_event(ev, &mut acks).await.expect("event");
+            session.ack(acks).await.expect("ack");
+            if let Some(i) = shown {
+                return i;
+            }
+        }
+    })
+    .await
+    .expect("an event in time")
+}
+
+/// The text of shown messages, in order.
+pub fn texts(items: &[telepound_client::Inbound]) -> Vec<String> {
+    items
+        .iter()
+        .filter_map(|i| match i {
+            telepound_client::Inbound::Message(r) => Some(r.payload.text.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// A SQLite database URL inside `dir`.
 pub fn sqlite_url(dir: &Path) -> DatabaseUrl {
     DatabaseUrl::Sqlite(dir.join("telepound.sqlite3"))

@@ -31,6 +31,9 @@ pub enum StoreError {
     /// Migrations failed or the schema is from a newer version.
     #[error("migration error: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The schema is missing or behind and this server may not migrate.
+    #[error("the database schema is not migrated ({0}); run `telepound migrate` as the owner role")]
+    NotMigrated(String),
     /// The writer task is gone (the store is shutting down).
     #[error("the store's writer has stopped")]
     WriterGone,
@@ -267,8 +270,8 @@ pub(crate) fn migration(
 pub(crate) fn check_applied(migrator: &sqlx::migrate::Migrator, applied: &[i64]) -> Result<()> {
     for m in migrator.iter() {
         if !applied.contains(&m.version) {
-            return Err(StoreError::Corrupt(format!(
-                "migration {} ({}) has not been applied; run `telepound migrate` as the owner role",
+            return Err(StoreError::NotMigrated(format!(
+                "migration {} ({}) has not been applied",
                 m.version, m.description
             )));
         }

@@ -37,6 +37,61 @@ pub async fn migrate(url: &str) -> Result<()> {
     Ok(())
 }
 
+/// The privileges the application role needs, and no more: it reads and
+/// writes rows, never the schema. Kept here so the deployment guide, the
+/// `telepound migrate --grant-to` command and the test all use one list.
+pub const APP_ROLE_GRANTS: &[&str] = &[
+    "GRANT USAGE ON SCHEMA public TO {role}",
+    "GRANT SELECT, INSERT ON server_state TO {role}",
+    "GRANT SELECT, INSERT, UPDATE ON users TO {role}",
+    "GRANT SELECT, INSERT, DELETE ON sessions TO {role}",
+    "GRANT SELECT, INSERT, DELETE ON mailbox TO {role}",
+    "GRANT SELECT ON _sqlx_migrations TO {role}",
+];
+
+/// Grants [`APP_ROLE_GRANTS`] (and `CONNECT` on the database) to `role`,
+/// connecting as the owner at `owner_url`.
+///
+/// # Errors
+/// An invalid role name, or the database refusing a grant.
+pub async fn grant_app_role(owner_url: &str, role: &str) -> Result<()> {
+    let valid = !role.is_empty()
+        && role.len() <= 63
+        && role.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && role
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !valid {
+        return Err(super::StoreError::Corrupt(format!(
+            "invalid role name {role:?}: use lowercase letters, digits and _"
+        )));
+    }
+    let mut conn = PgConnectOptions::from_str(owner_url)?.connect().await?;
+    let db: String = sqlx::query_scalar("SELECT current_database()::text")
+        .fetch_one(&mut conn)
+        .await?;
+    // Identifiers cannot be bound parameters; both are quoted, and the role
+    // was validated above.
+    let quote = |s: &str| format!("\"{}\"", s.replace('"', "\"\""));
+    let mut statements = vec![format!(
+        "GRANT CONNECT ON DATABASE {} TO {}",
+        quote(&db),
+        quote(role)
+    )];
+    statements.extend(
+        APP_ROLE_GRANTS
+            .iter()
+            .map(|g| g.replace("{role}", &quote(role))),
+    );
+    for sql in statements {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .execute(&mut conn)
+            .await?;
+    }
+    conn.close().await?;
+    Ok(())
+}
+
 /// The PostgreSQL store.
 pub struct PgStore {
     pool: PgPool,
@@ -61,7 +116,8 @@ impl PgStore {
             let applied: Vec<i64> =
                 sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
                     .fetch_all(&pool)
-                    .await?;
+                    .await
+                    .map_err(|e| super::StoreError::NotMigrated(e.to_string()))?;
             check_applied(&m, &applied)?;
         }
         let conn = opts.connect().await?;

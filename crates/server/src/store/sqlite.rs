@@ -57,7 +57,8 @@ impl SqliteStore {
             let applied: Vec<i64> =
                 sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
                     .fetch_all(&pool)
-                    .await?;
+                    .await
+                    .map_err(|e| super::StoreError::NotMigrated(e.to_string()))?;
             check_applied(&m, &applied)?;
         }
         let conn = opts.connect().await?;

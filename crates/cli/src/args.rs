@@ -1,0 +1,124 @@
+//! Command-line arguments (clap derive lives only here, in the binary).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Telepound: end-to-end encrypted chat. One binary for the server and the
+/// client.
+#[derive(Debug, Parser)]
+#[command(name = "telepound", version, about, max_term_width = 100)]
+pub struct Cli {
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every client subcommand shares.
+#[derive(Debug, Args, Clone)]
+pub struct ClientArgs {
+    /// Who you are.
+    #[arg(long, short = 'u', global = true, env = "TELEPOUND_USER")]
+    pub user: Option<String>,
+    /// The server to talk to.
+    #[arg(
+        long,
+        global = true,
+        env = "TELEPOUND_SERVER",
+        default_value = "ws://127.0.0.1:7878"
+    )]
+    pub server: String,
+    /// Read the password from the first line of this file (for scripts).
+    /// Otherwise TELEPOUND_PASSWORD, otherwise a hidden prompt.
+    #[arg(long, global = true, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
+    /// Local state (pinned keys, history, downloads). Default: the XDG data
+    /// folder, e.g. ~/.local/share/telepound.
+    #[arg(long, global = true, env = "TELEPOUND_HOME", value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// Argon2id cost for new accounts, as m=KIB,t=PASSES,p=LANES. The
+    /// default (m=19456,t=2,p=1) suits real use; lower it only for tests.
+    #[arg(
+        long,
+        global = true,
+        env = "TELEPOUND_ARGON2",
+        value_name = "PARAMS",
+        hide_env_values = true
+    )]
+    pub argon2: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server.
+    Serve(ServeArgs),
+    /// Apply the PostgreSQL schema migrations (run as the owner role).
+    Migrate {
+        /// postgres://OWNER@HOST/DB
+        #[arg(long, env = "TELEPOUND_DATABASE", hide_env_values = true)]
+        database: String,
+        /// Also grant the application role exactly the rights the server
+        /// needs (see docs/POSTGRES.md).
+        #[arg(long, value_name = "ROLE")]
+        grant_to: Option<String>,
+    },
+    /// Create an account: generates your keys and registers your password.
+    Signup,
+    /// Check your password and unlock your keys on this machine.
+    Login,
+    /// Send an end-to-end encrypted message.
+    Send {
+        /// The recipient.
+        to: String,
+        /// The message (several words are joined with spaces).
+        #[arg(required = true, num_args = 1..)]
+        text: Vec<String>,
+    },
+    /// Print waiting messages, acknowledge them, and exit.
+    Inbox {
+        /// Stay connected and print messages as they arrive.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// One JSON object per line, for scripts and bots.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The original Telepound's prompt-driven chat on standard input.
+    Classic,
+    /// Show whether users are online, or when they were last seen.
+    Who {
+        /// Users to look up.
+        #[arg(required = true, num_args = 1..)]
+        users: Vec<String>,
+    },
+    /// Show the safety number you and USER should compare.
+    Verify {
+        /// The other user.
+        #[arg(value_name = "USER")]
+        peer: String,
+        /// Trust USER's current key (after comparing safety numbers).
+        #[arg(long)]
+        accept: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:7878].
+    #[arg(long, env = "TELEPOUND_LISTEN")]
+    pub listen: Option<String>,
+    /// Data folder for the SQLite database [default: ./telepound-data].
+    #[arg(long, env = "TELEPOUND_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// postgres://USER@HOST/DB to use PostgreSQL instead of SQLite.
+    #[arg(long, env = "TELEPOUND_DATABASE", hide_env_values = true)]
+    pub database: Option<String>,
+    /// TOML configuration file; flags and environment override it.
+    #[arg(long, env = "TELEPOUND_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Don't run migrations; only check they were run (for a
+    /// least-privilege database role).
+    #[arg(long)]
+    pub no_migrate: bool,
+}

@@ -1,0 +1,129 @@
+//! The subcommands. Each file is one command; this module holds what they
+//! share: who the user is, where local state lives, connecting and logging
+//! in.
+
+use std::path::PathBuf;
+
+use anyhow::{Context, bail};
+use telepound_client::{Client, Events, Session, account};
+use telepound_protocol::UserName;
+use telepound_protocol::auth::KsfParams;
+
+use crate::args::{ClientArgs, Command};
+
+mod classic;
+mod inbox;
+mod lines;
+mod send;
+mod serve;
+mod verify;
+mod who;
+
+/// Runs the chosen command.
+pub async fn run(cli: crate::args::Cli) -> anyhow::Result<()> {
+    let c = cli.client;
+    match cli.command {
+        Command::Serve(args) => serve::run(args).await,
+        Command::Migrate { database, grant_to } => {
+            serve::migrate(&database, grant_to.as_deref()).await
+        }
+        Command::Signup => signup(&c).await,
+        Command::Login => {
+            let (session, _events) = login(&c).await?;
+            println!(
+                "Logged in as {}. Your keys are unlocked on this machine.",
+                session.user()
+            );
+            session.client().close().await;
+            Ok(())
+        }
+        Command::Send { to, text } => send::run(&c, &to, &text.join(" ")).await,
+        Command::Inbox { follow, json } => inbox::run(&c, follow, json).await,
+        Command::Classic => classic::run(&c).await,
+        Command::Who { users } => who::run(&c, &users).await,
+        Command::Verify { peer, accept } => verify::run(&c, &peer, accept).await,
+    }
+}
+
+/// Parses a user name given on the command line, with a readable error.
+pub fn parse_user(s: &str) -> anyhow::Result<UserName> {
+    UserName::new(s).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// The acting user from `--user` / `TELEPOUND_USER`.
+pub fn acting_user(c: &ClientArgs) -> anyhow::Result<UserName> {
+    match &c.user {
+        Some(u) => parse_user(u),
+        None => bail!("who are you? pass --user NAME or set TELEPOUND_USER"),
+    }
+}
+
+/// The local state folder.
+pub fn home(c: &ClientArgs) -> anyhow::Result<PathBuf> {
+    if let Some(h) = &c.home {
+        return Ok(h.clone());
+    }
+    directories::ProjectDirs::from("", "", "telepound")
+        .map(|d| d.data_dir().to_path_buf())
+        .context("cannot find a home folder for local state; set TELEPOUND_HOME")
+}
+
+/// The Argon2 parameters for a new account.
+pub fn ksf(c: &ClientArgs) -> anyhow::Result<KsfParams> {
+    match &c.argon2 {
+        None => Ok(KsfParams::DEFAULT),
+        Some(s) => s
+            .parse()
+            .map_err(|e| anyhow::anyhow!("invalid --argon2 / TELEPOUND_ARGON2 value: {e}")),
+    }
+}
+
+async fn signup(c: &ClientArgs) -> anyhow::Result<()> {
+    let user = acting_user(c)?;
+    let ksf = ksf(c)?;
+    let password = crate::password::obtain(c.password_file.as_deref(), true)?;
+    let (client, _events) = Client::connect(&c.server).await?;
+    signup_with(&client, &user, password.as_bytes(), ksf).await?;
+    client.close().await;
+    println!("Signed up as {user}. Log in from any machine with your password.");
+    Ok(())
+}
+
+/// Signs up on an open connection, with the user-facing wording.
+pub async fn signup_with(
+    client: &Client,
+    user: &UserName,
+    password: &[u8],
+    ksf: KsfParams,
+) -> anyhow::Result<()> {
+    account::signup(client, user, password, ksf)
+        .await
+        .map_err(|e| match e.code() {
+            Some(telepound_protocol::ErrorCode::UserTaken) => {
+                anyhow::Error::new(e).context(format!("cannot sign up as {user}"))
+            }
+            _ => anyhow::Error::new(e).context("sign-up failed"),
+        })
+}
+
+/// Connects and logs in as the acting user.
+pub async fn login(c: &ClientArgs) -> anyhow::Result<(Session, Events)> {
+    let user = acting_user(c)?;
+    let home = home(c)?;
+    let password = crate::password::obtain(c.password_file.as_deref(), false)?;
+    let (client, events) = Client::connect(&c.server).await?;
+    let session = login_with(&client, &user, password.as_bytes(), &home).await?;
+    Ok((session, events))
+}
+
+/// Logs in on an open connection, with the user-facing wording.
+pub async fn login_with(
+    client: &Client,
+    user: &UserName,
+    password: &[u8],
+    home: &std::path::Path,
+) -> anyhow::Result<Session> {
+    account::login(client, user, password, home)
+        .await
+        .map_err(|e| anyhow::Error::new(e).context(format!("cannot log in as {user}")))
+}

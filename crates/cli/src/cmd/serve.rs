@@ -1,0 +1,95 @@
+//! `telepound serve` and `telepound migrate`.
+
+use anyhow::Context;
+use telepound_server::RawConfig;
+
+use crate::args::ServeArgs;
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    init_logging("telepound_server=info,telepound=info");
+    let file = match &args.config {
+        Some(path) => RawConfig::from_toml_file(path).map_err(anyhow::Error::msg)?,
+        None => RawConfig::default(),
+    };
+    let flags = RawConfig {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        database: args.database,
+        migrate: args.no_migrate.then_some(false),
+        ..RawConfig::default()
+    };
+    let config = file.merge(flags).validate().map_err(anyhow::Error::msg)?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let where_ = match &config.database {
+        telepound_server::store::DatabaseUrl::Sqlite(p) => format!("data in {}", p.display()),
+        telepound_server::store::DatabaseUrl::Postgres(u) => {
+            format!("PostgreSQL at {}", telepound_server::config::redact_url(u))
+        }
+    };
+    println!(
+        "Telepound server listening on ws://{} ({where_}). Ctrl-C to stop.",
+        listener.local_addr()?
+    );
+    telepound_server::run(listener, config, shutdown_signal()).await
+}
+
+pub async fn migrate(database: &str, grant_to: Option<&str>) -> anyhow::Result<()> {
+    init_logging("telepound_server=info");
+    if !(database.starts_with("postgres://") || database.starts_with("postgresql://")) {
+        anyhow::bail!(
+            "migrate is for PostgreSQL (postgres://…); SQLite databases migrate when the server starts"
+        );
+    }
+    telepound_server::store::postgres::migrate(database)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot migrate {}",
+                telepound_server::config::redact_url(database)
+            )
+        })?;
+    println!("Schema is up to date.");
+    if let Some(role) = grant_to {
+        telepound_server::store::postgres::grant_app_role(database, role)
+            .await
+            .with_context(|| format!("cannot grant the application rights to {role}"))?;
+        println!("Granted {role} the rights the server needs (rows only, no schema changes).");
+    }
+    Ok(())
+}
+
+/// Logs to stderr, filtered by RUST_LOG or `default`.
+pub fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("stop requested");
+}
