@@ -50,10 +50,10 @@ fn exit_code(e: &anyhow::Error) -> i32 {
             return match err {
                 E::Connect { .. } | E::Disconnected(_) | E::Timeout => exit::UNREACHABLE,
                 E::UnknownUser(_) => exit::REFUSED,
-                E::Server { code, .. } => match code {
-                    C::AuthFailed | C::UnknownUser | C::UserTaken | C::InvalidName => exit::REFUSED,
-                    _ => exit::ERROR,
-                },
+                E::Server {
+                    code: C::AuthFailed | C::UnknownUser | C::UserTaken | C::InvalidName,
+                    ..
+                } => exit::REFUSED,
                 _ => exit::ERROR,
             };
         }

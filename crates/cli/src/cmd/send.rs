@@ -27,10 +27,8 @@ pub async fn run(c: &ClientArgs, to: &str, text: &str) -> anyhow::Result<()> {
     }
     let delivered = tokio::time::timeout(DELIVERY_WAIT, async {
         while let Some(ev) = events.recv().await {
-            if let Event::Delivered { msg_id, .. } = ev {
-                if msg_id == outcome.msg_id {
-                    return true;
-                }
+            if matches!(ev, Event::Delivered { msg_id, .. } if msg_id == outcome.msg_id) {
+                return true;
             }
         }
         false

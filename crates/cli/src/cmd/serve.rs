@@ -19,6 +19,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         ..RawConfig::default()
     };
     let config = file.merge(flags).validate().map_err(anyhow::Error::msg)?;
+    // Install the handlers before saying we listen, so a SIGTERM that
+    // follows the announcement is never the default (fatal) action.
+    let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -32,7 +35,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         "Telepound server listening on ws://{} ({where_}). Ctrl-C to stop.",
         listener.local_addr()?
     );
-    telepound_server::run(listener, config, shutdown_signal()).await
+    telepound_server::run(listener, config, shutdown).await
 }
 
 pub async fn migrate(database: &str, grant_to: Option<&str>) -> anyhow::Result<()> {
@@ -71,25 +74,23 @@ pub fn init_logging(default: &str) {
         .try_init();
 }
 
-/// Completes on Ctrl-C or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// A future that completes on Ctrl-C or SIGTERM; the handlers are
+/// installed before this returns.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("cannot install the SIGTERM handler")?;
+    #[cfg(unix)]
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .context("cannot install the SIGINT handler")?;
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
         }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        () = ctrl_c => {},
-        () = term => {},
-    }
-    tracing::info!("stop requested");
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        tracing::info!("stop requested");
+    })
 }

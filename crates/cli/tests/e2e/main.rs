@@ -1,0 +1,7 @@
+//! The `telepound` binary as a user runs it: real server processes, real
+//! client processes, real signals.
+
+mod classic;
+mod crash;
+mod util;
+mod walkthrough;
