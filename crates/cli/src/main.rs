@@ -51,7 +51,7 @@ fn exit_code(e: &anyhow::Error) -> i32 {
                 E::Connect { .. } | E::Disconnected(_) | E::Timeout => exit::UNREACHABLE,
                 E::UnknownUser(_) => exit::REFUSED,
                 E::Server {
-                    code: C::AuthFailed | C::UnknownUser | C::UserTaken | C::InvalidName,
+                    code: C::AuthFailed | C::UnknownUser | C::UserTaken,
                     ..
                 } => exit::REFUSED,
                 _ => exit::ERROR,

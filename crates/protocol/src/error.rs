@@ -21,8 +21,6 @@ pub enum ErrorCode {
     NotAuthenticated,
     /// The connection is already logged in.
     AlreadyAuthenticated,
-    /// A user or group name outside the allowed characters.
-    InvalidName,
     /// Sign-up for a name that is taken.
     UserTaken,
     /// No such user ("User Not Found").
@@ -33,8 +31,6 @@ pub enum ErrorCode {
     NoLoginInProgress,
     /// A `from` field that is not the session's user.
     SenderMismatch,
-    /// A message id that is not a UUID.
-    InvalidMsgId,
     /// A public key, signature or OPAQUE message that does not decode.
     BadKey,
     /// A session token that is unknown or expired.
@@ -59,13 +55,11 @@ impl ErrorCode {
             Self::BinaryFrame => "binary_frame",
             Self::NotAuthenticated => "not_authenticated",
             Self::AlreadyAuthenticated => "already_authenticated",
-            Self::InvalidName => "invalid_name",
             Self::UserTaken => "user_taken",
             Self::UnknownUser => "unknown_user",
             Self::AuthFailed => "auth_failed",
             Self::NoLoginInProgress => "no_login_in_progress",
             Self::SenderMismatch => "sender_mismatch",
-            Self::InvalidMsgId => "invalid_msg_id",
             Self::BadKey => "bad_key",
             Self::InvalidToken => "invalid_token",
             Self::RateLimited => "rate_limited",
@@ -85,13 +79,11 @@ impl ErrorCode {
             Self::BinaryFrame => "binary frames are not supported",
             Self::NotAuthenticated => "log in first",
             Self::AlreadyAuthenticated => "already logged in on this connection",
-            Self::InvalidName => "invalid name",
             Self::UserTaken => "that user name is taken",
             Self::UnknownUser => "User Not Found",
             Self::AuthFailed => "wrong user name or password",
             Self::NoLoginInProgress => "no login in progress",
             Self::SenderMismatch => "the sender is not the logged-in user",
-            Self::InvalidMsgId => "invalid message id",
             Self::BadKey => "invalid key material",
             Self::InvalidToken => "session expired; log in again",
             Self::RateLimited => "too many requests; slow down",
