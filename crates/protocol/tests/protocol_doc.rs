@@ -1,7 +1,7 @@
 //! Every example in docs/PROTOCOL.md decodes with this crate's codec, and
 //! every message type appears in an example, so the document stays true.
 
-use telepound_protocol::codec::{decode_client, decode_server};
+use telepound_protocol::codec::{decode_client, decode_server, encode};
 
 const DOC: &str = include_str!("../../../docs/PROTOCOL.md");
 
@@ -18,6 +18,9 @@ fn client_examples_decode() {
     let mut kinds: Vec<&str> = Vec::new();
     for b in blocks("client") {
         let msg = decode_client(b, usize::MAX).unwrap_or_else(|e| panic!("{e}: {b}"));
+        // The document is also the format's snapshot: encoding what was
+        // decoded gives back the example byte for byte.
+        assert_eq!(encode(&msg), b, "the encoder no longer writes this example");
         kinds.push(msg.kind());
     }
     for kind in [
@@ -40,7 +43,8 @@ fn client_examples_decode() {
 fn server_examples_decode() {
     let mut kinds = Vec::new();
     for b in blocks("server") {
-        decode_server(b, usize::MAX).unwrap_or_else(|e| panic!("{e}: {b}"));
+        let msg = decode_server(b, usize::MAX).unwrap_or_else(|e| panic!("{e}: {b}"));
+        assert_eq!(encode(&msg), b, "the encoder no longer writes this example");
         let v: serde_json::Value = serde_json::from_str(b).unwrap();
         kinds.push(v["type"].as_str().unwrap().to_owned());
     }

@@ -14,7 +14,7 @@ use telepound_protocol::{MsgId, UserName};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::store::StoredEntry;
+use crate::store::{CommitListener, StoredEntry};
 
 /// Something pushed to a connection.
 #[derive(Debug, Clone)]
@@ -124,6 +124,9 @@ impl Hub {
                         }
                     }
                     Err(mpsc::error::TrySendError::Full(_)) => {
+                        // No longer live: receipts for this user are stored
+                        // from now on, since this connection will not read them.
+                        member.live.store(false, Ordering::Release);
                         member.kick.cancel();
                         out.kicked += 1;
                     }
@@ -133,5 +136,29 @@ impl Hub {
             }
         }
         out
+    }
+}
+
+/// The writer announces committed changes here, in commit order: new
+/// mailbox entries go to the recipient's connections, and receipts go live
+/// to a sender who has a synced connection (else the writer stores them).
+impl CommitListener for Hub {
+    fn stored(&self, recipient: &UserName, entry: StoredEntry) {
+        self.push(recipient, Outbound::Entry(Arc::new(entry)));
+    }
+
+    fn delivered(&self, sender: &UserName, msg_id: MsgId, to: &UserName, at: UnixMillis) {
+        self.push(
+            sender,
+            Outbound::Delivered {
+                msg_id,
+                to: to.clone(),
+                at,
+            },
+        );
+    }
+
+    fn must_store_receipt(&self, sender: &UserName) -> bool {
+        !self.is_live(sender)
     }
 }

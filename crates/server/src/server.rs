@@ -31,7 +31,7 @@ pub struct Shared {
     /// The database.
     pub store: Arc<dyn Store>,
     /// Live routing.
-    pub hub: Hub,
+    pub hub: Arc<Hub>,
     /// Validated configuration.
     pub config: Config,
     /// The OPAQUE server keys (persisted in the store).
@@ -94,7 +94,8 @@ pub async fn run(
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create data folder {}", dir.display()))?;
     }
-    let store = store::open(&config.database, config.migrate, config.writer)
+    let hub = Arc::new(Hub::default());
+    let store = store::open(&config.database, config.migrate, config.writer, hub.clone())
         .await
         .with_context(|| match &config.database {
             DatabaseUrl::Sqlite(p) => format!("cannot open SQLite database {}", p.display()),
@@ -112,7 +113,7 @@ pub async fn run(
 
     let shared = Arc::new(Shared {
         store,
-        hub: Hub::default(),
+        hub,
         connections: Arc::new(Semaphore::new(config.max_connections)),
         config,
         opaque,

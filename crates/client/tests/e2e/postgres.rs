@@ -68,6 +68,7 @@ async fn server_runs_as_the_application_role() {
         &DatabaseUrl::Postgres(fresh.url.clone()),
         false,
         Default::default(),
+        std::sync::Arc::new(telepound_server::store::Quiet),
     )
     .await
     .err()

@@ -1,23 +1,20 @@
-//! `ack`: delete received entries from the mailbox and tell each sender
+//! `ack`: delete received entries from the mailbox; each sender hears
 //! `delivered` (the original's "Message Delivered").
-
-use std::sync::Arc;
 
 use telepound_protocol::{ErrorCode, ServerMessage, UserName};
 
 use super::{HandlerError, HandlerResult, MAX_LIST};
-use crate::hub::Outbound;
 use crate::server::Shared;
-use crate::store::{EntryKind, NewEntry};
 
-/// Deletes `seqs` from `user`'s mailbox. For every message deleted, its
-/// sender gets a live `delivered`; a sender with no synced connection gets
-/// the receipt stored in their mailbox instead, so it is not lost.
+/// Deletes `seqs` from `user`'s mailbox. For every message deleted, the
+/// store's writer tells its sender `delivered` live, or stores the receipt
+/// in the sender's mailbox (same transaction) when the sender has no synced
+/// connection, so it is not lost.
 ///
 /// # Errors
 /// `malformed` for too many seqs, `internal`.
 pub async fn handle(
-    shared: &Arc<Shared>,
+    shared: &Shared,
     user: &UserName,
     seqs: Vec<i64>,
     rid: Option<u64>,
@@ -28,33 +25,8 @@ pub async fn handle(
             format!("at most {MAX_LIST} seqs per ack"),
         ));
     }
-    let acked = shared.store.ack(user, seqs).await?;
-    let count = acked.len() as u64;
     let now = crate::now_ms();
-    let mut stored = Vec::new();
-    for a in acked.into_iter().filter(|a| a.kind == EntryKind::Message) {
-        shared.hub.push(
-            &a.sender,
-            Outbound::Delivered {
-                msg_id: a.msg_id,
-                to: user.clone(),
-                at: now,
-            },
-        );
-        if !shared.hub.is_live(&a.sender) {
-            stored.push(NewEntry {
-                recipient: a.sender,
-                kind: EntryKind::Receipt,
-                sender: user.clone(),
-                msg_id: a.msg_id,
-                server_ts: now,
-                expires_at: now + shared.config.message_ttl.as_millis() as i64,
-                envelope: String::new(),
-            });
-        }
-    }
-    if !stored.is_empty() {
-        super::send::deliver(shared, stored).await?;
-    }
+    let expires = now + shared.config.message_ttl.as_millis() as i64;
+    let count = shared.store.ack(user, seqs, now, expires).await?;
     Ok(ServerMessage::Acked { rid, count })
 }

@@ -1,5 +1,5 @@
-//! `send`: store the sealed envelope durably in the recipient's mailbox,
-//! answer `accepted`, push it live if the recipient is connected.
+//! `send`: store the sealed envelope durably in the recipient's mailbox
+//! (the writer pushes it live once committed), then answer `accepted`.
 
 use std::sync::Arc;
 
@@ -7,9 +7,8 @@ use serde_json::value::RawValue;
 use telepound_protocol::{ErrorCode, MsgId, ServerMessage, UserName};
 
 use super::{HandlerError, HandlerResult};
-use crate::hub::Outbound;
 use crate::server::Shared;
-use crate::store::{EntryKind, NewEntry, StoredEntry};
+use crate::store::{EntryKind, NewEntry};
 
 /// A send that passed its checks.
 pub struct Prepared {
@@ -66,7 +65,8 @@ impl Prepared {
             envelope: String::from(Box::<str>::from(envelope)),
         };
         let recipient = entry.recipient.clone();
-        deliver(shared, vec![entry]).await?;
+        // Returns after the commit; the writer has pushed it live by then.
+        shared.store.enqueue(vec![entry]).await?;
         Ok(ServerMessage::Accepted {
             rid,
             msg_id,
@@ -74,31 +74,4 @@ impl Prepared {
             recipient_online: shared.hub.is_live(&recipient),
         })
     }
-}
-
-/// Stores entries durably, then pushes each newly stored one to its
-/// recipient's connections. Entries already waiting (retries) are not
-/// pushed again.
-///
-/// # Errors
-/// The store's, when the batch did not commit.
-pub async fn deliver(shared: &Shared, entries: Vec<NewEntry>) -> Result<(), HandlerError> {
-    let seqs = shared.store.enqueue(entries.clone()).await?;
-    for (e, seq) in entries.into_iter().zip(seqs) {
-        if let Some(seq) = seq {
-            let recipient = e.recipient;
-            shared.hub.push(
-                &recipient,
-                Outbound::Entry(Arc::new(StoredEntry {
-                    seq,
-                    kind: e.kind,
-                    sender: e.sender,
-                    msg_id: e.msg_id,
-                    server_ts: e.server_ts,
-                    envelope: e.envelope,
-                })),
-            );
-        }
-    }
-    Ok(())
 }

@@ -1,16 +1,46 @@
 //! The store behaviour suite, written once and run against every backend
 //! (see `tests/store` and [`crate::store_conformance_tests`]).
 //!
-//! Each check takes a fresh, empty, migrated store and panics on a
-//! violation.
+//! Each check takes a fresh, empty, migrated store, opened with the
+//! [`Recorder`] as its commit listener, and panics on a violation.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use telepound_protocol::auth::KsfParams;
-use telepound_protocol::message::{B64, PublicKeys};
+use telepound_protocol::message::{B64, PublicKeys, UnixMillis};
 use telepound_protocol::{MsgId, UserName};
 
-use super::{EntryKind, NewEntry, NewUser, Store};
+use super::{CommitListener, EntryKind, NewEntry, NewUser, Store, StoredEntry};
+
+/// A commit listener that records what it hears; senders named in
+/// `away` get their receipts stored.
+#[derive(Default)]
+pub struct Recorder {
+    /// Senders without a live connection.
+    pub away: Mutex<Vec<UserName>>,
+    /// `(recipient, seq, msg_id)` of stored entries, in announcement order.
+    pub stored: Mutex<Vec<(UserName, i64, MsgId)>>,
+    /// `(sender, msg_id, to)` of live receipts.
+    pub delivered: Mutex<Vec<(UserName, MsgId, UserName)>>,
+}
+
+impl CommitListener for Recorder {
+    fn stored(&self, recipient: &UserName, entry: StoredEntry) {
+        self.stored
+            .lock()
+            .unwrap()
+            .push((recipient.clone(), entry.seq, entry.msg_id));
+    }
+    fn delivered(&self, sender: &UserName, msg_id: MsgId, to: &UserName, _at: UnixMillis) {
+        self.delivered
+            .lock()
+            .unwrap()
+            .push((sender.clone(), msg_id, to.clone()));
+    }
+    fn must_store_receipt(&self, sender: &UserName) -> bool {
+        self.away.lock().unwrap().contains(sender)
+    }
+}
 
 fn name(s: &str) -> UserName {
     UserName::new(s).expect("valid test name")
@@ -52,7 +82,7 @@ fn entry(to: &str, from: &str, id: MsgId, envelope: &str) -> NewEntry {
 }
 
 /// Accounts: creation, duplicates, lookups, key directory, last seen.
-pub async fn users(store: Arc<dyn Store>) {
+pub async fn users(store: Arc<dyn Store>, _: Arc<Recorder>) {
     assert!(store.create_user(&user("alice")).await.unwrap());
     assert!(
         !store.create_user(&user("alice")).await.unwrap(),
@@ -97,7 +127,7 @@ pub async fn users(store: Arc<dyn Store>) {
 }
 
 /// The OPAQUE server setup is stored once and then always returned.
-pub async fn server_setup_is_stable(store: Arc<dyn Store>) {
+pub async fn server_setup_is_stable(store: Arc<dyn Store>, _: Arc<Recorder>) {
     let first = store.server_setup(b"first").await.unwrap();
     assert_eq!(first, b"first");
     let again = store.server_setup(b"second").await.unwrap();
@@ -105,7 +135,7 @@ pub async fn server_setup_is_stable(store: Arc<dyn Store>) {
 }
 
 /// Sessions: lookups by hash, expiry.
-pub async fn sessions(store: Arc<dyn Store>) {
+pub async fn sessions(store: Arc<dyn Store>, _: Arc<Recorder>) {
     store.create_user(&user("alice")).await.unwrap();
     store
         .create_session(&[7; 32], &name("alice"), 5000)
@@ -123,7 +153,7 @@ pub async fn sessions(store: Arc<dyn Store>) {
 
 /// Mailbox: order, idempotent retries, per-recipient isolation, paging,
 /// acknowledgement.
-pub async fn mailbox(store: Arc<dyn Store>) {
+pub async fn mailbox(store: Arc<dyn Store>, rec: Arc<Recorder>) {
     let ids: Vec<MsgId> = (0..5).map(|_| MsgId::new()).collect();
     let mut seqs = Vec::new();
     for (i, id) in ids.iter().enumerate() {
@@ -134,6 +164,8 @@ pub async fn mailbox(store: Arc<dyn Store>) {
         seqs.push(s[0].expect("new entry gets a seq"));
     }
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "seqs increase");
+    let heard: Vec<i64> = rec.stored.lock().unwrap().iter().map(|x| x.1).collect();
+    assert_eq!(heard, seqs, "every commit announced, in seq order");
 
     // A retry of the same message is stored once.
     let again = store
@@ -161,27 +193,32 @@ pub async fn mailbox(store: Arc<dyn Store>) {
     assert_eq!(store.fetch(&name("dave"), 0, 100).await.unwrap().len(), 1);
     assert_eq!(store.mailbox_depth().await.unwrap(), 7);
 
-    // Acknowledging deletes, reports what existed, and is idempotent.
+    // Acknowledging deletes, counts what existed, and is idempotent.
     let acked = store
-        .ack(&name("bob"), vec![seqs[0], seqs[1], 999_999])
+        .ack(&name("bob"), vec![seqs[0], seqs[1], 999_999], 5, 50)
         .await
         .unwrap();
-    assert_eq!(acked.len(), 2);
-    assert!(acked.iter().all(|a| a.sender == name("alice")));
-    assert!(
-        store
-            .ack(&name("bob"), vec![seqs[0]])
-            .await
-            .unwrap()
-            .is_empty()
+    assert_eq!(acked, 2);
+    let delivered = rec.delivered.lock().unwrap().clone();
+    assert_eq!(
+        delivered,
+        vec![
+            (name("alice"), ids[0], name("bob")),
+            (name("alice"), ids[1], name("bob"))
+        ],
+        "the senders hear their receipts live"
+    );
+    assert_eq!(
+        store.ack(&name("bob"), vec![seqs[0]], 5, 50).await.unwrap(),
+        0
     );
     // Another user cannot acknowledge bob's mail.
-    assert!(
+    assert_eq!(
         store
-            .ack(&name("dave"), vec![seqs[2]])
+            .ack(&name("dave"), vec![seqs[2]], 5, 50)
             .await
-            .unwrap()
-            .is_empty()
+            .unwrap(),
+        0
     );
     let left = store.fetch(&name("bob"), 0, 100).await.unwrap();
     assert_eq!(left.first().unwrap().msg_id, ids[2]);
@@ -189,7 +226,7 @@ pub async fn mailbox(store: Arc<dyn Store>) {
 }
 
 /// Entries past their expiry are deleted; others stay.
-pub async fn expiry(store: Arc<dyn Store>) {
+pub async fn expiry(store: Arc<dyn Store>, _: Arc<Recorder>) {
     let mut old = entry("bob", "alice", MsgId::new(), "{}");
     old.expires_at = 100;
     let fresh = entry("bob", "alice", MsgId::new(), "{}");
@@ -202,7 +239,7 @@ pub async fn expiry(store: Arc<dyn Store>) {
 
 /// Many concurrent writers are all committed, each exactly once, and a
 /// sequence number is never reused after a delete.
-pub async fn concurrent_writes_group_commit(store: Arc<dyn Store>) {
+pub async fn concurrent_writes_group_commit(store: Arc<dyn Store>, rec: Arc<Recorder>) {
     let mut tasks = Vec::new();
     for t in 0..8 {
         let store = store.clone();
@@ -225,8 +262,11 @@ pub async fn concurrent_writes_group_commit(store: Arc<dyn Store>) {
     assert_eq!(total, 400);
     let all = store.fetch(&name("bob"), 0, 1000).await.unwrap();
     assert_eq!(all.len(), 400);
+    let heard: Vec<i64> = rec.stored.lock().unwrap().iter().map(|x| x.1).collect();
+    let fetched: Vec<i64> = all.iter().map(|e| e.seq).collect();
+    assert_eq!(heard, fetched, "announced in the order a fetch returns");
     let last = all.last().unwrap().seq;
-    store.ack(&name("bob"), vec![last]).await.unwrap();
+    store.ack(&name("bob"), vec![last], 5, 50).await.unwrap();
     let s = store
         .enqueue(vec![entry("bob", "alice", MsgId::new(), "{}")])
         .await
@@ -234,35 +274,69 @@ pub async fn concurrent_writes_group_commit(store: Arc<dyn Store>) {
     assert!(s[0].unwrap() > last, "seq not reused after delete");
 }
 
-/// Receipts are stored apart from messages with the same id.
-pub async fn receipts(store: Arc<dyn Store>) {
+/// A sender who is away gets the receipt stored, in the same transaction as
+/// the delete, and announced like any entry; acknowledging a receipt makes
+/// no receipt of its own.
+pub async fn receipts(store: Arc<dyn Store>, rec: Arc<Recorder>) {
+    rec.away.lock().unwrap().push(name("alice"));
     let id = MsgId::new();
-    let mut r = entry("alice", "bob", id, "");
-    r.kind = EntryKind::Receipt;
-    let m = entry("alice", "bob", id, "{}");
-    let s = store.enqueue(vec![r, m]).await.unwrap();
-    assert!(s.iter().all(Option::is_some));
+    let seq = store
+        .enqueue(vec![entry("bob", "alice", id, "{}")])
+        .await
+        .unwrap()[0]
+        .unwrap();
+    assert_eq!(
+        store.ack(&name("bob"), vec![seq], 77, 999).await.unwrap(),
+        1
+    );
+    assert_eq!(
+        rec.delivered.lock().unwrap().clone(),
+        vec![(name("alice"), id, name("bob"))],
+        "announced live too, for connections that have not synced"
+    );
     let got = store.fetch(&name("alice"), 0, 10).await.unwrap();
+    assert_eq!(got.len(), 1);
     assert_eq!(got[0].kind, EntryKind::Receipt);
-    assert_eq!(got[1].kind, EntryKind::Message);
+    assert_eq!(
+        (got[0].sender.clone(), got[0].msg_id, got[0].server_ts),
+        (name("bob"), id, 77)
+    );
+    assert_eq!(rec.stored.lock().unwrap().last().unwrap().1, got[0].seq);
+    // A message and a receipt with the same id are distinct entries.
+    let again = store
+        .enqueue(vec![entry("alice", "bob", id, "{}")])
+        .await
+        .unwrap();
+    assert!(again[0].is_some());
+    // Acknowledging the receipt stores nothing new.
+    rec.away.lock().unwrap().push(name("bob"));
+    assert_eq!(
+        store
+            .ack(&name("alice"), vec![got[0].seq], 78, 999)
+            .await
+            .unwrap(),
+        1
+    );
+    assert!(store.fetch(&name("bob"), 0, 10).await.unwrap().is_empty());
 }
 
 /// Generates one `#[tokio::test]` per behaviour check, each on a fresh store
-/// made by `$make` (an async expression yielding `Arc<dyn Store>`, or `None`
-/// to skip with a message).
+/// made by `$make(listener)`, an async fn returning
+/// `Option<(Arc<dyn Store>, guard)>` (`None` skips, after saying why).
 #[macro_export]
 macro_rules! store_conformance_tests {
-    ($make:expr) => {
+    ($make:path) => {
         $crate::store_conformance_tests!(@each $make;
             users, server_setup_is_stable, sessions, mailbox, expiry,
             concurrent_writes_group_commit, receipts);
     };
-    (@each $make:expr; $($check:ident),*) => {
+    (@each $make:path; $($check:ident),*) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $check() {
-                let Some((store, _guard)) = $make.await else { return };
-                $crate::store::conformance::$check(store.clone()).await;
+                let rec = std::sync::Arc::new($crate::store::conformance::Recorder::default());
+                let Some((store, _guard)) = $make(rec.clone()).await else { return };
+                $crate::store::conformance::$check(store.clone(), rec).await;
                 store.close().await;
             }
         )*

@@ -20,7 +20,7 @@ pub mod postgres;
 pub mod sqlite;
 mod writer;
 
-pub use writer::WriterConfig;
+pub use writer::{CommitListener, Quiet, WriterConfig};
 
 /// Store errors. The cause is logged by the caller; clients see `internal`.
 #[derive(Debug, thiserror::Error)]
@@ -203,9 +203,17 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
     ) -> Result<Vec<StoredEntry>>;
 
-    /// Deletes acknowledged entries of `recipient` (group-committed); returns
-    /// the ones that existed.
-    async fn ack(&self, recipient: &UserName, seqs: Vec<i64>) -> Result<Vec<AckedEntry>>;
+    /// Deletes acknowledged entries of `recipient` (group-committed) and
+    /// returns how many existed. For each message deleted, in the same
+    /// transaction, a receipt is stored for its sender when the
+    /// [`CommitListener`] says so (else the listener hears `delivered`).
+    async fn ack(
+        &self,
+        recipient: &UserName,
+        seqs: Vec<i64>,
+        now: UnixMillis,
+        receipt_expires_at: UnixMillis,
+    ) -> Result<u64>;
 
     /// Deletes expired mailbox entries and sessions; returns how many
     /// mailbox entries went.
@@ -231,7 +239,8 @@ pub enum DatabaseUrl {
 }
 
 /// Opens the store at `url`, running migrations first when `migrate` is set
-/// (otherwise checking that they have been run).
+/// (otherwise checking that they have been run). `listener` hears about
+/// every committed mailbox change.
 ///
 /// # Errors
 /// Connection, migration or schema-check failures.
@@ -239,13 +248,14 @@ pub async fn open(
     url: &DatabaseUrl,
     migrate: bool,
     writer: WriterConfig,
+    listener: std::sync::Arc<dyn CommitListener>,
 ) -> Result<std::sync::Arc<dyn Store>> {
     Ok(match url {
         DatabaseUrl::Sqlite(path) => {
-            std::sync::Arc::new(sqlite::SqliteStore::open(path, migrate, writer).await?)
+            std::sync::Arc::new(sqlite::SqliteStore::open(path, migrate, writer, listener).await?)
         }
         DatabaseUrl::Postgres(url) => {
-            std::sync::Arc::new(postgres::PgStore::open(url, migrate, writer).await?)
+            std::sync::Arc::new(postgres::PgStore::open(url, migrate, writer, listener).await?)
         }
     })
 }

@@ -5,6 +5,7 @@
 //! `migrate = false` it only checks that the owner has run the migrations.
 
 use std::str::FromStr;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
@@ -12,7 +13,7 @@ use sqlx::{ConnectOptions, Connection, Row};
 use telepound_protocol::UserName;
 use telepound_protocol::message::{B64, PublicKeys, UnixMillis};
 
-use super::writer::{BatchApply, WriteOp, WriteResult, Writer};
+use super::writer::{CommitListener, WriteConn, Writer};
 use super::{
     AckedEntry, EntryKind, NewEntry, NewUser, Result, Store, StoredEntry, UserRecord, WriterConfig,
     check_applied, ksf_from_text, ksf_to_text, migration, msg_id, user_name,
@@ -103,7 +104,12 @@ impl PgStore {
     ///
     /// # Errors
     /// When the database cannot be reached or migrated.
-    pub async fn open(url: &str, migrate: bool, writer: WriterConfig) -> Result<Self> {
+    pub async fn open(
+        url: &str,
+        migrate: bool,
+        writer: WriterConfig,
+        listener: Arc<dyn CommitListener>,
+    ) -> Result<Self> {
         let opts = PgConnectOptions::from_str(url)?;
         let pool = PgPoolOptions::new()
             .max_connections(8)
@@ -123,77 +129,83 @@ impl PgStore {
         let conn = opts.connect().await?;
         Ok(Self {
             pool,
-            writer: Writer::spawn(PgBatch { conn }, writer),
+            writer: Writer::spawn(PgWriter { opts, conn }, writer, listener),
         })
     }
 }
 
-struct PgBatch {
+struct PgWriter {
+    opts: PgConnectOptions,
     conn: PgConnection,
 }
 
 #[async_trait]
-impl BatchApply for PgBatch {
-    async fn apply(&mut self, ops: &[WriteOp]) -> Result<Vec<WriteResult>> {
-        let mut tx = self.conn.begin().await?;
-        let mut out = Vec::with_capacity(ops.len());
-        for op in ops {
-            out.push(match op {
-                WriteOp::Insert(entries) => {
-                    let mut seqs = Vec::with_capacity(entries.len());
-                    for e in entries {
-                        let seq: Option<i64> = sqlx::query_scalar(
-                            "INSERT INTO mailbox (recipient, kind, sender, msg_id, server_ts, expires_at, envelope) \
-                             VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                             ON CONFLICT (recipient, kind, sender, msg_id) DO NOTHING RETURNING seq",
-                        )
-                        .bind(e.recipient.as_str())
-                        .bind(e.kind.to_i16())
-                        .bind(e.sender.as_str())
-                        .bind(e.msg_id.to_string())
-                        .bind(e.server_ts)
-                        .bind(e.expires_at)
-                        .bind(e.envelope.as_str())
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                        seqs.push(seq);
-                    }
-                    WriteResult::Inserted(seqs)
-                }
-                WriteOp::Ack { recipient, seqs } => {
-                    let rows = sqlx::query(
-                        "DELETE FROM mailbox WHERE recipient = $1 AND seq = ANY($2) RETURNING kind, sender, msg_id",
-                    )
-                    .bind(recipient.as_str())
-                    .bind(seqs)
-                    .fetch_all(&mut *tx)
-                    .await?;
-                    let mut acked = Vec::with_capacity(rows.len());
-                    for row in rows {
-                        acked.push(AckedEntry {
-                            kind: EntryKind::from_i64(i64::from(row.try_get::<i16, _>("kind")?))?,
-                            sender: user_name(row.try_get("sender")?)?,
-                            msg_id: msg_id(row.try_get("msg_id")?)?,
-                        });
-                    }
-                    WriteResult::Acked(acked)
-                }
-                WriteOp::Expire { now } => {
-                    let n = sqlx::query("DELETE FROM mailbox WHERE expires_at < $1")
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                    sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
-                    WriteResult::Expired(n)
-                }
-            });
-        }
-        tx.commit().await?;
-        Ok(out)
+impl WriteConn for PgWriter {
+    async fn begin(&mut self) -> Result<()> {
+        sqlx::query("BEGIN").execute(&mut self.conn).await?;
+        Ok(())
+    }
+
+    async fn commit(&mut self) -> Result<()> {
+        sqlx::query("COMMIT").execute(&mut self.conn).await?;
+        Ok(())
+    }
+
+    async fn rollback(&mut self) {
+        let _ = sqlx::query("ROLLBACK").execute(&mut self.conn).await;
+    }
+
+    async fn insert(&mut self, e: &NewEntry) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO mailbox (recipient, kind, sender, msg_id, server_ts, expires_at, envelope) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (recipient, kind, sender, msg_id) DO NOTHING RETURNING seq",
+        )
+        .bind(e.recipient.as_str())
+        .bind(e.kind.to_i16())
+        .bind(e.sender.as_str())
+        .bind(e.msg_id.to_string())
+        .bind(e.server_ts)
+        .bind(e.expires_at)
+        .bind(e.envelope.as_str())
+        .fetch_optional(&mut self.conn)
+        .await?)
+    }
+
+    async fn delete(&mut self, recipient: &UserName, seq: i64) -> Result<Option<AckedEntry>> {
+        let row = sqlx::query(
+            "DELETE FROM mailbox WHERE recipient = $1 AND seq = $2 RETURNING kind, sender, msg_id",
+        )
+        .bind(recipient.as_str())
+        .bind(seq)
+        .fetch_optional(&mut self.conn)
+        .await?;
+        row.map(|row| {
+            Ok(AckedEntry {
+                kind: EntryKind::from_i64(i64::from(row.try_get::<i16, _>("kind")?))?,
+                sender: user_name(row.try_get("sender")?)?,
+                msg_id: msg_id(row.try_get("msg_id")?)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn expire(&mut self, now: UnixMillis) -> Result<u64> {
+        let n = sqlx::query("DELETE FROM mailbox WHERE expires_at < $1")
+            .bind(now)
+            .execute(&mut self.conn)
+            .await?
+            .rows_affected();
+        sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
+            .bind(now)
+            .execute(&mut self.conn)
+            .await?;
+        Ok(n)
+    }
+
+    async fn reconnect(&mut self) -> Result<()> {
+        self.conn = self.opts.connect().await?;
+        Ok(())
     }
 }
 
@@ -306,11 +318,13 @@ impl Store for PgStore {
     }
 
     async fn set_last_seen(&self, name: &UserName, at: UnixMillis) -> Result<()> {
-        sqlx::query("UPDATE users SET last_seen = $1 WHERE name = $2")
-            .bind(at)
-            .bind(name.as_str())
-            .execute(&self.pool)
-            .await?;
+        sqlx::query(
+            "UPDATE users SET last_seen = GREATEST(COALESCE(last_seen, 0), $1) WHERE name = $2",
+        )
+        .bind(at)
+        .bind(name.as_str())
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -373,8 +387,16 @@ impl Store for PgStore {
             .collect()
     }
 
-    async fn ack(&self, recipient: &UserName, seqs: Vec<i64>) -> Result<Vec<AckedEntry>> {
-        self.writer.ack(recipient.clone(), seqs).await
+    async fn ack(
+        &self,
+        recipient: &UserName,
+        seqs: Vec<i64>,
+        now: UnixMillis,
+        receipt_expires_at: UnixMillis,
+    ) -> Result<u64> {
+        self.writer
+            .ack(recipient.clone(), seqs, now, receipt_expires_at)
+            .await
     }
 
     async fn expire(&self, now: UnixMillis) -> Result<u64> {

@@ -3,17 +3,18 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
     SqliteSynchronous,
 };
-use sqlx::{ConnectOptions, Connection, Row};
+use sqlx::{ConnectOptions, Row};
 use telepound_protocol::UserName;
 use telepound_protocol::message::{B64, PublicKeys, UnixMillis};
 
-use super::writer::{BatchApply, WriteOp, WriteResult, Writer};
+use super::writer::{CommitListener, WriteConn, Writer};
 use super::{
     AckedEntry, EntryKind, NewEntry, NewUser, Result, Store, StoredEntry, UserRecord, WriterConfig,
     check_applied, ksf_from_text, ksf_to_text, migration, msg_id, user_name,
@@ -38,7 +39,12 @@ impl SqliteStore {
     ///
     /// # Errors
     /// When the file cannot be opened or migrated.
-    pub async fn open(path: &Path, migrate: bool, writer: WriterConfig) -> Result<Self> {
+    pub async fn open(
+        path: &Path,
+        migrate: bool,
+        writer: WriterConfig,
+        listener: Arc<dyn CommitListener>,
+    ) -> Result<Self> {
         let opts = SqliteConnectOptions::from_str("sqlite://")?
             .filename(path)
             .create_if_missing(true)
@@ -64,79 +70,86 @@ impl SqliteStore {
         let conn = opts.connect().await?;
         Ok(Self {
             pool,
-            writer: Writer::spawn(SqliteBatch { conn }, writer),
+            writer: Writer::spawn(SqliteWriter { opts, conn }, writer, listener),
         })
     }
 }
 
-struct SqliteBatch {
+struct SqliteWriter {
+    opts: SqliteConnectOptions,
     conn: SqliteConnection,
 }
 
 #[async_trait]
-impl BatchApply for SqliteBatch {
-    async fn apply(&mut self, ops: &[WriteOp]) -> Result<Vec<WriteResult>> {
-        let mut tx = self.conn.begin().await?;
-        let mut out = Vec::with_capacity(ops.len());
-        for op in ops {
-            out.push(match op {
-                WriteOp::Insert(entries) => {
-                    let mut seqs = Vec::with_capacity(entries.len());
-                    for e in entries {
-                        let seq: Option<i64> = sqlx::query_scalar(
-                            "INSERT INTO mailbox (recipient, kind, sender, msg_id, server_ts, expires_at, envelope) \
-                             VALUES (?, ?, ?, ?, ?, ?, ?) \
-                             ON CONFLICT (recipient, kind, sender, msg_id) DO NOTHING RETURNING seq",
-                        )
-                        .bind(e.recipient.as_str())
-                        .bind(e.kind.to_i16())
-                        .bind(e.sender.as_str())
-                        .bind(e.msg_id.to_string())
-                        .bind(e.server_ts)
-                        .bind(e.expires_at)
-                        .bind(e.envelope.as_str())
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                        seqs.push(seq);
-                    }
-                    WriteResult::Inserted(seqs)
-                }
-                WriteOp::Ack { recipient, seqs } => {
-                    let mut acked = Vec::with_capacity(seqs.len());
-                    for seq in seqs {
-                        let row = sqlx::query(
-                            "DELETE FROM mailbox WHERE recipient = ? AND seq = ? RETURNING kind, sender, msg_id",
-                        )
-                        .bind(recipient.as_str())
-                        .bind(seq)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                        if let Some(row) = row {
-                            acked.push(AckedEntry {
-                                kind: EntryKind::from_i64(row.try_get("kind")?)?,
-                                sender: user_name(row.try_get("sender")?)?,
-                                msg_id: msg_id(row.try_get("msg_id")?)?,
-                            });
-                        }
-                    }
-                    WriteResult::Acked(acked)
-                }
-                WriteOp::Expire { now } => {
-                    let n = sqlx::query("DELETE FROM mailbox WHERE expires_at < ?")
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?
-                        .rows_affected();
-                    sqlx::query("DELETE FROM sessions WHERE expires_at < ?")
-                        .bind(now)
-                        .execute(&mut *tx)
-                        .await?;
-                    WriteResult::Expired(n)
-                }
-            });
-        }
-        tx.commit().await?;
-        Ok(out)
+impl WriteConn for SqliteWriter {
+    async fn begin(&mut self) -> Result<()> {
+        // IMMEDIATE takes the write lock now, not at the first write.
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn commit(&mut self) -> Result<()> {
+        sqlx::query("COMMIT").execute(&mut self.conn).await?;
+        Ok(())
+    }
+
+    async fn rollback(&mut self) {
+        let _ = sqlx::query("ROLLBACK").execute(&mut self.conn).await;
+    }
+
+    async fn insert(&mut self, e: &NewEntry) -> Result<Option<i64>> {
+        Ok(sqlx::query_scalar(
+            "INSERT INTO mailbox (recipient, kind, sender, msg_id, server_ts, expires_at, envelope) \
+             VALUES (?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (recipient, kind, sender, msg_id) DO NOTHING RETURNING seq",
+        )
+        .bind(e.recipient.as_str())
+        .bind(e.kind.to_i16())
+        .bind(e.sender.as_str())
+        .bind(e.msg_id.to_string())
+        .bind(e.server_ts)
+        .bind(e.expires_at)
+        .bind(e.envelope.as_str())
+        .fetch_optional(&mut self.conn)
+        .await?)
+    }
+
+    async fn delete(&mut self, recipient: &UserName, seq: i64) -> Result<Option<AckedEntry>> {
+        let row = sqlx::query(
+            "DELETE FROM mailbox WHERE recipient = ? AND seq = ? RETURNING kind, sender, msg_id",
+        )
+        .bind(recipient.as_str())
+        .bind(seq)
+        .fetch_optional(&mut self.conn)
+        .await?;
+        row.map(|row| {
+            Ok(AckedEntry {
+                kind: EntryKind::from_i64(row.try_get("kind")?)?,
+                sender: user_name(row.try_get("sender")?)?,
+                msg_id: msg_id(row.try_get("msg_id")?)?,
+            })
+        })
+        .transpose()
+    }
+
+    async fn expire(&mut self, now: UnixMillis) -> Result<u64> {
+        let n = sqlx::query("DELETE FROM mailbox WHERE expires_at < ?")
+            .bind(now)
+            .execute(&mut self.conn)
+            .await?
+            .rows_affected();
+        sqlx::query("DELETE FROM sessions WHERE expires_at < ?")
+            .bind(now)
+            .execute(&mut self.conn)
+            .await?;
+        Ok(n)
+    }
+
+    async fn reconnect(&mut self) -> Result<()> {
+        self.conn = self.opts.connect().await?;
+        Ok(())
     }
 }
 
@@ -241,7 +254,7 @@ impl Store for SqliteStore {
     }
 
     async fn set_last_seen(&self, name: &UserName, at: UnixMillis) -> Result<()> {
-        sqlx::query("UPDATE users SET last_seen = ? WHERE name = ?")
+        sqlx::query("UPDATE users SET last_seen = MAX(COALESCE(last_seen, 0), ?) WHERE name = ?")
             .bind(at)
             .bind(name.as_str())
             .execute(&self.pool)
@@ -308,8 +321,16 @@ impl Store for SqliteStore {
             .collect()
     }
 
-    async fn ack(&self, recipient: &UserName, seqs: Vec<i64>) -> Result<Vec<AckedEntry>> {
-        self.writer.ack(recipient.clone(), seqs).await
+    async fn ack(
+        &self,
+        recipient: &UserName,
+        seqs: Vec<i64>,
+        now: UnixMillis,
+        receipt_expires_at: UnixMillis,
+    ) -> Result<u64> {
+        self.writer
+            .ack(recipient.clone(), seqs, now, receipt_expires_at)
+            .await
     }
 
     async fn expire(&self, now: UnixMillis) -> Result<u64> {

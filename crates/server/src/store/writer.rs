@@ -1,11 +1,19 @@
 //! The group-commit writer: one task per store owns the write connection and
 //! turns every queued mailbox write into one transaction per batch.
+//!
+//! After a batch commits, and before any caller hears back, the writer tells
+//! the [`CommitListener`] about every new entry in commit (seq) order. Live
+//! pushes therefore leave in exactly the order a later fetch would return
+//! them, and a push never depends on the sender's connection still being
+//! there to make it.
 
 use async_trait::async_trait;
-use telepound_protocol::UserName;
+use std::sync::Arc;
+use telepound_protocol::message::UnixMillis;
+use telepound_protocol::{MsgId, UserName};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{AckedEntry, NewEntry, Result, StoreError};
+use super::{AckedEntry, EntryKind, NewEntry, Result, StoreError, StoredEntry};
 
 /// Writer tuning.
 #[derive(Debug, Clone, Copy)]
@@ -25,26 +33,83 @@ impl Default for WriterConfig {
     }
 }
 
+/// Told about committed mailbox changes, from the writer task, in commit
+/// order. The server's hub implements it to push live.
+pub trait CommitListener: Send + Sync + 'static {
+    /// A new entry for `recipient` is durable.
+    fn stored(&self, recipient: &UserName, entry: StoredEntry);
+    /// `to` acknowledged `msg_id`, which `sender` sent: a live notice for
+    /// the sender's connections. When the receipt was also stored, it comes
+    /// after [`CommitListener::stored`] for that receipt, and only
+    /// connections that are not synced take notice of it (a one-shot
+    /// `send` waiting for its receipt).
+    fn delivered(&self, sender: &UserName, msg_id: MsgId, to: &UserName, at: UnixMillis);
+    /// Asked inside the transaction: whether the receipt for a message of
+    /// `sender` must be stored (the sender has no live connection to tell).
+    fn must_store_receipt(&self, sender: &UserName) -> bool;
+}
+
+/// A listener that hears nothing and stores no receipts (store tests).
+pub struct Quiet;
+
+impl CommitListener for Quiet {
+    fn stored(&self, _: &UserName, _: StoredEntry) {}
+    fn delivered(&self, _: &UserName, _: MsgId, _: &UserName, _: UnixMillis) {}
+    fn must_store_receipt(&self, _: &UserName) -> bool {
+        false
+    }
+}
+
 /// One queued write.
 pub(crate) enum WriteOp {
     Insert(Vec<NewEntry>),
-    Ack { recipient: UserName, seqs: Vec<i64> },
-    Expire { now: i64 },
+    Ack {
+        recipient: UserName,
+        seqs: Vec<i64>,
+        now: UnixMillis,
+        receipt_expires_at: UnixMillis,
+    },
+    Expire {
+        now: UnixMillis,
+    },
 }
 
 /// What a write produced.
 pub(crate) enum WriteResult {
     Inserted(Vec<Option<i64>>),
-    Acked(Vec<AckedEntry>),
+    Acked(u64),
     Expired(u64),
 }
 
-/// A backend's way of applying a batch in one transaction.
+/// The statements a backend offers on its single write connection. The
+/// batch logic (transactions, receipts, notices, recovery) is shared.
 #[async_trait]
-pub(crate) trait BatchApply: Send + 'static {
-    /// Applies every op in one transaction and commits it durably; returns
-    /// one result per op, or an error if the transaction did not commit.
-    async fn apply(&mut self, ops: &[WriteOp]) -> Result<Vec<WriteResult>>;
+pub(crate) trait WriteConn: Send + 'static {
+    /// Starts a transaction.
+    async fn begin(&mut self) -> Result<()>;
+    /// Commits it durably.
+    async fn commit(&mut self) -> Result<()>;
+    /// Abandons it (best effort).
+    async fn rollback(&mut self);
+    /// Inserts unless the same (recipient, kind, sender, msg_id) exists.
+    async fn insert(&mut self, e: &NewEntry) -> Result<Option<i64>>;
+    /// Deletes one of `recipient`'s entries, returning it if it existed.
+    async fn delete(&mut self, recipient: &UserName, seq: i64) -> Result<Option<AckedEntry>>;
+    /// Deletes expired entries and sessions.
+    async fn expire(&mut self, now: UnixMillis) -> Result<u64>;
+    /// Replaces the connection after a failure.
+    async fn reconnect(&mut self) -> Result<()>;
+}
+
+/// What to announce once a batch has committed.
+enum Notice {
+    Stored(UserName, StoredEntry),
+    Delivered {
+        sender: UserName,
+        msg_id: MsgId,
+        to: UserName,
+        at: UnixMillis,
+    },
 }
 
 /// Handle to the writer task.
@@ -60,9 +125,13 @@ enum Job {
 }
 
 impl Writer {
-    pub(crate) fn spawn<B: BatchApply>(backend: B, cfg: WriterConfig) -> Self {
+    pub(crate) fn spawn<C: WriteConn>(
+        conn: C,
+        cfg: WriterConfig,
+        listener: Arc<dyn CommitListener>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel::<Job>(cfg.queue.max(1));
-        tokio::spawn(run(backend, cfg, rx));
+        tokio::spawn(run(conn, cfg, listener, rx));
         Self { tx }
     }
 
@@ -82,14 +151,26 @@ impl Writer {
         }
     }
 
-    pub(crate) async fn ack(&self, recipient: UserName, seqs: Vec<i64>) -> Result<Vec<AckedEntry>> {
-        match self.submit(WriteOp::Ack { recipient, seqs }).await? {
-            WriteResult::Acked(v) => Ok(v),
+    pub(crate) async fn ack(
+        &self,
+        recipient: UserName,
+        seqs: Vec<i64>,
+        now: UnixMillis,
+        receipt_expires_at: UnixMillis,
+    ) -> Result<u64> {
+        let op = WriteOp::Ack {
+            recipient,
+            seqs,
+            now,
+            receipt_expires_at,
+        };
+        match self.submit(op).await? {
+            WriteResult::Acked(n) => Ok(n),
             _ => unreachable!("ack yields Acked"),
         }
     }
 
-    pub(crate) async fn expire(&self, now: i64) -> Result<u64> {
+    pub(crate) async fn expire(&self, now: UnixMillis) -> Result<u64> {
         match self.submit(WriteOp::Expire { now }).await? {
             WriteResult::Expired(n) => Ok(n),
             _ => unreachable!("expire yields Expired"),
@@ -106,11 +187,111 @@ impl Writer {
     }
 }
 
+/// Applies `ops` in one transaction; on success returns one result per op
+/// and fills `notices`.
+async fn apply<C: WriteConn>(
+    conn: &mut C,
+    ops: &[WriteOp],
+    listener: &dyn CommitListener,
+    notices: &mut Vec<Notice>,
+) -> Result<Vec<WriteResult>> {
+    notices.clear();
+    conn.begin().await?;
+    let mut out = Vec::with_capacity(ops.len());
+    let body = async {
+        for op in ops {
+            out.push(match op {
+                WriteOp::Insert(entries) => {
+                    let mut seqs = Vec::with_capacity(entries.len());
+                    for e in entries {
+                        let seq = conn.insert(e).await?;
+                        if let Some(seq) = seq {
+                            notices.push(Notice::Stored(e.recipient.clone(), stored(e, seq)));
+                        }
+                        seqs.push(seq);
+                    }
+                    WriteResult::Inserted(seqs)
+                }
+                WriteOp::Ack {
+                    recipient,
+                    seqs,
+                    now,
+                    receipt_expires_at,
+                } => {
+                    let mut count = 0;
+                    for seq in seqs {
+                        let Some(gone) = conn.delete(recipient, *seq).await? else {
+                            continue;
+                        };
+                        count += 1;
+                        if gone.kind != EntryKind::Message {
+                            continue;
+                        }
+                        if listener.must_store_receipt(&gone.sender) {
+                            let receipt = NewEntry {
+                                recipient: gone.sender.clone(),
+                                kind: EntryKind::Receipt,
+                                sender: recipient.clone(),
+                                msg_id: gone.msg_id,
+                                server_ts: *now,
+                                expires_at: *receipt_expires_at,
+                                envelope: String::new(),
+                            };
+                            if let Some(seq) = conn.insert(&receipt).await? {
+                                notices.push(Notice::Stored(
+                                    receipt.recipient.clone(),
+                                    stored(&receipt, seq),
+                                ));
+                            }
+                        }
+                        notices.push(Notice::Delivered {
+                            sender: gone.sender,
+                            msg_id: gone.msg_id,
+                            to: recipient.clone(),
+                            at: *now,
+                        });
+                    }
+                    WriteResult::Acked(count)
+                }
+                WriteOp::Expire { now } => WriteResult::Expired(conn.expire(*now).await?),
+            });
+        }
+        Ok::<(), StoreError>(())
+    };
+    match body.await {
+        Ok(()) => {
+            conn.commit().await?;
+            Ok(out)
+        }
+        Err(e) => {
+            conn.rollback().await;
+            Err(e)
+        }
+    }
+}
+
+fn stored(e: &NewEntry, seq: i64) -> StoredEntry {
+    StoredEntry {
+        seq,
+        kind: e.kind,
+        sender: e.sender.clone(),
+        msg_id: e.msg_id,
+        server_ts: e.server_ts,
+        envelope: e.envelope.clone(),
+    }
+}
+
 /// The writer loop: take one job, then everything else already queued (up to
-/// the batch limit), commit it as one transaction, answer every caller.
-async fn run<B: BatchApply>(mut backend: B, cfg: WriterConfig, mut rx: mpsc::Receiver<Job>) {
+/// the batch limit), commit it as one transaction, announce, answer.
+async fn run<C: WriteConn>(
+    mut conn: C,
+    cfg: WriterConfig,
+    listener: Arc<dyn CommitListener>,
+    mut rx: mpsc::Receiver<Job>,
+) {
     let mut ops = Vec::with_capacity(cfg.max_batch);
     let mut replies = Vec::with_capacity(cfg.max_batch);
+    let mut notices = Vec::new();
     let mut closing = None;
     while let Some(job) = rx.recv().await {
         let mut next = Some(job);
@@ -131,13 +312,34 @@ async fn run<B: BatchApply>(mut backend: B, cfg: WriterConfig, mut rx: mpsc::Rec
         }
         if !ops.is_empty() {
             let started = std::time::Instant::now();
-            match backend.apply(&ops).await {
+            let mut result = apply(&mut conn, &ops, &*listener, &mut notices).await;
+            if let Err(e) = &result {
+                // The connection may be broken (database restarted): get a
+                // new one and try the batch once more before giving up.
+                tracing::warn!(cause = %e, batch = ops.len(), "mailbox batch failed; reconnecting and retrying once");
+                match conn.reconnect().await {
+                    Ok(()) => result = apply(&mut conn, &ops, &*listener, &mut notices).await,
+                    Err(e) => tracing::error!(cause = %e, "cannot reconnect the writer"),
+                }
+            }
+            match result {
                 Ok(results) => {
                     tracing::trace!(
                         batch = ops.len(),
                         micros = started.elapsed().as_micros() as u64,
                         "committed"
                     );
+                    for notice in notices.drain(..) {
+                        match notice {
+                            Notice::Stored(recipient, entry) => listener.stored(&recipient, entry),
+                            Notice::Delivered {
+                                sender,
+                                msg_id,
+                                to,
+                                at,
+                            } => listener.delivered(&sender, msg_id, &to, at),
+                        }
+                    }
                     for (reply, result) in replies.drain(..).zip(results) {
                         let _ = reply.send(Ok(result));
                     }

@@ -2,35 +2,36 @@
 
 use std::sync::Arc;
 
+use telepound_server::store::conformance::Recorder;
 use telepound_server::store::{self, DatabaseUrl, Store, WriterConfig};
 
 mod sqlite {
     use super::*;
 
-    async fn make() -> Option<(Arc<dyn Store>, tempfile::TempDir)> {
+    async fn make(rec: Arc<Recorder>) -> Option<(Arc<dyn Store>, tempfile::TempDir)> {
         let dir = tempfile::tempdir().unwrap();
         let url = DatabaseUrl::Sqlite(dir.path().join("t.sqlite3"));
-        let store = store::open(&url, true, WriterConfig::default())
+        let store = store::open(&url, true, WriterConfig::default(), rec)
             .await
             .unwrap();
         Some((store, dir))
     }
 
-    telepound_server::store_conformance_tests!(make());
+    telepound_server::store_conformance_tests!(make);
 }
 
 mod postgres {
     use super::*;
     use telepound_testkit::pg::PgDb;
 
-    async fn make() -> Option<(Arc<dyn Store>, PgDb)> {
+    async fn make(rec: Arc<Recorder>) -> Option<(Arc<dyn Store>, PgDb)> {
         let db = PgDb::create().await?;
         let url = DatabaseUrl::Postgres(db.url.clone());
-        let store = store::open(&url, true, WriterConfig::default())
+        let store = store::open(&url, true, WriterConfig::default(), rec)
             .await
             .unwrap();
         Some((store, db))
     }
 
-    telepound_server::store_conformance_tests!(make());
+    telepound_server::store_conformance_tests!(make);
 }
