@@ -124,7 +124,10 @@ impl Client {
             .send(Command::Request { msg, reply })
             .await
             .map_err(|_| Error::Disconnected(None))?;
-        match rx.await.map_err(|_| Error::Disconnected(None))?? {
+        let answer = tokio::time::timeout(REQUEST_TIMEOUT, rx)
+            .await
+            .map_err(|_| Error::Timeout)?;
+        match answer.map_err(|_| Error::Disconnected(None))?? {
             ServerMessage::Error { code, message, .. } => Err(Error::Server { code, message }),
             other => Ok(other),
         }
@@ -177,48 +180,59 @@ fn connect_reason(e: &tokio_tungstenite::tungstenite::Error) -> String {
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// Sends a close frame and waits briefly for the server's.
-async fn close_gracefully(ws: &mut Ws) {
-    let _ = ws.close(None).await;
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), async {
-        while let Some(Ok(_)) = ws.next().await {}
-    })
-    .await;
-}
+/// How long a request waits for its answer.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The connection task: the only owner of the socket.
-async fn run(
-    mut ws: Ws,
-    mut commands: mpsc::Receiver<Command>,
-    events: mpsc::UnboundedSender<Event>,
-) {
+///
+/// Writing happens in a sibling task fed by an unbounded queue, so this
+/// task always keeps reading: a client and a server that both send large
+/// frames at once can never each wait for the other to read.
+async fn run(ws: Ws, mut commands: mpsc::Receiver<Command>, events: mpsc::UnboundedSender<Event>) {
+    let (mut sink, mut stream) = ws.split();
+    let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Message>();
+    let writer = tokio::spawn(async move {
+        while let Some(frame) = out_rx.recv().await {
+            if sink.send(frame).await.is_err() {
+                return;
+            }
+        }
+        // The queue closed: say goodbye properly.
+        let _ = sink.close().await;
+    });
+    let writer = AbortOnDrop(writer);
+    let mut out_tx = Some(out_tx);
+    let mut closed: Option<oneshot::Sender<()>> = None;
     let mut pending: HashMap<u64, oneshot::Sender<Result<ServerMessage>>> = HashMap::new();
     let mut next_rid: u64 = 1;
     let reason = loop {
         tokio::select! {
-            cmd = commands.recv() => {
-                let (mut msg, reply) = match cmd {
-                    Some(Command::Request { msg, reply }) => (msg, reply),
+            cmd = commands.recv(), if out_tx.is_some() => {
+                match cmd {
+                    Some(Command::Request { mut msg, reply }) => {
+                        let rid = next_rid;
+                        next_rid += 1;
+                        msg.set_rid(rid);
+                        let frame = Message::Text(codec::encode(&msg).into());
+                        if out_tx.as_ref().is_some_and(|tx| tx.send(frame).is_ok()) {
+                            pending.insert(rid, reply);
+                        } else {
+                            let _ = reply.send(Err(Error::Disconnected(None)));
+                        }
+                    }
                     Some(Command::Close(done)) => {
-                        close_gracefully(&mut ws).await;
-                        let _ = done.send(());
-                        break None;
+                        // Dropping the queue makes the writer send a close
+                        // frame; keep reading until the server answers it.
+                        out_tx = None;
+                        closed = Some(done);
                     }
-                    None => {
-                        close_gracefully(&mut ws).await;
-                        break None;
-                    }
-                };
-                let rid = next_rid;
-                next_rid += 1;
-                msg.set_rid(rid);
-                if let Err(e) = ws.send(Message::Text(codec::encode(&msg).into())).await {
-                    let _ = reply.send(Err(Error::Disconnected(Some(e.to_string()))));
-                    break Some(e.to_string());
+                    None => out_tx = None,
                 }
-                pending.insert(rid, reply);
             }
-            frame = ws.next() => {
+            () = tokio::time::sleep(std::time::Duration::from_secs(2)), if out_tx.is_none() => {
+                break None;
+            }
+            frame = stream.next() => {
                 let text = match frame {
                     Some(Ok(Message::Text(t))) => t,
                     Some(Ok(Message::Close(c))) => break c.map(|c| c.reason.to_string()).filter(|r| !r.is_empty()),
@@ -229,7 +243,13 @@ async fn run(
                 let msg = match codec::decode_server(text.as_str(), MAX_FRAME) {
                     Ok(m) => m,
                     Err(e) => {
-                        tracing::warn!(cause = %e, "ignoring a frame this client does not understand");
+                        // An answer this client cannot read must still end
+                        // its request, or the caller would wait forever.
+                        if let Some(reply) = e.rid().and_then(|rid| pending.remove(&rid)) {
+                            let _ = reply.send(Err(Error::Protocol(e.to_string())));
+                        } else {
+                            tracing::warn!(cause = %e, "ignoring a frame this client does not understand");
+                        }
                         continue;
                     }
                 };
@@ -255,8 +275,22 @@ async fn run(
             }
         }
     };
+    drop(out_tx);
+    drop(writer);
     for (_, reply) in pending.drain() {
         let _ = reply.send(Err(Error::Disconnected(reason.clone())));
     }
     let _ = events.send(Event::Closed(reason));
+    if let Some(done) = closed {
+        let _ = done.send(());
+    }
+}
+
+/// Aborts the writer task when the connection task ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -28,7 +28,6 @@ use crate::store::{self, EntryKind, StoredEntry};
 
 /// WebSocket close codes used.
 mod close {
-    pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
@@ -92,7 +91,7 @@ pub async fn run(
         tracing::info!("connected");
         let mut conn = Connection::new(shared, socket, conn_id);
         let ending = conn.serve().await;
-        conn.leave().await;
+        drop(conn);
         tracing::info!(reason = ?ending, "disconnected");
     }
     .instrument(span)
@@ -104,6 +103,7 @@ struct Connection {
     socket: WebSocket,
     conn_id: u64,
     user: Option<UserName>,
+    membership: Option<Membership>,
     pending_login: Option<PendingLogin>,
     outbox_tx: mpsc::Sender<Outbound>,
     outbox_rx: mpsc::Receiver<Outbound>,
@@ -124,6 +124,7 @@ impl Connection {
             socket,
             conn_id,
             user: None,
+            membership: None,
             pending_login: None,
             outbox_tx,
             outbox_rx,
@@ -150,9 +151,11 @@ impl Connection {
                 () = shutdown.cancelled() => Event::Shutdown,
                 () = kick.cancelled() => Event::Kicked,
                 Some(answer) = self.in_flight.next(), if !self.in_flight.is_empty() => Event::Answer(answer),
+                // Frames before pushes: a steady stream of pushes must not
+                // keep a client's requests (or pongs) unread.
+                frame = self.socket.recv(), if self.in_flight.len() < max_in_flight => Event::Frame(frame),
                 Some(out) = self.outbox_rx.recv() => Event::Push(out),
                 page = poll_fetch(&mut self.sync), if syncing => Event::Page(page),
-                frame = self.socket.recv(), if self.in_flight.len() < max_in_flight => Event::Frame(frame),
                 _ = ping.tick() => Event::Tick,
             };
             let step = match event {
@@ -179,7 +182,7 @@ impl Connection {
                         let _ = self.close(close::POLICY, "idle_timeout").await;
                         return Ending::IdleTimeout;
                     }
-                    self.socket.send(Message::Ping(Default::default())).await
+                    self.send_frame(Message::Ping(Default::default())).await
                 }
             };
             if step.is_err() {
@@ -320,6 +323,12 @@ impl Connection {
                 kick: self.kick.clone(),
             },
         );
+        self.membership = Some(Membership {
+            shared: self.shared.clone(),
+            user: user.clone(),
+            conn_id: self.conn_id,
+            live: self.live.clone(),
+        });
         self.user = Some(user);
     }
 
@@ -424,22 +433,36 @@ impl Connection {
                 at: entry.server_ts,
             }),
         };
-        self.socket.send(Message::Text(text.into())).await
+        self.send_frame(Message::Text(text.into())).await
     }
 
     async fn write(&mut self, msg: &ServerMessage) -> Result<(), axum::Error> {
-        self.socket
-            .send(Message::Text(codec::encode(msg).into()))
+        self.send_frame(Message::Text(codec::encode(msg).into()))
             .await
     }
 
+    /// Sends one frame, giving up after the idle timeout: a peer that keeps
+    /// its TCP connection open but stops reading must not hold this task
+    /// (and its place under the connection cap) forever.
+    async fn send_frame(&mut self, frame: Message) -> Result<(), axum::Error> {
+        match tokio::time::timeout(self.shared.config.idle_timeout, self.socket.send(frame)).await {
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!("write timed out: the client is not reading");
+                Err(axum::Error::new(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "write timed out",
+                )))
+            }
+        }
+    }
+
     async fn close(&mut self, code: u16, reason: &str) -> Result<(), axum::Error> {
-        self.socket
-            .send(Message::Close(Some(CloseFrame {
-                code,
-                reason: Utf8Bytes::from(reason.to_owned()),
-            })))
-            .await
+        self.send_frame(Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from(reason.to_owned()),
+        })))
+        .await
     }
 
     /// Lets requests in flight finish (their writes may already be
@@ -455,18 +478,29 @@ impl Connection {
             .await;
         Ending::Shutdown
     }
+}
 
-    async fn leave(&mut self) {
-        let _ = close::NORMAL;
-        if let Some(user) = self.user.take()
-            && self.shared.hub.leave(&user, self.conn_id)
-            && let Err(e) = self
-                .shared
-                .store
-                .set_last_seen(&user, crate::now_ms())
-                .await
-        {
-            tracing::warn!(cause = %e, "could not record last seen");
+/// A connection's place in the hub. Dropping it (however the connection
+/// task ends, panics included) takes the connection out of the hub and, if
+/// it was the user's last, records when they were last seen.
+struct Membership {
+    shared: Arc<Shared>,
+    user: UserName,
+    conn_id: u64,
+    live: Arc<AtomicBool>,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        self.live.store(false, Ordering::Release);
+        if self.shared.hub.leave(&self.user, self.conn_id) {
+            let (store, user) = (self.shared.store.clone(), self.user.clone());
+            // Tracked, so shutdown waits for it before closing the store.
+            self.shared.tracker.spawn(async move {
+                if let Err(e) = store.set_last_seen(&user, crate::now_ms()).await {
+                    tracing::warn!(cause = %e, "could not record last seen");
+                }
+            });
         }
     }
 }
