@@ -97,9 +97,14 @@ pub enum Command {
         /// The other user.
         #[arg(value_name = "USER")]
         peer: String,
-        /// Trust USER's current key (after comparing safety numbers).
+        /// Trust the key whose number is shown (asks for confirmation on a
+        /// terminal).
         #[arg(long)]
         accept: bool,
+        /// With --accept and no terminal: the number you compared; the key is
+        /// accepted only if it gives exactly this number.
+        #[arg(long, value_name = "DIGITS", requires = "accept")]
+        expect: Option<String>,
     },
 }
 
@@ -121,4 +126,8 @@ pub struct ServeArgs {
     /// least-privilege database role).
     #[arg(long)]
     pub no_migrate: bool,
+    /// Weakest Argon2id parameters accepted for new accounts, m=KIB,t=N,p=N
+    /// [default: m=19456,t=2,p=1].
+    #[arg(long, env = "TELEPOUND_MIN_ARGON2", value_name = "PARAMS")]
+    pub min_argon2: Option<String>,
 }

@@ -47,9 +47,20 @@ pub async fn signup(
             request: B64(request),
         })
         .await?;
-    let ServerMessage::RegisterChallenge { response, .. } = answer else {
+    let ServerMessage::RegisterChallenge {
+        response, min_ksf, ..
+    } = answer
+    else {
         return Err(unexpected("register_challenge", &answer));
     };
+    if !ksf.meets(&min_ksf) {
+        return Err(Error::Server {
+            code: ErrorCode::BadKey,
+            message: format!(
+                "password stretching too weak: this server requires at least argon2 {min_ksf}, you chose {ksf}"
+            ),
+        });
+    }
     let (identity, upload, sealed) = {
         let user = user.clone();
         blocking(move || -> Result<_> {

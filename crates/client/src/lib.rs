@@ -28,4 +28,6 @@ pub mod session;
 
 pub use connection::{Client, Event, Events};
 pub use error::{Error, Result};
-pub use session::{Inbound, Incoming, KeyStatus, Received, SendOutcome, Session, SyncPage};
+pub use session::{
+    Inbound, Incoming, KeyStatus, Received, SendOutcome, Session, SyncPage, Verification,
+};

@@ -140,12 +140,9 @@ impl Session {
     ) -> Result<Self> {
         let dir = home.join(user.as_str());
         create_private_dir(&dir)?;
-        let mut pins = PinStore::load(&dir)?;
-        // Our own key is pinned like anyone else's, so a directory that
-        // later serves a different key for us is noticed too.
-        if pins.check(&user, &identity.identity_key())? == PinCheck::Changed {
-            pins.set(&user, &identity.identity_key(), true)?;
-        }
+        // The directory's copy of our own keys was checked against the
+        // opened backup at login; pins are for peers.
+        let pins = PinStore::load(&dir)?;
         let history = History::open(&dir)?;
         Ok(Self {
             client,
@@ -494,12 +491,13 @@ impl Session {
         }
     }
 
-    /// The safety number between this user and `peer` (from the directory's
-    /// current key) and how that key relates to the pin.
+    /// The safety number between this user and `peer`, from the key the
+    /// directory serves now, and how that key relates to the pin. On first
+    /// contact the key is pinned (unverified).
     ///
     /// # Errors
     /// [`Error::UnknownUser`] or a bad key signature.
-    pub async fn safety_number(&mut self, peer: &UserName) -> Result<(String, KeyStatus)> {
+    pub async fn safety_number(&mut self, peer: &UserName) -> Result<Verification> {
         let keys = if peer == &self.user {
             self.identity.peer_keys()
         } else {
@@ -518,20 +516,42 @@ impl Session {
             (&self.user, &self.identity.identity_key()),
             (peer, &keys.identity_key()),
         );
-        Ok((number, status))
+        Ok(Verification {
+            number,
+            status,
+            identity_key: keys.identity_key(),
+        })
     }
 
-    /// Pins `peer`'s current directory key as verified (after the user
-    /// compared safety numbers).
+    /// Pins `peer`'s key as verified, after the user compared the safety
+    /// number of [`Verification::identity_key`]. The directory is asked
+    /// again and must still serve that same key: a server that showed one
+    /// key for the comparison and another at acceptance is refused.
     ///
     /// # Errors
-    /// [`Error::UnknownUser`], a bad key signature, or the pin file.
-    pub async fn accept_key(&mut self, peer: &UserName) -> Result<()> {
+    /// [`Error::KeyChanged`] when the directory's key is no longer the one
+    /// compared; [`Error::UnknownUser`]; a bad key signature; the pin file.
+    pub async fn accept_key(&mut self, peer: &UserName, compared: &[u8; 32]) -> Result<()> {
         let keys = self.directory(peer).await?;
-        self.pins.set(peer, &keys.identity_key(), true)?;
+        if &keys.identity_key() != compared {
+            return Err(Error::KeyChanged { user: peer.clone() });
+        }
+        self.pins.set(peer, compared, true)?;
         self.keys.insert(peer.clone(), keys);
         Ok(())
     }
+}
+
+/// A safety number and what it was computed from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verification {
+    /// 60 digits in groups of 5.
+    pub number: String,
+    /// How the key relates to the pin.
+    pub status: KeyStatus,
+    /// The peer's identity key the number was computed from; pass it to
+    /// [`Session::accept_key`].
+    pub identity_key: [u8; 32],
 }
 
 /// Creates `dir` (and parents) readable only by the owner.

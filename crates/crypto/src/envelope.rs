@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! payload   = JSON { msg_id, sender, recipients, group, sent_at, text, attachments }
-//! header    = "tp1" ‖ msg_id ‖ sender ‖ recipients ‖ group     (the AAD)
+//! commit    = HKDF-SHA256(content_key, info = "telepound/tp1/commit")   (32 bytes)
+//! header    = "tp1" ‖ msg_id ‖ sender ‖ recipients ‖ group ‖ commit   (the AAD)
 //! sig       = Ed25519(sender identity, "telepound/tp1/sig" ‖ header ‖ payload)
 //! body      = XChaCha20-Poly1305(content_key, aad = header, sig ‖ payload)
 //! wrap[r]   = HPKE base mode (X-Wing, HKDF-SHA256, ChaCha20-Poly1305) to r's KEM key,
@@ -12,6 +13,12 @@
 //!
 //! The sender is always one of the recipients, so the sender's own copy
 //! (local history) opens with the sender's key like any other.
+//!
+//! `commit` makes the body key-committing: ChaCha20-Poly1305 alone is not,
+//! so without it a sender could wrap different content keys for different
+//! recipients and have one body open to two different signed payloads. The
+//! commitment is in the header, hence under the signature, and every
+//! recipient checks that the key it unwrapped is the one committed to.
 
 use hpke::aead::ChaCha20Poly1305;
 use hpke::kdf::HkdfSha256;
@@ -29,6 +36,7 @@ use crate::{Error, Result, xchacha};
 pub const SUITE_TP1: &str = "tp1";
 const SIG_CONTEXT: &[u8] = b"telepound/tp1/sig\0";
 const WRAP_INFO: &[u8] = b"telepound/tp1/wrap";
+const COMMIT_INFO: &[u8] = b"telepound/tp1/commit";
 /// Ed25519 signature length.
 const SIG_LEN: usize = 64;
 
@@ -97,6 +105,8 @@ pub struct Envelope {
     /// The group, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<GroupName>,
+    /// Commitment to the content key (see the module docs).
+    pub commit: B64,
     /// nonce ‖ XChaCha20-Poly1305(sig ‖ payload).
     pub body: B64,
     /// One wrapped content key per recipient.
@@ -110,11 +120,20 @@ pub struct OpenedMessage {
     pub payload: Payload,
 }
 
+fn commitment(content_key: &[u8; 32]) -> [u8; 32] {
+    let mut c = [0u8; 32];
+    hkdf::Hkdf::<sha2::Sha256>::new(None, content_key)
+        .expand(COMMIT_INFO, &mut c)
+        .expect("32 bytes is a valid HKDF-SHA256 output length");
+    c
+}
+
 fn header(
     msg_id: &MsgId,
     sender: &UserName,
     recipients: &[UserName],
     group: Option<&GroupName>,
+    commit: &[u8],
 ) -> Vec<u8> {
     // Names are [a-z0-9_-] only, so NUL and ',' separate them unambiguously.
     let mut h = Vec::with_capacity(64 + recipients.len() * 16);
@@ -134,6 +153,8 @@ fn header(
     if let Some(g) = group {
         h.extend_from_slice(g.as_str().as_bytes());
     }
+    h.push(0);
+    h.extend_from_slice(commit);
     h
 }
 
@@ -174,11 +195,15 @@ pub fn seal(sender: &Identity, payload: &Payload, keys: &[(UserName, PeerKeys)])
             "keys do not match the recipient list".into(),
         ));
     }
+    let mut content_key = Zeroizing::new([0u8; 32]);
+    crate::random_bytes(content_key.as_mut());
+    let commit = commitment(&content_key);
     let hdr = header(
         &payload.msg_id,
         &payload.sender,
         &payload.recipients,
         payload.group.as_ref(),
+        &commit,
     );
     let payload_json = Zeroizing::new(serde_json::to_vec(payload).expect("payload serialises"));
     let mut signed = Vec::with_capacity(SIG_CONTEXT.len() + hdr.len() + payload_json.len());
@@ -191,8 +216,6 @@ pub fn seal(sender: &Identity, payload: &Payload, keys: &[(UserName, PeerKeys)])
     plain.extend_from_slice(&sig.to_bytes());
     plain.extend_from_slice(&payload_json);
 
-    let mut content_key = Zeroizing::new([0u8; 32]);
-    crate::random_bytes(content_key.as_mut());
     let body = xchacha::seal(&content_key, &hdr, &plain);
 
     let mut wraps = Vec::with_capacity(keys.len());
@@ -218,6 +241,7 @@ pub fn seal(sender: &Identity, payload: &Payload, keys: &[(UserName, PeerKeys)])
         sender: payload.sender.clone(),
         recipients: payload.recipients.clone(),
         group: payload.group.clone(),
+        commit: B64(commit.to_vec()),
         body: B64(body),
         wraps,
     };
@@ -271,6 +295,7 @@ impl Envelope {
             &self.sender,
             &self.recipients,
             self.group.as_ref(),
+            &self.commit.0,
         );
         let enc = <XWing as hpke::Kem>::EncappedKey::from_bytes(&wrap.enc.0)
             .map_err(|_| Error::Tampered("encapsulated key"))?;
@@ -289,6 +314,12 @@ impl Envelope {
             .as_slice()
             .try_into()
             .map_err(|_| Error::Tampered("content key length"))?;
+        {
+            use subtle::ConstantTimeEq;
+            if !bool::from(commitment(key).ct_eq(self.commit.0.as_slice())) {
+                return Err(Error::Tampered("content key does not match its commitment"));
+            }
+        }
         let plain =
             Zeroizing::new(xchacha::open(key, &hdr, &self.body.0).ok_or(Error::Tampered("body"))?);
         if plain.len() < SIG_LEN {
@@ -406,6 +437,37 @@ mod tests {
         let mut e = env.clone();
         e.group = Some(GroupName::new("g").unwrap());
         assert!(e.open(&bob, &name("bob"), &alice.peer_keys()).is_err());
+
+        let mut e = env.clone();
+        e.commit.0[0] ^= 1;
+        assert!(e.open(&bob, &name("bob"), &alice.peer_keys()).is_err());
+    }
+
+    /// A sender who wraps a different content key for one recipient cannot
+    /// make the same envelope open to something else for them: the key no
+    /// longer matches the signed commitment.
+    #[test]
+    fn a_wrap_with_another_key_is_refused() {
+        let (alice, bob) = (Identity::generate(), Identity::generate());
+        let keys = vec![
+            (name("alice"), alice.peer_keys()),
+            (name("bob"), bob.peer_keys()),
+        ];
+        let env =
+            Envelope::parse(&seal(&alice, &payload("alice", &["bob"]), &keys).unwrap()).unwrap();
+        let other =
+            Envelope::parse(&seal(&alice, &payload("alice", &["bob"]), &keys).unwrap()).unwrap();
+        let mut forged = env.clone();
+        let i = forged
+            .wraps
+            .iter()
+            .position(|w| w.to == name("bob"))
+            .unwrap();
+        forged.wraps[i] = other.wraps[i].clone();
+        let err = forged
+            .open(&bob, &name("bob"), &alice.peer_keys())
+            .unwrap_err();
+        assert!(matches!(err, Error::Tampered(_)), "{err}");
     }
 
     #[test]

@@ -7,8 +7,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::{Error, Result};
 
-/// Domain-separation prefix for the identity key's signature over the KEM key.
-const KEM_SIG_CONTEXT: &[u8] = b"telepound/v1/kem-key\0";
+use telepound_protocol::auth::KEM_SIG_CONTEXT;
 
 /// Serialized private-key bundle format version.
 const BUNDLE_V1: u8 = 1;
@@ -95,6 +94,7 @@ impl Identity {
     /// the client (they search the server's database for these bytes);
     /// nothing else may call it.
     #[doc(hidden)]
+    #[cfg(feature = "test-secrets")]
     pub fn dangerous_secret_bytes(&self) -> Zeroizing<Vec<u8>> {
         let b = self.to_bundle();
         Zeroizing::new(b[1..].to_vec())

@@ -11,7 +11,7 @@ use opaque_ke::{
 use rand_core_06::OsRng;
 use telepound_protocol::UserName;
 use telepound_protocol::auth::{KsfParams, LOGIN_CONTEXT, Suite, identifiers};
-use zeroize::Zeroizing;
+use zeroize::{Zeroize, Zeroizing};
 
 use crate::{Error, Result};
 
@@ -66,7 +66,7 @@ pub fn register_finish(
     let response =
         RegistrationResponse::<Suite>::deserialize(response).map_err(|_| Error::Opaque)?;
     let argon = argon2(ksf)?;
-    let r = state
+    let mut r = state
         .0
         .finish(
             &mut OsRng,
@@ -75,10 +75,10 @@ pub fn register_finish(
             ClientRegistrationFinishParameters::new(identifiers(user), Some(&argon)),
         )
         .map_err(|_| Error::Opaque)?;
-    Ok((
-        r.message.serialize().to_vec(),
-        Zeroizing::new(r.export_key.to_vec()),
-    ))
+    let export_key = Zeroizing::new(r.export_key.to_vec());
+    // opaque-ke's result type does not wipe itself.
+    r.export_key.as_mut_slice().zeroize();
+    Ok((r.message.serialize().to_vec(), export_key))
 }
 
 /// Starts a login; returns the state and the `CredentialRequest` bytes.

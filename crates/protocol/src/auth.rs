@@ -34,6 +34,10 @@ pub fn identifiers(user: &crate::UserName) -> opaque_ke::Identifiers<'_> {
     }
 }
 
+/// Domain-separation prefix of the identity key's signature over the KEM
+/// key. Clients sign with it; the server checks it at sign-up.
+pub const KEM_SIG_CONTEXT: &[u8] = b"telepound/v1/kem-key\0";
+
 /// Argon2id parameters, chosen by the client at sign-up and stored with the
 /// account so that every later login (from any machine) stretches the
 /// password the same way. The server never runs Argon2: in OPAQUE the
@@ -61,6 +65,16 @@ impl KsfParams {
     /// server cannot make a login exhaust the client's memory.
     pub const MAX_M_KIB: u32 = 1024 * 1024;
 
+    /// Largest memory × passes (4 GiB·pass), so a hostile server cannot make
+    /// a login run for minutes either.
+    pub const MAX_COST: u64 = 4 * 1024 * 1024;
+
+    /// Whether these parameters cost at least as much as `min` in memory and
+    /// in passes.
+    pub fn meets(&self, min: &KsfParams) -> bool {
+        self.m_kib >= min.m_kib && self.t >= min.t
+    }
+
     /// Checks the values are ones Argon2 accepts and a client should spend.
     ///
     /// # Errors
@@ -80,6 +94,13 @@ impl KsfParams {
                 self.m_kib
             ));
         }
+        if u64::from(self.m_kib) * u64::from(self.t) > Self::MAX_COST {
+            return Err(format!(
+                "argon2 memory × passes must be at most {} KiB, got {}",
+                Self::MAX_COST,
+                u64::from(self.m_kib) * u64::from(self.t)
+            ));
+        }
         Ok(())
     }
 }
@@ -87,6 +108,12 @@ impl KsfParams {
 impl Default for KsfParams {
     fn default() -> Self {
         Self::DEFAULT
+    }
+}
+
+impl std::fmt::Display for KsfParams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "m={},t={},p={}", self.m_kib, self.t, self.p)
     }
 }
 
@@ -140,5 +167,15 @@ mod tests {
         assert!("m=64,t=1".parse::<KsfParams>().is_err());
         assert!("m=64,t=0,p=1".parse::<KsfParams>().is_err());
         assert!(KsfParams::DEFAULT.validate().is_ok());
+        assert!(
+            "m=1048576,t=8,p=1".parse::<KsfParams>().is_err(),
+            "cost cap"
+        );
+        assert_eq!(
+            KsfParams::DEFAULT.to_string().parse::<KsfParams>().unwrap(),
+            KsfParams::DEFAULT
+        );
+        assert!(KsfParams::DEFAULT.meets(&p));
+        assert!(!p.meets(&KsfParams::DEFAULT));
     }
 }

@@ -264,11 +264,13 @@ pub fn decode_server(text: &str, max: usize) -> Result<ServerMessage, DecodeErro
             #[derive(Deserialize)]
             struct B {
                 response: B64,
+                min_ksf: KsfParams,
             }
             let b: B = body(text, rid)?;
             ServerMessage::RegisterChallenge {
                 rid,
                 response: b.response,
+                min_ksf: b.min_ksf,
             }
         }
         "registered" => {

@@ -255,6 +255,9 @@ pub enum ServerMessage {
         rid: Option<u64>,
         /// OPAQUE `RegistrationResponse`.
         response: B64,
+        /// The weakest Argon2id parameters this server accepts for a new
+        /// account, so the client can refuse before stretching.
+        min_ksf: KsfParams,
     },
     /// The account exists now.
     Registered {

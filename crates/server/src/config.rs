@@ -7,6 +7,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use telepound_protocol::auth::KsfParams;
+
 use crate::store::{DatabaseUrl, WriterConfig};
 
 /// Configuration as given: every field optional, unknown fields refused.
@@ -45,6 +47,9 @@ pub struct RawConfig {
     pub login_timeout_secs: Option<u64>,
     /// Seconds to let connections finish on shutdown (default 10).
     pub shutdown_grace_secs: Option<u64>,
+    /// Weakest Argon2id parameters accepted for new accounts, as
+    /// `m=KIB,t=N,p=N` (default `m=19456,t=2,p=1`).
+    pub min_argon2: Option<String>,
 }
 
 macro_rules! merge_fields {
@@ -68,7 +73,8 @@ impl RawConfig {
     pub fn merge(self, other: RawConfig) -> RawConfig {
         merge_fields!(self, other; listen, data_dir, database, migrate, max_frame_bytes,
             message_ttl_days, session_ttl_hours, outbox, max_connections, max_in_flight,
-            ping_interval_secs, idle_timeout_secs, login_timeout_secs, shutdown_grace_secs)
+            ping_interval_secs, idle_timeout_secs, login_timeout_secs, shutdown_grace_secs,
+            min_argon2)
     }
 
     /// Validates into a [`Config`], filling defaults.
@@ -122,7 +128,14 @@ impl RawConfig {
         if idle <= ping {
             return Err("idle_timeout_secs must be longer than ping_interval_secs".into());
         }
+        let min_ksf = match self.min_argon2.as_deref() {
+            None => KsfParams::DEFAULT,
+            Some(s) => s
+                .parse()
+                .map_err(|e| format!("invalid min_argon2 {s:?}: {e}"))?,
+        };
         Ok(Config {
+            min_ksf,
             listen,
             data_dir,
             database,
@@ -206,6 +219,8 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Group-commit writer tuning.
     pub writer: WriterConfig,
+    /// Weakest Argon2id parameters accepted at sign-up.
+    pub min_ksf: KsfParams,
 }
 
 impl Config {

@@ -68,6 +68,7 @@ impl Drop for TestServer {
 pub fn test_config(dir: &Path) -> Config {
     let mut c = Config::with_data_dir(dir);
     c.shutdown_grace = Duration::from_secs(5);
+    c.min_ksf = FAST_KSF.parse().expect("valid ksf");
     c
 }
 

@@ -41,7 +41,11 @@ pub async fn run(cli: crate::args::Cli) -> anyhow::Result<()> {
         Command::Inbox { follow, json } => inbox::run(&c, follow, json).await,
         Command::Classic => classic::run(&c).await,
         Command::Who { users } => who::run(&c, &users).await,
-        Command::Verify { peer, accept } => verify::run(&c, &peer, accept).await,
+        Command::Verify {
+            peer,
+            accept,
+            expect,
+        } => verify::run(&c, &peer, accept, expect.as_deref()).await,
     }
 }
 

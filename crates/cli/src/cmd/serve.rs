@@ -16,6 +16,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         database: args.database,
         migrate: args.no_migrate.then_some(false),
+        min_argon2: args.min_argon2,
         ..RawConfig::default()
     };
     let config = file.merge(flags).validate().map_err(anyhow::Error::msg)?;

@@ -33,6 +33,7 @@ impl ServerProc {
             .arg(data_dir)
             .env_remove("TELEPOUND_DATABASE")
             .env_remove("TELEPOUND_CONFIG")
+            .env("TELEPOUND_MIN_ARGON2", telepound_testkit::FAST_KSF)
             .stdout(Stdio::piped())
             .stderr(log);
         for (k, v) in extra_env {

@@ -81,12 +81,22 @@ fn two_users_chat_from_the_command_line() {
     assert_eq!(digits(&a).split_whitespace().count(), 12, "{a}");
     assert_eq!(digits(&a), digits(&b));
     assert!(a.contains("Safety number for alice and bob"), "{a}");
-    assert!(
-        ok(run(
-            tp(&url, &ha, "alice").args(["verify", "--accept", "bob"])
-        ))
-        .contains("verified")
+    // Accepting needs the compared number when there is no terminal.
+    let e = fails(
+        run(tp(&url, &ha, "alice").args(["verify", "--accept", "bob"])),
+        1,
     );
+    assert!(e.contains("--expect"), "{e}");
+    let e = fails(
+        run(tp(&url, &ha, "alice").args(["verify", "--accept", "bob", "--expect", "12345"])),
+        1,
+    );
+    assert!(e.contains("NOT accepted"), "{e}");
+    let number = digits(&b);
+    let out = ok(run(
+        tp(&url, &ha, "alice").args(["verify", "--accept", "bob", "--expect", &number])
+    ));
+    assert!(out.contains("pinned as verified"), "{out}");
     assert!(ok(run(tp(&url, &ha, "alice").args(["verify", "bob"]))).contains("Status: verified"));
 
     // The server's log says who connected, and never a secret.

@@ -239,3 +239,26 @@ async fn presence_shows_online_then_last_seen() {
     assert!(offline.last_seen.is_some());
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_server_refuses_weak_password_stretching_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = telepound_testkit::test_config(dir.path());
+    config.min_ksf = telepound_protocol::auth::KsfParams::DEFAULT;
+    let server = telepound_testkit::spawn_server_with(config).await;
+    let (client, _e) = telepound_client::Client::connect(&server.url())
+        .await
+        .unwrap();
+    let weak = telepound_testkit::FAST_KSF.parse().unwrap();
+    let e = telepound_client::account::signup(&client, &name("alice"), b"pw", weak)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::BadKey));
+    assert!(e.to_string().contains("m=19456,t=2,p=1"), "{e}");
+    // Nothing was created: the name is still free.
+    let e = telepound_client::account::login(&client, &name("alice"), b"pw", dir.path())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::UnknownUser));
+    server.stop().await;
+}

@@ -32,9 +32,10 @@ async fn changed_key_is_refused_with_a_warning_until_accepted() {
 
     // First contact pins bob's key; both sides see the same safety number.
     alice.send_text(&name("bob"), "first").await.unwrap();
-    let (n_alice, status) = alice.safety_number(&name("bob")).await.unwrap();
-    assert_eq!(status, KeyStatus::Pinned);
-    let (n_bob, _) = bob.safety_number(&name("alice")).await.unwrap();
+    let v = alice.safety_number(&name("bob")).await.unwrap();
+    assert_eq!(v.status, KeyStatus::Pinned);
+    let n_alice = v.number;
+    let n_bob = bob.safety_number(&name("alice")).await.unwrap().number;
     assert_eq!(n_alice, n_bob);
 
     // A message bob sent before the swap, still waiting for alice.
@@ -57,15 +58,26 @@ async fn changed_key_is_refused_with_a_warning_until_accepted() {
         matches!(&got[..], [Inbound::Refused { kept: true, .. }]),
         "{got:?}"
     );
-    let (_, status) = alice.safety_number(&name("bob")).await.unwrap();
-    assert_eq!(status, KeyStatus::Changed);
-    let (n_new, _) = alice.safety_number(&name("bob")).await.unwrap();
-    assert_ne!(n_new, n_alice, "a different key gives a different number");
+    let v = alice.safety_number(&name("bob")).await.unwrap();
+    assert_eq!(v.status, KeyStatus::Changed);
+    assert_ne!(
+        v.number, n_alice,
+        "a different key gives a different number"
+    );
 
-    // Accepting the new key lets alice send again.
-    alice.accept_key(&name("bob")).await.unwrap();
-    let (_, status) = alice.safety_number(&name("bob")).await.unwrap();
-    assert_eq!(status, KeyStatus::Verified);
+    // Accepting a key other than the one compared is refused.
+    let e = alice
+        .accept_key(&name("bob"), &[7u8; 32])
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::KeyChanged { .. }), "{e}");
+    // Accepting the compared key lets alice send again.
+    alice
+        .accept_key(&name("bob"), &v.identity_key)
+        .await
+        .unwrap();
+    let v = alice.safety_number(&name("bob")).await.unwrap();
+    assert_eq!(v.status, KeyStatus::Verified);
     alice
         .send_text(&name("bob"), "after accepting")
         .await

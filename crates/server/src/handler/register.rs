@@ -2,13 +2,33 @@
 //! user's public keys and sealed key backup.
 
 use opaque_ke::{RegistrationRequest, RegistrationUpload, ServerRegistration};
-use telepound_protocol::auth::{KsfParams, Suite};
+use telepound_protocol::auth::{KEM_SIG_CONTEXT, KsfParams, Suite};
 use telepound_protocol::message::{B64, PublicKeys};
 use telepound_protocol::{ErrorCode, ServerMessage, UserName};
 
 use super::{HandlerError, HandlerResult};
 use crate::server::Shared;
 use crate::store::NewUser;
+
+/// Checks the published keys' shapes and that the identity key signed the
+/// KEM key, so the directory never serves keys a client would reject.
+fn check_keys(keys: &PublicKeys) -> Result<(), HandlerError> {
+    let bad = || {
+        HandlerError::with(
+            ErrorCode::BadKey,
+            "public keys must be a 32-byte Ed25519 key, a 1216-byte X-Wing key, and the first's signature over the second",
+        )
+    };
+    let id: [u8; 32] = keys.identity.0.as_slice().try_into().map_err(|_| bad())?;
+    if keys.kem.0.len() != 1216 {
+        return Err(bad());
+    }
+    let identity = ed25519_dalek::VerifyingKey::from_bytes(&id).map_err(|_| bad())?;
+    let sig = ed25519_dalek::Signature::from_slice(&keys.kem_sig.0).map_err(|_| bad())?;
+    let mut signed = KEM_SIG_CONTEXT.to_vec();
+    signed.extend_from_slice(&keys.kem.0);
+    identity.verify_strict(&signed, &sig).map_err(|_| bad())
+}
 
 /// Largest sealed key backup accepted, in bytes.
 pub const MAX_BACKUP: usize = 4096;
@@ -37,6 +57,7 @@ pub async fn start(
     Ok(ServerMessage::RegisterChallenge {
         rid,
         response: B64(r.message.serialize().to_vec()),
+        min_ksf: shared.config.min_ksf,
     })
 }
 
@@ -59,12 +80,14 @@ pub async fn finish(
     })?;
     ksf.validate()
         .map_err(|e| HandlerError::with(ErrorCode::BadKey, e))?;
-    if keys.identity.0.len() != 32 || keys.kem.0.len() != 1216 || keys.kem_sig.0.len() != 64 {
+    let min = shared.config.min_ksf;
+    if !ksf.meets(&min) {
         return Err(HandlerError::with(
             ErrorCode::BadKey,
-            "public keys must be a 32-byte Ed25519 key, a 1216-byte X-Wing key and a 64-byte signature",
+            format!("password stretching too weak: this server requires at least argon2 {min}"),
         ));
     }
+    check_keys(&keys)?;
     if backup.is_empty() || backup.len() > MAX_BACKUP {
         return Err(HandlerError::with(
             ErrorCode::BadKey,
@@ -88,4 +111,31 @@ pub async fn finish(
     }
     tracing::info!(user = %user, "account created");
     Ok(ServerMessage::Registered { rid, user })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ed25519_dalek::Signer;
+
+    fn keys(sign_with: &ed25519_dalek::SigningKey, kem: Vec<u8>) -> PublicKeys {
+        let mut signed = KEM_SIG_CONTEXT.to_vec();
+        signed.extend_from_slice(&kem);
+        PublicKeys {
+            identity: B64(sign_with.verifying_key().to_bytes().to_vec()),
+            kem_sig: B64(sign_with.sign(&signed).to_bytes().to_vec()),
+            kem: B64(kem),
+        }
+    }
+
+    #[test]
+    fn published_keys_must_be_signed_by_the_identity_key() {
+        let id = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let other = ed25519_dalek::SigningKey::from_bytes(&[8; 32]);
+        assert!(check_keys(&keys(&id, vec![1; 1216])).is_ok());
+        let mut forged = keys(&other, vec![1; 1216]);
+        forged.identity = B64(id.verifying_key().to_bytes().to_vec());
+        assert_eq!(check_keys(&forged).unwrap_err().code, ErrorCode::BadKey);
+        assert!(check_keys(&keys(&id, vec![1; 100])).is_err(), "kem length");
+    }
 }
