@@ -37,6 +37,13 @@ pub struct ClientArgs {
     /// folder, e.g. ~/.local/share/telepound.
     #[arg(long, global = true, env = "TELEPOUND_HOME", value_name = "DIR")]
     pub home: Option<PathBuf>,
+    /// Extra certificate authorities (PEM) to trust for wss://, e.g. a
+    /// server's self-signed certificate.
+    #[arg(long, global = true, env = "TELEPOUND_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// Allow unencrypted ws:// to a host other than this machine.
+    #[arg(long, global = true, env = "TELEPOUND_ALLOW_INSECURE")]
+    pub allow_insecure: bool,
     /// Argon2id cost for new accounts, as m=KIB,t=PASSES,p=LANES. The
     /// default (m=19456,t=2,p=1) suits real use; lower it only for tests.
     #[arg(
@@ -126,6 +133,26 @@ pub struct ServeArgs {
     /// least-privilege database role).
     #[arg(long)]
     pub no_migrate: bool,
+    /// TLS certificate chain (PEM); serve wss:// with --tls-key.
+    #[arg(
+        long,
+        env = "TELEPOUND_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(
+        long,
+        env = "TELEPOUND_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// Serve wss:// with a self-signed certificate kept in DATA_DIR/tls/
+    /// (clients trust it with --ca-file DATA_DIR/tls/cert.pem).
+    #[arg(long, conflicts_with = "tls_cert")]
+    pub tls_self_signed: bool,
     /// Weakest Argon2id parameters accepted for new accounts, m=KIB,t=N,p=N
     /// [default: m=19456,t=2,p=1].
     #[arg(long, env = "TELEPOUND_MIN_ARGON2", value_name = "PARAMS")]

@@ -8,6 +8,7 @@ use telepound_protocol::codec;
 use telepound_protocol::message::UnixMillis;
 use telepound_protocol::{ClientMessage, MsgId, ServerMessage, UserName};
 use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::Connector;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
@@ -84,17 +85,43 @@ impl Client {
     /// # Errors
     /// [`Error::Connect`] when the server cannot be reached.
     pub async fn connect(url: &str) -> Result<(Client, Events)> {
+        Self::connect_with(url, &ConnectOptions::default()).await
+    }
+
+    /// [`Client::connect`] with TLS and safety options.
+    ///
+    /// # Errors
+    /// [`Error::Connect`] when the server cannot be reached, the URL is not
+    /// `ws://` or `wss://`, TLS fails, or the URL is plain `ws://` to a host
+    /// other than this machine without [`ConnectOptions::allow_insecure`].
+    pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<(Client, Events)> {
+        let fail = |reason: String| Error::Connect {
+            url: url.to_owned(),
+            reason,
+        };
         let full = ws_url(url);
+        let (scheme, host) =
+            scheme_and_host(&full).ok_or_else(|| fail("not a ws:// or wss:// URL".into()))?;
+        let connector = match scheme {
+            "wss" => Some(Connector::Rustls(
+                tls_config(options.ca_file.as_deref()).map_err(fail)?,
+            )),
+            "ws" if is_loopback(host) || options.allow_insecure => Some(Connector::Plain),
+            "ws" => {
+                return Err(fail(format!(
+                    "refusing unencrypted ws:// to {host}: use wss://, or allow it on a network you trust"
+                )));
+            }
+            _ => return Err(fail("not a ws:// or wss:// URL".into())),
+        };
         let config = WebSocketConfig::default()
             .max_message_size(Some(MAX_FRAME))
             .max_frame_size(Some(MAX_FRAME))
             .read_buffer_size(16 * 1024);
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(&full, Some(config), true)
-            .await
-            .map_err(|e| Error::Connect {
-                url: url.to_owned(),
-                reason: connect_reason(&e),
-            })?;
+        let (ws, _) =
+            tokio_tungstenite::connect_async_tls_with_config(&full, Some(config), true, connector)
+                .await
+                .map_err(|e| fail(connect_reason(&e)))?;
         let (tx, rx) = mpsc::channel(64);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         tokio::spawn(run(ws, rx, events_tx));
@@ -143,6 +170,62 @@ impl Client {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(2), rx).await;
         }
     }
+}
+
+/// How to connect.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    /// A PEM file of extra certificate authorities to trust for `wss://`
+    /// (e.g. a server's self-signed certificate), besides the usual roots.
+    pub ca_file: Option<std::path::PathBuf>,
+    /// Allow unencrypted `ws://` to a host other than this machine.
+    pub allow_insecure: bool,
+}
+
+fn scheme_and_host(url: &str) -> Option<(&str, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split('/').next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next()?
+    } else {
+        authority.split(':').next()?
+    };
+    Some((scheme, host))
+}
+
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+fn tls_config(
+    ca_file: Option<&std::path::Path>,
+) -> std::result::Result<std::sync::Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
+        for cert in certs {
+            let cert = cert.map_err(|e| format!("invalid CA file {}: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("invalid certificate in {}: {e}", path.display()))?;
+        }
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
 }
 
 fn ws_url(url: &str) -> String {
@@ -292,5 +375,34 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_may_be_plain() {
+        assert_eq!(
+            scheme_and_host("ws://127.0.0.1:7878/v1/ws"),
+            Some(("ws", "127.0.0.1"))
+        );
+        assert_eq!(
+            scheme_and_host("wss://[::1]:7878/v1/ws"),
+            Some(("wss", "::1"))
+        );
+        assert_eq!(
+            scheme_and_host("ws://chat.example:80"),
+            Some(("ws", "chat.example"))
+        );
+        assert!(is_loopback("localhost") && is_loopback("127.0.0.2") && is_loopback("::1"));
+        assert!(!is_loopback("10.0.0.1") && !is_loopback("chat.example"));
+    }
+
+    #[tokio::test]
+    async fn plain_ws_to_a_remote_host_is_refused() {
+        let e = Client::connect("ws://192.0.2.1:7878").await.unwrap_err();
+        assert!(e.to_string().contains("refusing unencrypted"), "{e}");
     }
 }

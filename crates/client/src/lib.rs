@@ -26,7 +26,7 @@ pub mod history;
 pub mod pins;
 pub mod session;
 
-pub use connection::{Client, Event, Events};
+pub use connection::{Client, ConnectOptions, Event, Events};
 pub use error::{Error, Result};
 pub use session::{
     Inbound, Incoming, KeyStatus, Received, SendOutcome, Session, SyncPage, Verification,

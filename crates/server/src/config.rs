@@ -10,6 +10,7 @@ use serde::Deserialize;
 use telepound_protocol::auth::KsfParams;
 
 use crate::store::{DatabaseUrl, WriterConfig};
+use crate::tls::TlsSource;
 
 /// Configuration as given: every field optional, unknown fields refused.
 /// Later sources override earlier ones with [`RawConfig::merge`].
@@ -50,6 +51,12 @@ pub struct RawConfig {
     /// Weakest Argon2id parameters accepted for new accounts, as
     /// `m=KIB,t=N,p=N` (default `m=19456,t=2,p=1`).
     pub min_argon2: Option<String>,
+    /// PEM certificate chain for TLS (with `tls_key`).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for TLS (with `tls_cert`).
+    pub tls_key: Option<PathBuf>,
+    /// Serve TLS with a self-signed certificate kept in the data folder.
+    pub tls_self_signed: Option<bool>,
 }
 
 macro_rules! merge_fields {
@@ -74,7 +81,7 @@ impl RawConfig {
         merge_fields!(self, other; listen, data_dir, database, migrate, max_frame_bytes,
             message_ttl_days, session_ttl_hours, outbox, max_connections, max_in_flight,
             ping_interval_secs, idle_timeout_secs, login_timeout_secs, shutdown_grace_secs,
-            min_argon2)
+            min_argon2, tls_cert, tls_key, tls_self_signed)
     }
 
     /// Validates into a [`Config`], filling defaults.
@@ -134,7 +141,21 @@ impl RawConfig {
                 .parse()
                 .map_err(|e| format!("invalid min_argon2 {s:?}: {e}"))?,
         };
+        let tls = match (
+            self.tls_cert,
+            self.tls_key,
+            self.tls_self_signed.unwrap_or(false),
+        ) {
+            (Some(cert), Some(key), false) => Some(TlsSource::Files { cert, key }),
+            (None, None, true) => Some(TlsSource::SelfSigned),
+            (None, None, false) => None,
+            (Some(_), Some(_), true) => {
+                return Err("choose either tls_cert/tls_key or tls_self_signed, not both".into());
+            }
+            _ => return Err("tls_cert and tls_key go together".into()),
+        };
         Ok(Config {
+            tls,
             min_ksf,
             listen,
             data_dir,
@@ -221,6 +242,8 @@ pub struct Config {
     pub writer: WriterConfig,
     /// Weakest Argon2id parameters accepted at sign-up.
     pub min_ksf: KsfParams,
+    /// TLS, if on.
+    pub tls: Option<TlsSource>,
 }
 
 impl Config {

@@ -91,6 +91,9 @@ pub async fn run(
         tracing::info!("connected");
         let mut conn = Connection::new(shared, socket, conn_id);
         let ending = conn.serve().await;
+        if let Some(m) = conn.membership.take() {
+            m.leave().await;
+        }
         drop(conn);
         tracing::info!(reason = ?ending, "disconnected");
     }
@@ -328,6 +331,7 @@ impl Connection {
             user: user.clone(),
             conn_id: self.conn_id,
             live: self.live.clone(),
+            left: false,
         });
         self.user = Some(user);
     }
@@ -480,18 +484,40 @@ impl Connection {
     }
 }
 
-/// A connection's place in the hub. Dropping it (however the connection
-/// task ends, panics included) takes the connection out of the hub and, if
-/// it was the user's last, records when they were last seen.
+/// A connection's place in the hub. [`Membership::leave`] ends it in order;
+/// dropping it without that (a panic) still takes the connection out of the
+/// hub, so nobody stays online forever.
 struct Membership {
     shared: Arc<Shared>,
     user: UserName,
     conn_id: u64,
     live: Arc<AtomicBool>,
+    left: bool,
+}
+
+impl Membership {
+    /// Records "last seen" first and leaves the hub second, so nobody sees
+    /// the user offline with an old last-seen time.
+    async fn leave(mut self) {
+        self.live.store(false, Ordering::Release);
+        if let Err(e) = self
+            .shared
+            .store
+            .set_last_seen(&self.user, crate::now_ms())
+            .await
+        {
+            tracing::warn!(cause = %e, "could not record last seen");
+        }
+        self.shared.hub.leave(&self.user, self.conn_id);
+        self.left = true;
+    }
 }
 
 impl Drop for Membership {
     fn drop(&mut self) {
+        if self.left {
+            return;
+        }
         self.live.store(false, Ordering::Release);
         if self.shared.hub.leave(&self.user, self.conn_id) {
             let (store, user) = (self.shared.store.clone(), self.user.clone());

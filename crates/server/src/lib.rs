@@ -19,8 +19,10 @@ pub mod config;
 pub mod connection;
 pub mod handler;
 pub mod hub;
+pub mod listener;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 pub use config::{Config, RawConfig};
 pub use server::run;

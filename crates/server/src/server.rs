@@ -2,7 +2,6 @@
 
 use std::collections::HashSet;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::AtomicU64;
@@ -24,6 +23,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, redact_url};
 use crate::hub::Hub;
+use crate::listener::{Incoming, PeerAddr};
 use crate::store::{self, DatabaseUrl, Store};
 
 /// State shared by every connection.
@@ -132,7 +132,17 @@ pub async fn run(
         .with_state(shared.clone());
 
     let addr = listener.local_addr().context("listener has no address")?;
-    tracing::info!(%addr, database = %describe(&shared.config.database), "telepound listening");
+    let tls = match &shared.config.tls {
+        None => None,
+        Some(source) => {
+            let (config, cert) = crate::tls::server_config(source, &shared.config.data_dir, addr)?;
+            tracing::info!(cert = %cert.display(), "TLS on");
+            Some(config)
+        }
+    };
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
+    let incoming = Incoming::new(listener, tls).context("cannot serve the listener")?;
+    tracing::info!(url = %format!("{scheme}://{addr}"), database = %describe(&shared.config.database), "telepound listening");
 
     let token = shared.shutdown.clone();
     let serve_token = token.clone();
@@ -142,8 +152,8 @@ pub async fn run(
     });
     let _signal = AbortOnDrop(signal);
     axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
+        incoming,
+        app.into_make_service_with_connect_info::<PeerAddr>(),
     )
     .with_graceful_shutdown(async move { serve_token.cancelled().await })
     .await
@@ -209,7 +219,7 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
 async fn ws_upgrade(
     ws: WebSocketUpgrade,
     State(shared): State<Arc<Shared>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
 ) -> Response {
     if shared.shutdown.is_cancelled() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting_down\n").into_response();

@@ -4,7 +4,7 @@
 
 use std::io::{IsTerminal, Write};
 
-use telepound_client::{Client, Error as ClientError, Events, Session};
+use telepound_client::{Error as ClientError, Events, Session};
 use telepound_protocol::UserName;
 use zeroize::Zeroizing;
 
@@ -94,7 +94,7 @@ pub async fn run(c: &ClientArgs) -> anyhow::Result<()> {
             None => return Ok(()),
         }
     };
-    let (client, mut events) = Client::connect(&c.server).await?;
+    let (client, mut events) = super::connect(c).await?;
     if signup {
         super::signup_with(&client, &user, password.as_bytes(), super::ksf(c)?).await?;
         println!("Signed up as {user}.");

@@ -49,6 +49,15 @@ pub async fn run(cli: crate::args::Cli) -> anyhow::Result<()> {
     }
 }
 
+/// Connects to the server with the TLS options given.
+pub async fn connect(c: &ClientArgs) -> anyhow::Result<(Client, Events)> {
+    let options = telepound_client::ConnectOptions {
+        ca_file: c.ca_file.clone(),
+        allow_insecure: c.allow_insecure,
+    };
+    Ok(Client::connect_with(&c.server, &options).await?)
+}
+
 /// Parses a user name given on the command line, with a readable error.
 pub fn parse_user(s: &str) -> anyhow::Result<UserName> {
     UserName::new(s).map_err(|e| anyhow::anyhow!("{e}"))
@@ -86,7 +95,7 @@ async fn signup(c: &ClientArgs) -> anyhow::Result<()> {
     let user = acting_user(c)?;
     let ksf = ksf(c)?;
     let password = crate::password::obtain(c.password_file.as_deref(), true)?;
-    let (client, _events) = Client::connect(&c.server).await?;
+    let (client, _events) = connect(c).await?;
     signup_with(&client, &user, password.as_bytes(), ksf).await?;
     client.close().await;
     println!("Signed up as {user}. Log in from any machine with your password.");
@@ -115,7 +124,7 @@ pub async fn login(c: &ClientArgs) -> anyhow::Result<(Session, Events)> {
     let user = acting_user(c)?;
     let home = home(c)?;
     let password = crate::password::obtain(c.password_file.as_deref(), false)?;
-    let (client, events) = Client::connect(&c.server).await?;
+    let (client, events) = connect(c).await?;
     let session = login_with(&client, &user, password.as_bytes(), &home).await?;
     Ok((session, events))
 }

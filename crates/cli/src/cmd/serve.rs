@@ -17,6 +17,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         database: args.database,
         migrate: args.no_migrate.then_some(false),
         min_argon2: args.min_argon2,
+        tls_cert: args.tls_cert,
+        tls_key: args.tls_key,
+        tls_self_signed: args.tls_self_signed.then_some(true),
         ..RawConfig::default()
     };
     let config = file.merge(flags).validate().map_err(anyhow::Error::msg)?;
@@ -32,8 +35,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             format!("PostgreSQL at {}", telepound_server::config::redact_url(u))
         }
     };
+    // Load (or generate) the certificate now, so a bad one fails before we
+    // announce anything and clients never see a half-ready server.
+    if let Some(source) = &config.tls {
+        let (_, cert) =
+            telepound_server::tls::server_config(source, &config.data_dir, listener.local_addr()?)?;
+        println!("TLS certificate: {}", cert.display());
+    }
     println!(
-        "Telepound server listening on ws://{} ({where_}). Ctrl-C to stop.",
+        "Telepound server listening on {}://{} ({where_}). Ctrl-C to stop.",
+        if config.tls.is_some() { "wss" } else { "ws" },
         listener.local_addr()?
     );
     telepound_server::run(listener, config, shutdown).await

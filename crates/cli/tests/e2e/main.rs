@@ -3,5 +3,6 @@
 
 mod classic;
 mod crash;
+mod tls;
 mod util;
 mod walkthrough;

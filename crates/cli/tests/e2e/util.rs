@@ -22,32 +22,42 @@ impl ServerProc {
     }
 
     pub fn start_with(data_dir: &Path, extra_env: &[(&str, &str)]) -> ServerProc {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("TELEPOUND_MIN_ARGON2", telepound_testkit::FAST_KSF);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        Self::spawn(cmd, data_dir)
+    }
+
+    /// Starts `cmd` (a `telepound serve` on port 0) and reads its URL.
+    pub fn spawn(mut cmd: Command, data_dir: &Path) -> ServerProc {
         let stderr = data_dir.with_extension(format!("{}.log", std::process::id()));
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&stderr)
             .unwrap();
-        let mut cmd = Command::new(BIN);
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .env_remove("TELEPOUND_DATABASE")
+        cmd.env_remove("TELEPOUND_DATABASE")
             .env_remove("TELEPOUND_CONFIG")
-            .env("TELEPOUND_MIN_ARGON2", telepound_testkit::FAST_KSF)
             .stdout(Stdio::piped())
             .stderr(log);
-        for (k, v) in extra_env {
-            cmd.env(k, v);
-        }
         let mut child = cmd.spawn().unwrap();
         let mut out = BufReader::new(child.stdout.take().unwrap());
-        let mut line = String::new();
-        out.read_line(&mut line).unwrap();
-        let url = line
-            .split_whitespace()
-            .find(|w| w.starts_with("ws://"))
-            .unwrap_or_else(|| panic!("no URL in {line:?}"))
-            .to_owned();
+        let url = loop {
+            let mut line = String::new();
+            if out.read_line(&mut line).unwrap() == 0 {
+                panic!("the server exited before announcing its URL");
+            }
+            if let Some(url) = line
+                .split_whitespace()
+                .find(|w| w.starts_with("ws://") || w.starts_with("wss://"))
+            {
+                break url.to_owned();
+            }
+        };
         // Keep draining stdout so the server never blocks on it.
         std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
         ServerProc { child, url, stderr }
