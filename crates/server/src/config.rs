@@ -51,6 +51,18 @@ pub struct RawConfig {
     /// Weakest Argon2id parameters accepted for new accounts, as
     /// `m=KIB,t=N,p=N` (default `m=19456,t=2,p=1`).
     pub min_argon2: Option<String>,
+    /// Most connections from one address (default 64).
+    pub max_connections_per_address: Option<u32>,
+    /// Frames a connection may send per second, sustained (default 50).
+    pub messages_per_second: Option<u32>,
+    /// Frames a connection may send in a burst (default 200).
+    pub message_burst: Option<u32>,
+    /// Seconds a connection may stay without logging in (default 30).
+    pub auth_timeout_secs: Option<u64>,
+    /// Login or sign-up attempts a minute for one user name (default 10).
+    pub login_attempts_per_user: Option<u32>,
+    /// Login or sign-up attempts a minute from one address (default 60).
+    pub login_attempts_per_address: Option<u32>,
     /// PEM certificate chain for TLS (with `tls_key`).
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for TLS (with `tls_cert`).
@@ -81,7 +93,9 @@ impl RawConfig {
         merge_fields!(self, other; listen, data_dir, database, migrate, max_frame_bytes,
             message_ttl_days, session_ttl_hours, outbox, max_connections, max_in_flight,
             ping_interval_secs, idle_timeout_secs, login_timeout_secs, shutdown_grace_secs,
-            min_argon2, tls_cert, tls_key, tls_self_signed)
+            min_argon2, tls_cert, tls_key, tls_self_signed, max_connections_per_address,
+            messages_per_second, message_burst, auth_timeout_secs, login_attempts_per_user,
+            login_attempts_per_address)
     }
 
     /// Validates into a [`Config`], filling defaults.
@@ -154,7 +168,38 @@ impl RawConfig {
             }
             _ => return Err("tls_cert and tls_key go together".into()),
         };
+        let nonzero = |name: &str, v: Option<u32>, default: u32| -> Result<u32, String> {
+            match v.unwrap_or(default) {
+                0 => Err(format!("{name} must be greater than zero")),
+                n => Ok(n),
+            }
+        };
+        let limits = Limits {
+            max_connections_per_address: nonzero(
+                "max_connections_per_address",
+                self.max_connections_per_address,
+                64,
+            )?,
+            messages_per_second: nonzero("messages_per_second", self.messages_per_second, 50)?,
+            message_burst: nonzero("message_burst", self.message_burst, 200)?,
+            auth_timeout: Duration::from_secs(positive(
+                "auth_timeout_secs",
+                self.auth_timeout_secs,
+                30,
+            )?),
+            login_attempts_per_user: nonzero(
+                "login_attempts_per_user",
+                self.login_attempts_per_user,
+                10,
+            )?,
+            login_attempts_per_address: nonzero(
+                "login_attempts_per_address",
+                self.login_attempts_per_address,
+                60,
+            )?,
+        };
         Ok(Config {
+            limits,
             tls,
             min_ksf,
             listen,
@@ -244,6 +289,26 @@ pub struct Config {
     pub min_ksf: KsfParams,
     /// TLS, if on.
     pub tls: Option<TlsSource>,
+    /// Abuse limits.
+    pub limits: Limits,
+}
+
+/// Abuse limits; each violation is refused with `rate_limited` or
+/// `too_many_connections` and counted in `/metrics`.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Most connections from one address.
+    pub max_connections_per_address: u32,
+    /// Frames per second per connection, sustained.
+    pub messages_per_second: u32,
+    /// Frames per connection in a burst.
+    pub message_burst: u32,
+    /// Time allowed before logging in.
+    pub auth_timeout: Duration,
+    /// Login and sign-up attempts a minute per user name.
+    pub login_attempts_per_user: u32,
+    /// Login and sign-up attempts a minute per address.
+    pub login_attempts_per_address: u32,
 }
 
 impl Config {

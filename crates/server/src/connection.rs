@@ -23,7 +23,8 @@ use tracing::Instrument;
 
 use crate::handler::{self, HandlerError, Pending, login::PendingLogin};
 use crate::hub::{Member, Outbound};
-use crate::server::Shared;
+use crate::limits::Bucket;
+use crate::server::{AddressSlot, Shared};
 use crate::store::{self, EntryKind, StoredEntry};
 
 /// WebSocket close codes used.
@@ -63,7 +64,7 @@ enum Event {
     Tick,
 }
 
-/// Why the connection ended, for the log.
+/// Why the connection ended, for the log and the metrics.
 #[derive(Debug, Clone, Copy)]
 enum Ending {
     ClientClosed,
@@ -72,30 +73,54 @@ enum Ending {
     Shutdown,
     SlowConsumer,
     IdleTimeout,
+    LoginTimeout,
     FrameTooLarge,
+    RateLimited,
     ProtocolError,
     WriteFailed,
 }
 
-/// Runs one connection until it closes. `_permit` holds its place under the
-/// connection cap for as long as it lives.
+impl Ending {
+    fn label(self) -> &'static str {
+        match self {
+            Self::ClientClosed => "client_closed",
+            Self::ClientVanished => "client_vanished",
+            Self::Shutdown => "shutdown",
+            Self::SlowConsumer => "slow_consumer",
+            Self::IdleTimeout => "idle_timeout",
+            Self::LoginTimeout => "login_timeout",
+            Self::FrameTooLarge => "frame_too_large",
+            Self::RateLimited => "rate_limited",
+            Self::ProtocolError => "protocol_error",
+            Self::WriteFailed => "write_failed",
+        }
+    }
+}
+
+/// Runs one connection until it closes. `_places` hold its place under the
+/// connection cap and the per-address cap for as long as it lives.
 pub async fn run(
     shared: Arc<Shared>,
     socket: WebSocket,
     peer: SocketAddr,
-    _permit: OwnedSemaphorePermit,
+    _places: (OwnedSemaphorePermit, AddressSlot),
 ) {
     let conn_id = shared.next_conn_id();
     let span = tracing::info_span!("conn", conn_id, %peer, user = tracing::field::Empty);
     async move {
         tracing::info!("connected");
-        let mut conn = Connection::new(shared, socket, conn_id);
+        let metrics = shared.metrics.clone();
+        metrics.connections_total.fetch_add(1, Ordering::Relaxed);
+        metrics.connections_open.fetch_add(1, Ordering::Relaxed);
+        let mut conn = Connection::new(shared, socket, conn_id, peer);
         let ending = conn.serve().await;
         if let Some(m) = conn.membership.take() {
             m.leave().await;
         }
         drop(conn);
-        tracing::info!(reason = ?ending, "disconnected");
+        metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
+        metrics.disconnects.inc(ending.label());
+        tracing::info!(reason = ending.label(), "disconnected");
     }
     .instrument(span)
     .await
@@ -117,12 +142,27 @@ struct Connection {
     cursor: i64,
     in_flight: FuturesOrdered<Pending>,
     last_heard: Instant,
+    connected_at: Instant,
+    peer: SocketAddr,
+    /// Frames this connection may send (the message rate limit).
+    frames: Bucket,
+    /// Frames refused in a row by the rate limit.
+    refused_in_a_row: u32,
 }
 
 impl Connection {
-    fn new(shared: Arc<Shared>, socket: WebSocket, conn_id: u64) -> Self {
+    fn new(shared: Arc<Shared>, socket: WebSocket, conn_id: u64, peer: SocketAddr) -> Self {
         let (outbox_tx, outbox_rx) = mpsc::channel(shared.config.outbox);
+        let limits = &shared.config.limits;
+        let frames = Bucket::new(
+            f64::from(limits.messages_per_second),
+            f64::from(limits.message_burst),
+        );
         Self {
+            connected_at: Instant::now(),
+            peer,
+            frames,
+            refused_in_a_row: 0,
             shared,
             socket,
             conn_id,
@@ -185,6 +225,12 @@ impl Connection {
                         let _ = self.close(close::POLICY, "idle_timeout").await;
                         return Ending::IdleTimeout;
                     }
+                    if self.user.is_none()
+                        && self.connected_at.elapsed() > self.shared.config.limits.auth_timeout
+                    {
+                        let _ = self.close(close::POLICY, "login_timeout").await;
+                        return Ending::LoginTimeout;
+                    }
                     self.send_frame(Message::Ping(Default::default())).await
                 }
             };
@@ -223,6 +269,30 @@ impl Connection {
                 return Err(Ending::ProtocolError);
             }
         };
+        if !self.frames.take() {
+            self.shared.metrics.limited.inc("message_rate");
+            self.refused_in_a_row += 1;
+            // A client that keeps sending into a refusal is not listening:
+            // hang up rather than spend writes answering it.
+            if self.refused_in_a_row > self.shared.config.limits.message_burst {
+                let _ = self
+                    .close(close::POLICY, ErrorCode::RateLimited.as_str())
+                    .await;
+                return Err(Ending::RateLimited);
+            }
+            let e = HandlerError::with(
+                ErrorCode::RateLimited,
+                format!(
+                    "more than {} requests a second; slow down",
+                    self.shared.config.limits.messages_per_second
+                ),
+            );
+            return self
+                .write(&e.reply(None))
+                .await
+                .map_err(|_| Ending::WriteFailed);
+        }
+        self.refused_in_a_row = 0;
         match codec::decode_client(text.as_str(), self.shared.config.max_frame) {
             Ok(msg) => self.on_request(msg).await.map_err(|_| Ending::WriteFailed),
             Err(e @ DecodeError::TooLarge { .. }) => {
@@ -259,6 +329,9 @@ impl Connection {
     async fn on_unauthenticated(&mut self, msg: ClientMessage) -> ServerMessage {
         let shared = self.shared.clone();
         let rid = msg.rid();
+        if let Err(e) = self.throttle(&msg) {
+            return e.reply(rid);
+        }
         let result = match msg {
             ClientMessage::RegisterStart { user, request, .. } => {
                 handler::register::start(&shared, rid, &user, &request.0).await
@@ -287,11 +360,13 @@ impl Connection {
                 Some(pending) => {
                     match handler::login::finish(&shared, rid, pending, &finalization.0).await {
                         Ok((reply, user)) => {
+                            self.shared.metrics.logins.inc("ok");
                             self.enter(user);
                             Ok(reply)
                         }
                         Err(e) => {
                             if e.code == ErrorCode::AuthFailed {
+                                self.shared.metrics.logins.inc("failed");
                                 tracing::info!("login failed");
                             }
                             Err(e)
@@ -302,15 +377,48 @@ impl Connection {
             ClientMessage::Resume { user, token, .. } => {
                 match handler::login::resume(&shared, rid, user.clone(), &token.0).await {
                     Ok(reply) => {
+                        self.shared.metrics.logins.inc("resumed");
                         self.enter(user);
                         Ok(reply)
                     }
-                    Err(e) => Err(e),
+                    Err(e) => {
+                        self.shared.metrics.logins.inc("failed");
+                        Err(e)
+                    }
                 }
             }
             _ => Err(HandlerError::new(ErrorCode::NotAuthenticated)),
         };
         result.unwrap_or_else(|e| e.reply(rid))
+    }
+
+    /// Login, resume and sign-up attempts are limited per address, and
+    /// login attempts per user name as well. OPAQUE puts the password work
+    /// on the client, so this limits online guessing, not server CPU.
+    fn throttle(&self, msg: &ClientMessage) -> Result<(), HandlerError> {
+        let user = match msg {
+            ClientMessage::LoginStart { user, .. } => Some(user),
+            ClientMessage::RegisterStart { .. } | ClientMessage::Resume { .. } => None,
+            _ => return Ok(()),
+        };
+        let refuse = |what: &str, wait: u64| {
+            self.shared.metrics.logins.inc("throttled");
+            HandlerError::with(
+                ErrorCode::RateLimited,
+                format!("too many attempts {what}; try again in {wait} s"),
+            )
+        };
+        if let Err(wait) = self.shared.login_by_address.take(&self.peer.ip()) {
+            self.shared.metrics.limited.inc("login_address");
+            return Err(refuse("from your address", wait));
+        }
+        if let Some(user) = user
+            && let Err(wait) = self.shared.login_by_user.take(user)
+        {
+            self.shared.metrics.limited.inc("login_user");
+            return Err(refuse(&format!("to log in as {user}"), wait));
+        }
+        Ok(())
     }
 
     /// The connection becomes `user`'s session.

@@ -2,9 +2,10 @@
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
 use axum::extract::ws::WebSocketUpgrade;
@@ -14,8 +15,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use opaque_ke::ServerSetup;
 use rand_core_06::OsRng;
-use telepound_protocol::UserName;
 use telepound_protocol::auth::Suite;
+use telepound_protocol::message::UnixMillis;
+use telepound_protocol::{MsgId, UserName};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -23,7 +25,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, redact_url};
 use crate::hub::Hub;
+use crate::limits::{Keyed, PerAddress};
 use crate::listener::{Incoming, PeerAddr};
+use crate::metrics::Metrics;
+use crate::store::CommitListener;
 use crate::store::{self, DatabaseUrl, Store};
 
 /// State shared by every connection.
@@ -42,6 +47,14 @@ pub struct Shared {
     pub tracker: TaskTracker,
     /// Connection cap.
     pub connections: Arc<Semaphore>,
+    /// Open connections per address.
+    pub per_address: Arc<PerAddress>,
+    /// Login attempts per user name.
+    pub login_by_user: Keyed<UserName>,
+    /// Login and sign-up attempts per address.
+    pub login_by_address: Keyed<IpAddr>,
+    /// Everything counted for `/metrics`.
+    pub metrics: Arc<Metrics>,
     next_conn: AtomicU64,
     // Names known to exist. Accounts are never deleted, so a positive cache
     // never goes stale; it saves a query on every send. std Mutex: no await
@@ -95,7 +108,12 @@ pub async fn run(
             .with_context(|| format!("cannot create data folder {}", dir.display()))?;
     }
     let hub = Arc::new(Hub::default());
-    let store = store::open(&config.database, config.migrate, config.writer, hub.clone())
+    let metrics = Arc::new(Metrics::default());
+    let announcer = Arc::new(Announcer {
+        hub: hub.clone(),
+        metrics: metrics.clone(),
+    });
+    let store = store::open(&config.database, config.migrate, config.writer, announcer)
         .await
         .with_context(|| match &config.database {
             DatabaseUrl::Sqlite(p) => format!("cannot open SQLite database {}", p.display()),
@@ -115,6 +133,10 @@ pub async fn run(
         store,
         hub,
         connections: Arc::new(Semaphore::new(config.max_connections)),
+        per_address: Arc::new(PerAddress::default()),
+        login_by_user: Keyed::per_minute(config.limits.login_attempts_per_user),
+        login_by_address: Keyed::per_minute(config.limits.login_attempts_per_address),
+        metrics,
         config,
         opaque,
         shutdown: CancellationToken::new(),
@@ -129,6 +151,7 @@ pub async fn run(
     let app = Router::new()
         .route("/v1/ws", get(ws_upgrade))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics_page))
         .with_state(shared.clone());
 
     let addr = listener.local_addr().context("listener has no address")?;
@@ -182,6 +205,28 @@ fn describe(db: &DatabaseUrl) -> String {
     }
 }
 
+/// One connection's place in the per-address count, released on drop
+/// (including when an upgrade never completes).
+pub struct AddressSlot {
+    per_address: Arc<PerAddress>,
+    ip: IpAddr,
+}
+
+impl AddressSlot {
+    fn take(per_address: &Arc<PerAddress>, ip: IpAddr, max: u32) -> Option<Self> {
+        per_address.try_add(ip, max).then(|| Self {
+            per_address: per_address.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        self.per_address.remove(self.ip);
+    }
+}
+
 /// Aborts a background task when dropped.
 struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
 
@@ -216,17 +261,77 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
+async fn metrics_page(State(shared): State<Arc<Shared>>) -> Response {
+    let depth = shared.store.mailbox_depth().await.ok();
+    let text = shared.metrics.render(depth, shared.hub.sessions());
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
+        text,
+    )
+        .into_response()
+}
+
+/// What the store's writer announces after each commit: pushes go to the
+/// hub, receipts and batch figures to the metrics.
+struct Announcer {
+    hub: Arc<Hub>,
+    metrics: Arc<Metrics>,
+}
+
+impl CommitListener for Announcer {
+    fn stored(&self, recipient: &UserName, entry: store::StoredEntry) {
+        self.hub.stored(recipient, entry);
+    }
+
+    fn delivered(&self, sender: &UserName, msg_id: MsgId, to: &UserName, at: UnixMillis) {
+        self.metrics
+            .messages_delivered
+            .fetch_add(1, Ordering::Relaxed);
+        self.hub.delivered(sender, msg_id, to, at);
+    }
+
+    fn must_store_receipt(&self, sender: &UserName) -> bool {
+        self.hub.must_store_receipt(sender)
+    }
+
+    fn batch_committed(&self, ops: usize, elapsed: std::time::Duration) {
+        self.metrics.commit_batch.observe(ops as f64);
+        self.metrics.commit_seconds.observe(elapsed.as_secs_f64());
+    }
+}
+
 async fn ws_upgrade(
     ws: WebSocketUpgrade,
     State(shared): State<Arc<Shared>>,
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
 ) -> Response {
     if shared.shutdown.is_cancelled() {
+        shared.metrics.connections_refused.inc("shutting_down");
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting_down\n").into_response();
     }
     let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
         tracing::warn!(%peer, "connection refused: too many connections");
+        shared.metrics.connections_refused.inc("too_many");
         return (StatusCode::SERVICE_UNAVAILABLE, "too_many_connections\n").into_response();
+    };
+    let Some(slot) = AddressSlot::take(
+        &shared.per_address,
+        peer.ip(),
+        shared.config.limits.max_connections_per_address,
+    ) else {
+        tracing::warn!(%peer, "connection refused: too many connections from this address");
+        shared
+            .metrics
+            .connections_refused
+            .inc("too_many_from_address");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_connections: too many from your address\n",
+        )
+            .into_response();
     };
     let max = shared.config.max_frame;
     ws.max_message_size(max)
@@ -235,6 +340,6 @@ async fn ws_upgrade(
         .write_buffer_size(0)
         .on_upgrade(move |socket| {
             let tracker = shared.tracker.clone();
-            tracker.track_future(crate::connection::run(shared, socket, peer, permit))
+            tracker.track_future(crate::connection::run(shared, socket, peer, (permit, slot)))
         })
 }

@@ -245,6 +245,39 @@ pub fn texts(items: &[telepound_client::Inbound]) -> Vec<String> {
         .collect()
 }
 
+/// A plain HTTP GET on the server's port; returns the status code and body.
+///
+/// # Panics
+/// When the server does not answer.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.expect("read");
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("an HTTP status");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of one Prometheus sample line (`name{labels} value`).
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.trim().parse().ok())
+    })
+}
+
 /// A SQLite database URL inside `dir`.
 pub fn sqlite_url(dir: &Path) -> DatabaseUrl {
     DatabaseUrl::Sqlite(dir.join("telepound.sqlite3"))

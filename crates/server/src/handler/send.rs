@@ -67,6 +67,10 @@ impl Prepared {
         let recipient = entry.recipient.clone();
         // Returns after the commit; the writer has pushed it live by then.
         shared.store.enqueue(vec![entry]).await?;
+        shared
+            .metrics
+            .messages_accepted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(ServerMessage::Accepted {
             rid,
             msg_id,

@@ -47,6 +47,8 @@ pub trait CommitListener: Send + Sync + 'static {
     /// Asked inside the transaction: whether the receipt for a message of
     /// `sender` must be stored (the sender has no live connection to tell).
     fn must_store_receipt(&self, sender: &UserName) -> bool;
+    /// A batch of `ops` operations committed in `elapsed`.
+    fn batch_committed(&self, _ops: usize, _elapsed: std::time::Duration) {}
 }
 
 /// A listener that hears nothing and stores no receipts (store tests).
@@ -324,11 +326,7 @@ async fn run<C: WriteConn>(
             }
             match result {
                 Ok(results) => {
-                    tracing::trace!(
-                        batch = ops.len(),
-                        micros = started.elapsed().as_micros() as u64,
-                        "committed"
-                    );
+                    listener.batch_committed(ops.len(), started.elapsed());
                     for notice in notices.drain(..) {
                         match notice {
                             Notice::Stored(recipient, entry) => listener.stored(&recipient, entry),
