@@ -101,6 +101,20 @@ pub async fn login(
     password: &[u8],
     home: &Path,
 ) -> Result<Session> {
+    let (identity, token) = authenticate(client, user, password).await?;
+    Session::new(client.clone(), user.clone(), identity, home, token)
+}
+
+/// Runs the OPAQUE login on `client`, opens the key backup and checks it
+/// against the directory; returns the keys and the resume token.
+///
+/// # Errors
+/// As [`login`].
+pub(crate) async fn authenticate(
+    client: &Client,
+    user: &UserName,
+    password: &[u8],
+) -> Result<(Identity, Vec<u8>)> {
     let password = Zeroizing::new(password.to_vec());
     let (state, request) = opaque::login_start(&password)?;
     let answer = client
@@ -148,5 +162,5 @@ pub async fn login(
             "the server publishes keys that do not match your private keys".into(),
         ));
     }
-    Session::new(client.clone(), user.clone(), identity, home, token.0)
+    Ok((identity, token.0))
 }

@@ -20,14 +20,19 @@
 //! contact.
 
 pub mod account;
+pub mod backoff;
 pub mod connection;
 pub mod error;
 pub mod history;
+pub mod link;
+pub mod outbox;
 pub mod pins;
 pub mod session;
 
+pub use backoff::Backoff;
 pub use connection::{Client, ConnectOptions, Event, Events};
 pub use error::{Error, Result};
+pub use link::{Link, Step, is_transient};
 pub use session::{
     Inbound, Incoming, KeyStatus, Received, SendOutcome, Session, SyncPage, Verification,
 };

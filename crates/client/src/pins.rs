@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use telepound_protocol::UserName;
-use telepound_protocol::message::B64;
+use telepound_protocol::message::{B64, PublicKeys};
 
 use crate::{Error, Result};
 
@@ -15,6 +15,10 @@ use crate::{Error, Result};
 pub struct Pin {
     /// The Ed25519 identity key first seen (or last accepted).
     pub identity: B64,
+    /// The peer's full published keys as last fetched and checked, so a
+    /// message can be sealed while the server is unreachable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<PublicKeys>,
     /// Whether the user compared safety numbers and accepted this key.
     pub verified: bool,
     /// When it was pinned (ms since the epoch).
@@ -88,11 +92,26 @@ impl PinStore {
             user.as_str().to_owned(),
             Pin {
                 identity: B64(key.to_vec()),
+                keys: None,
                 verified,
                 pinned_at: crate::session::now_ms(),
             },
         );
         self.save()
+    }
+
+    /// Remembers the full keys of a pinned peer (when they match the pin).
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    pub fn remember_keys(&mut self, user: &UserName, keys: &PublicKeys) -> Result<()> {
+        match self.pins.get_mut(user.as_str()) {
+            Some(p) if p.identity == keys.identity && p.keys.as_ref() != Some(keys) => {
+                p.keys = Some(keys.clone());
+                self.save()
+            }
+            _ => Ok(()),
+        }
     }
 
     fn save(&self) -> Result<()> {

@@ -8,13 +8,14 @@ use serde_json::value::RawValue;
 use telepound_crypto::envelope::{self, Envelope};
 use telepound_crypto::safety::safety_number;
 use telepound_crypto::{Attachment, Identity, Payload, PeerKeys};
-use telepound_protocol::message::{PresenceInfo, UnixMillis};
+use telepound_protocol::message::{PresenceInfo, PublicKeys, UnixMillis};
 use telepound_protocol::{ClientMessage, MsgId, ServerMessage, UserName};
 use zeroize::Zeroizing;
 
 use crate::history::{Direction, History, Record};
+use crate::outbox::{Outbox, Pending};
 use crate::pins::{PinCheck, PinStore};
-use crate::{Client, Error, Event, Result};
+use crate::{Client, ConnectOptions, Error, Event, Events, Result};
 
 /// The current time in milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
@@ -117,6 +118,7 @@ pub struct Session {
     dir: PathBuf,
     pins: PinStore,
     history: History,
+    outbox: Outbox,
     token: Zeroizing<Vec<u8>>,
     keys: HashMap<UserName, PeerKeys>,
 }
@@ -144,7 +146,9 @@ impl Session {
         // opened backup at login; pins are for peers.
         let pins = PinStore::load(&dir)?;
         let history = History::open(&dir)?;
+        let outbox = Outbox::load(&dir)?;
         Ok(Self {
+            outbox,
             client,
             user,
             identity,
@@ -187,6 +191,10 @@ impl Session {
     }
 
     async fn directory(&self, user: &UserName) -> Result<PeerKeys> {
+        Ok(self.directory_entry(user).await?.0)
+    }
+
+    async fn directory_entry(&self, user: &UserName) -> Result<(PeerKeys, PublicKeys)> {
         let answer = self
             .client
             .request(ClientMessage::Keys {
@@ -201,7 +209,7 @@ impl Session {
             .into_iter()
             .find(|k| &k.user == user)
             .ok_or_else(|| Error::UnknownUser(user.clone()))?;
-        Ok(PeerKeys::verify(&entry.keys)?)
+        Ok((PeerKeys::verify(&entry.keys)?, entry.keys))
     }
 
     /// A peer's keys from the directory, checked against the pin (pinned on
@@ -217,11 +225,23 @@ impl Session {
         if let Some(k) = self.keys.get(user) {
             return Ok(k.clone());
         }
-        let keys = self.directory(user).await?;
+        let (keys, published) = match self.directory_entry(user).await {
+            Ok(k) => k,
+            // Unreachable server: a pinned peer's remembered keys still
+            // let a message be sealed now and sent later.
+            Err(e @ (Error::Disconnected(_) | Error::Timeout)) => {
+                let remembered = self.pins.get(user).and_then(|p| p.keys.clone()).ok_or(e)?;
+                let keys = PeerKeys::verify(&remembered)?;
+                self.keys.insert(user.clone(), keys.clone());
+                return Ok(keys);
+            }
+            Err(e) => return Err(e),
+        };
         match self.pins.check(user, &keys.identity_key())? {
             PinCheck::New | PinCheck::Match => {}
             PinCheck::Changed => return Err(Error::KeyChanged { user: user.clone() }),
         }
+        self.pins.remember_keys(user, &published)?;
         self.keys.insert(user.clone(), keys.clone());
         Ok(keys)
     }
@@ -267,22 +287,38 @@ impl Session {
         msg_id: MsgId,
         envelope: String,
     ) -> Result<SendOutcome> {
-        let raw = RawValue::from_string(envelope.clone())
-            .map_err(|e| Error::Protocol(format!("sealed envelope is not JSON: {e}")))?;
-        let answer = self
-            .client
-            .request(ClientMessage::Send {
-                rid: None,
-                msg_id,
-                from: self.user.clone(),
-                to: to.clone(),
-                envelope: raw,
-            })
-            .await
-            .map_err(|e| match e.code() {
-                Some(telepound_protocol::ErrorCode::UnknownUser) => Error::UnknownUser(to.clone()),
-                _ => e,
-            })?;
+        // A server that asks us to slow down gets the same message again
+        // after a pause: same msg_id, so it is stored once whatever happens.
+        let mut backoff = crate::Backoff::new(
+            std::time::Duration::from_millis(100),
+            std::time::Duration::from_secs(2),
+        );
+        let answer = loop {
+            let raw = RawValue::from_string(envelope.clone())
+                .map_err(|e| Error::Protocol(format!("sealed envelope is not JSON: {e}")))?;
+            let sent = self
+                .client
+                .request(ClientMessage::Send {
+                    rid: None,
+                    msg_id,
+                    from: self.user.clone(),
+                    to: to.clone(),
+                    envelope: raw,
+                })
+                .await;
+            match sent {
+                Err(e)
+                    if e.code() == Some(telepound_protocol::ErrorCode::RateLimited)
+                        && backoff.attempts() < 20 =>
+                {
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                Err(e) if e.code() == Some(telepound_protocol::ErrorCode::UnknownUser) => {
+                    return Err(Error::UnknownUser(to.clone()));
+                }
+                other => break other?,
+            }
+        };
         let ServerMessage::Accepted {
             server_ts,
             recipient_online,
@@ -307,14 +343,113 @@ impl Session {
         })
     }
 
-    /// Seals and sends a text message.
+    /// Seals and sends a text message: it goes through the outbox, so
+    /// anything queued earlier leaves first and, if the connection drops,
+    /// the message stays queued (see [`Session::flush_outbox`]).
     ///
     /// # Errors
-    /// As [`Session::seal`] and [`Session::send_sealed`].
+    /// As [`Session::seal`] and [`Session::send_sealed`]; on a connection
+    /// error the message is still in the outbox.
     pub async fn send_text(&mut self, to: &UserName, text: &str) -> Result<SendOutcome> {
+        let msg_id = self.queue_text(to, text).await?;
+        let mut outcome = None;
+        for (pending, result) in self.flush_outbox().await? {
+            if pending.msg_id == msg_id {
+                outcome = Some(result?);
+            }
+        }
+        outcome.ok_or(Error::Disconnected(None))
+    }
+
+    /// Seals a text message and puts it in the outbox on disk; it is sent
+    /// by the next [`Session::flush_outbox`], with this msg_id however many
+    /// tries that takes. Works while disconnected for peers whose keys were
+    /// seen before.
+    ///
+    /// # Errors
+    /// As [`Session::seal`], or the outbox file.
+    pub async fn queue_text(&mut self, to: &UserName, text: &str) -> Result<MsgId> {
         let msg_id = MsgId::new();
         let envelope = self.seal(to, msg_id, text, Vec::new()).await?;
-        self.send_sealed(to, msg_id, envelope).await
+        self.outbox.push(Pending {
+            to: to.clone(),
+            msg_id,
+            envelope,
+        })?;
+        Ok(msg_id)
+    }
+
+    /// How many messages wait in the outbox.
+    pub fn queued(&self) -> usize {
+        self.outbox.len()
+    }
+
+    /// Sends the outbox oldest first. A message the server refuses (an
+    /// unknown recipient) leaves the outbox with its error; a connection
+    /// error stops the flush, keeping the rest, and is returned.
+    ///
+    /// # Errors
+    /// A connection error; what was sent before it is in the `Ok` list of
+    /// a later flush no longer.
+    pub async fn flush_outbox(&mut self) -> Result<Vec<(Pending, Result<SendOutcome>)>> {
+        let mut done = Vec::new();
+        while let Some(p) = self.outbox.first().cloned() {
+            match self.send_sealed(&p.to, p.msg_id, p.envelope.clone()).await {
+                Err(e) if crate::is_transient(&e) => {
+                    return if done.is_empty() { Err(e) } else { Ok(done) };
+                }
+                result => {
+                    self.outbox.remove(&p.msg_id)?;
+                    done.push((p, result));
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// Replaces a lost connection: connects to the same server again and
+    /// resumes with the session token, or, when the token is refused (it
+    /// expired), logs in again with `password` if one is given. The caller
+    /// then syncs the mailbox and flushes the outbox.
+    ///
+    /// # Errors
+    /// [`Error::Connect`] while the server is down; an authentication error
+    /// when neither the token nor the password is accepted.
+    pub async fn reconnect(
+        &mut self,
+        options: &ConnectOptions,
+        password: Option<&[u8]>,
+    ) -> Result<Events> {
+        let url = self.client.url().to_owned();
+        let (client, events) = Client::connect_with(&url, options).await?;
+        let resumed = client
+            .request(ClientMessage::Resume {
+                rid: None,
+                user: self.user.clone(),
+                token: telepound_protocol::message::B64(self.token.to_vec()),
+            })
+            .await;
+        match resumed {
+            Ok(ServerMessage::Resumed { .. }) => {}
+            Ok(other) => return Err(Error::Protocol(format!("expected resumed, got {other:?}"))),
+            Err(e) if e.code() == Some(telepound_protocol::ErrorCode::InvalidToken) => {
+                let Some(password) = password else {
+                    return Err(e);
+                };
+                let (identity, token) =
+                    crate::account::authenticate(&client, &self.user, password).await?;
+                if identity.identity_key() != self.identity.identity_key() {
+                    return Err(Error::Protocol(
+                        "the account's keys changed; log in again".into(),
+                    ));
+                }
+                self.token = Zeroizing::new(token);
+            }
+            Err(e) => return Err(e),
+        }
+        let old = std::mem::replace(&mut self.client, client);
+        drop(old);
+        Ok(events)
     }
 
     /// Asks for one page of the mailbox after `after`. The returned future
@@ -348,6 +483,51 @@ impl Session {
                 }),
                 other => Err(Error::Protocol(format!("expected synced, got {other:?}"))),
             }
+        }
+    }
+
+    /// Fetches the whole waiting mailbox page by page, calling `show` for
+    /// each thing to show and acknowledging every page; returns how many
+    /// messages were shown. The connection is live afterwards.
+    ///
+    /// # Errors
+    /// A connection error (nothing unacknowledged is lost: it comes again),
+    /// or a local-state error.
+    pub async fn catch_up(
+        &mut self,
+        events: &mut Events,
+        mut show: impl FnMut(&Inbound),
+    ) -> Result<u64> {
+        let mut after = 0;
+        let mut shown = 0;
+        loop {
+            let page = self.sync_page(after, telepound_protocol::codec::DEFAULT_PAGE);
+            tokio::pin!(page);
+            let mut acks = Vec::new();
+            let page = loop {
+                tokio::select! {
+                    biased;
+                    Some(ev) = events.recv() => {
+                        if let Some(inbound) = self.handle_event(ev, &mut acks).await? {
+                            shown += u64::from(matches!(inbound, Inbound::Message(_)));
+                            show(&inbound);
+                        }
+                    }
+                    page = &mut page => break page?,
+                }
+            };
+            // Everything of the page was pushed before its answer.
+            while let Ok(ev) = events.try_recv() {
+                if let Some(inbound) = self.handle_event(ev, &mut acks).await? {
+                    shown += u64::from(matches!(inbound, Inbound::Message(_)));
+                    show(&inbound);
+                }
+            }
+            self.ack(acks).await?;
+            if !page.more {
+                return Ok(shown);
+            }
+            after = page.cursor;
         }
     }
 

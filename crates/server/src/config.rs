@@ -34,7 +34,7 @@ pub struct RawConfig {
     /// Hours a resume token stays valid (default 168).
     pub session_ttl_hours: Option<u64>,
     /// Pushes queued per connection before it is disconnected as too slow
-    /// (default 256).
+    /// (default 1024: more than the receipts one acknowledged page makes).
     pub outbox: Option<usize>,
     /// Most connections at once (default 10000).
     pub max_connections: Option<usize>,
@@ -213,7 +213,7 @@ impl RawConfig {
             session_ttl: Duration::from_secs(
                 positive("session_ttl_hours", self.session_ttl_hours, 168)? * 3600,
             ),
-            outbox: positive("outbox", self.outbox.map(|v| v as u64), 256)? as usize,
+            outbox: positive("outbox", self.outbox.map(|v| v as u64), 1024)? as usize,
             max_connections: positive(
                 "max_connections",
                 self.max_connections.map(|v| v as u64),

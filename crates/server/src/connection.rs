@@ -8,7 +8,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::handler::{self, HandlerError, Pending, login::PendingLogin};
-use crate::hub::{Member, Outbound};
+use crate::hub::{Member, Outbound, PushState};
 use crate::limits::Bucket;
 use crate::server::{AddressSlot, Shared};
 use crate::store::{self, EntryKind, StoredEntry};
@@ -135,7 +135,7 @@ struct Connection {
     pending_login: Option<PendingLogin>,
     outbox_tx: mpsc::Sender<Outbound>,
     outbox_rx: mpsc::Receiver<Outbound>,
-    live: Arc<AtomicBool>,
+    push_state: Arc<PushState>,
     kick: CancellationToken,
     sync: SyncState,
     /// Highest mailbox seq sent to the client since the last `sync`.
@@ -171,7 +171,7 @@ impl Connection {
             pending_login: None,
             outbox_tx,
             outbox_rx,
-            live: Arc::new(AtomicBool::new(false)),
+            push_state: Arc::new(PushState::default()),
             kick: CancellationToken::new(),
             sync: SyncState::Idle,
             cursor: 0,
@@ -235,6 +235,10 @@ impl Connection {
                 }
             };
             if step.is_err() {
+                if self.kick.is_cancelled() {
+                    tracing::warn!("outbox full: disconnected a client that is not reading");
+                    return Ending::SlowConsumer;
+                }
                 return Ending::WriteFailed;
             }
         }
@@ -269,6 +273,9 @@ impl Connection {
                 return Err(Ending::ProtocolError);
             }
         };
+        let decoded = codec::decode_client(text.as_str(), self.shared.config.max_frame);
+        // Rate-limit after decoding (cheap next to the rest of a request),
+        // so the refusal names the request it refuses.
         if !self.frames.take() {
             self.shared.metrics.limited.inc("message_rate");
             self.refused_in_a_row += 1;
@@ -280,6 +287,10 @@ impl Connection {
                     .await;
                 return Err(Ending::RateLimited);
             }
+            let rid = match &decoded {
+                Ok(msg) => msg.rid(),
+                Err(e) => e.rid(),
+            };
             let e = HandlerError::with(
                 ErrorCode::RateLimited,
                 format!(
@@ -288,12 +299,12 @@ impl Connection {
                 ),
             );
             return self
-                .write(&e.reply(None))
+                .write(&e.reply(rid))
                 .await
                 .map_err(|_| Ending::WriteFailed);
         }
         self.refused_in_a_row = 0;
-        match codec::decode_client(text.as_str(), self.shared.config.max_frame) {
+        match decoded {
             Ok(msg) => self.on_request(msg).await.map_err(|_| Ending::WriteFailed),
             Err(e @ DecodeError::TooLarge { .. }) => {
                 let _ = self.close(close::TOO_BIG, e.code().as_str()).await;
@@ -430,7 +441,7 @@ impl Connection {
             Member {
                 conn_id: self.conn_id,
                 tx: self.outbox_tx.clone(),
-                live: self.live.clone(),
+                state: self.push_state.clone(),
                 kick: self.kick.clone(),
             },
         );
@@ -438,7 +449,7 @@ impl Connection {
             shared: self.shared.clone(),
             user: user.clone(),
             conn_id: self.conn_id,
-            live: self.live.clone(),
+            state: self.push_state.clone(),
             left: false,
         });
         self.user = Some(user);
@@ -462,7 +473,7 @@ impl Connection {
             let e = HandlerError::with(ErrorCode::Malformed, "a sync is already in progress");
             return self.write(&e.reply(rid)).await;
         }
-        self.live.store(false, Ordering::Release);
+        self.push_state.set(PushState::SYNCING);
         self.cursor = after;
         self.sync = SyncState::Fetching {
             rid,
@@ -495,7 +506,7 @@ impl Connection {
         let more = page.len() == limit as usize || dirty;
         if !more {
             self.sync = SyncState::Live;
-            self.live.store(true, Ordering::Release);
+            self.push_state.set(PushState::LIVE);
         }
         let reply = ServerMessage::Synced {
             rid,
@@ -556,16 +567,23 @@ impl Connection {
     /// Sends one frame, giving up after the idle timeout: a peer that keeps
     /// its TCP connection open but stops reading must not hold this task
     /// (and its place under the connection cap) forever.
+    ///
+    /// A kick (this connection's outbox overflowed) also ends a write that
+    /// is stuck: the connection is being dropped anyway.
     async fn send_frame(&mut self, frame: Message) -> Result<(), axum::Error> {
-        match tokio::time::timeout(self.shared.config.idle_timeout, self.socket.send(frame)).await {
-            Ok(result) => result,
-            Err(_) => {
-                tracing::warn!("write timed out: the client is not reading");
-                Err(axum::Error::new(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "write timed out",
-                )))
-            }
+        let timeout = self.shared.config.idle_timeout;
+        tokio::select! {
+            result = tokio::time::timeout(timeout, self.socket.send(frame)) => match result {
+                Ok(result) => result,
+                Err(_) => {
+                    tracing::warn!("write timed out: the client is not reading");
+                    Err(axum::Error::new(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "write timed out",
+                    )))
+                }
+            },
+            () = self.kick.cancelled() => Err(axum::Error::new(std::io::Error::other("kicked"))),
         }
     }
 
@@ -599,7 +617,7 @@ struct Membership {
     shared: Arc<Shared>,
     user: UserName,
     conn_id: u64,
-    live: Arc<AtomicBool>,
+    state: Arc<PushState>,
     left: bool,
 }
 
@@ -607,7 +625,7 @@ impl Membership {
     /// Records "last seen" first and leaves the hub second, so nobody sees
     /// the user offline with an old last-seen time.
     async fn leave(mut self) {
-        self.live.store(false, Ordering::Release);
+        self.state.set(PushState::IDLE);
         if let Err(e) = self
             .shared
             .store
@@ -626,7 +644,7 @@ impl Drop for Membership {
         if self.left {
             return;
         }
-        self.live.store(false, Ordering::Release);
+        self.state.set(PushState::IDLE);
         if self.shared.hub.leave(&self.user, self.conn_id) {
             let (store, user) = (self.shared.store.clone(), self.user.clone());
             // Tracked, so shutdown waits for it before closing the store.

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use telepound_protocol::message::UnixMillis;
 use telepound_protocol::{MsgId, UserName};
@@ -32,6 +32,29 @@ pub enum Outbound {
     },
 }
 
+/// How far a connection is in taking pushes.
+#[derive(Debug, Default)]
+pub struct PushState(AtomicU8);
+
+impl PushState {
+    /// Logged in, never synced (a one-shot command): only receipts.
+    pub const IDLE: u8 = 0;
+    /// Paging through its mailbox: mailbox pushes tell it to look again.
+    pub const SYNCING: u8 = 1;
+    /// Caught up: takes every push.
+    pub const LIVE: u8 = 2;
+
+    /// The current state.
+    pub fn get(&self) -> u8 {
+        self.0.load(Ordering::Acquire)
+    }
+
+    /// Moves to `state`.
+    pub fn set(&self, state: u8) {
+        self.0.store(state, Ordering::Release);
+    }
+}
+
 /// A connection's registration in the hub.
 #[derive(Clone)]
 pub struct Member {
@@ -39,8 +62,8 @@ pub struct Member {
     pub conn_id: u64,
     /// Its bounded outbox.
     pub tx: mpsc::Sender<Outbound>,
-    /// Set once the connection has synced its mailbox and takes live pushes.
-    pub live: Arc<AtomicBool>,
+    /// Whether it takes mailbox pushes yet.
+    pub state: Arc<PushState>,
     /// Cancelled when the connection must be dropped (its outbox is full).
     pub kick: CancellationToken,
 }
@@ -96,7 +119,7 @@ impl Hub {
             .lock()
             .expect("hub lock")
             .get(user)
-            .is_some_and(|l| l.iter().any(|x| x.live.load(Ordering::Acquire)))
+            .is_some_and(|l| l.iter().any(|x| x.state.get() == PushState::LIVE))
     }
 
     /// How many connections are logged in.
@@ -109,24 +132,34 @@ impl Hub {
             .sum()
     }
 
-    /// Pushes to every connection of `user`. A connection whose outbox is
-    /// full is kicked (it will catch up from its mailbox when it returns);
-    /// nobody waits for a slow reader.
+    /// Pushes to the connections of `user` that want it: mailbox entries
+    /// to connections that have synced or are syncing, receipts to all. A
+    /// connection whose outbox is full is kicked (it catches up from its
+    /// mailbox when it returns), except that a receipt notice for a
+    /// connection that never synced is simply dropped: it is best effort
+    /// there, and the stored receipt remains. Nobody waits for a slow reader.
     pub fn push(&self, user: &UserName, item: Outbound) -> PushOutcome {
         let m = self.members.lock().expect("hub lock");
         let mut out = PushOutcome::default();
+        let is_entry = matches!(item, Outbound::Entry(_));
         if let Some(list) = m.get(user) {
             for member in list {
+                let state = member.state.get();
+                if is_entry && state == PushState::IDLE {
+                    continue;
+                }
                 match member.tx.try_send(item.clone()) {
                     Ok(()) => {
-                        if member.live.load(Ordering::Acquire) {
+                        if state == PushState::LIVE {
                             out.live += 1;
                         }
                     }
+                    Err(mpsc::error::TrySendError::Full(_))
+                        if !is_entry && state == PushState::IDLE => {}
                     Err(mpsc::error::TrySendError::Full(_)) => {
                         // No longer live: receipts for this user are stored
                         // from now on, since this connection will not read them.
-                        member.live.store(false, Ordering::Release);
+                        member.state.set(PushState::IDLE);
                         member.kick.cancel();
                         out.kicked += 1;
                     }

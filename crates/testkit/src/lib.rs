@@ -181,33 +181,11 @@ pub async fn drain(
     events: &mut telepound_client::Events,
 ) -> Vec<telepound_client::Inbound> {
     let mut shown = Vec::new();
-    let mut after = 0;
-    loop {
-        let page = session.sync_page(after, 64);
-        tokio::pin!(page);
-        let mut acks = Vec::new();
-        let page = loop {
-            tokio::select! {
-                biased;
-                Some(ev) = events.recv() => {
-                    if let Some(i) = session.handle_event(ev, &mut acks).await.expect("event") {
-                        shown.push(i);
-                    }
-                }
-                p = &mut page => break p.expect("sync"),
-            }
-        };
-        while let Ok(ev) = events.try_recv() {
-            if let Some(i) = session.handle_event(ev, &mut acks).await.expect("event") {
-                shown.push(i);
-            }
-        }
-        session.ack(acks).await.expect("ack");
-        if !page.more {
-            return shown;
-        }
-        after = page.cursor;
-    }
+    session
+        .catch_up(events, |i| shown.push(i.clone()))
+        .await
+        .expect("catch up");
+    shown
 }
 
 /// Waits up to `secs` for the next shown event on a live connection.

@@ -1,16 +1,18 @@
 //! `telepound classic`: the original Telepound's prompt flow on standard
 //! input, line by line, so it can be driven through a pipe as the
-//! original's own test driver did.
+//! original's own test driver did. It survives the server going away:
+//! messages typed meanwhile are queued and sent once it is back.
 
 use std::io::{IsTerminal, Write};
 
-use telepound_client::{Error as ClientError, Events, Session};
+use telepound_client::Error as ClientError;
 use telepound_protocol::UserName;
 use zeroize::Zeroizing;
 
 use super::inbox::{self, Style};
 use super::lines::Lines;
 use crate::args::ClientArgs;
+use telepound_client::{Link, Step, is_transient};
 
 fn prompt(text: &str) {
     let mut out = std::io::stdout().lock();
@@ -18,27 +20,61 @@ fn prompt(text: &str) {
     let _ = out.flush();
 }
 
-/// Reads one line while printing incoming messages; `None` at end of input.
+/// Reads one line while printing what arrives; `None` at end of input.
 async fn ask(
     text: &str,
     lines: &mut Lines,
-    live: Option<(&mut Session, &mut Events)>,
+    link: Option<&mut Link>,
 ) -> anyhow::Result<Option<String>> {
     prompt(text);
-    let Some((session, events)) = live else {
+    let Some(link) = link else {
         return Ok(lines.next().await);
     };
     loop {
         tokio::select! {
             line = lines.next() => return Ok(line),
-            Some(ev) = events.recv() => {
-                let mut acks = Vec::new();
-                if let Some(inbound) = session.handle_event(ev, &mut acks).await? {
-                    println!();
-                    inbox::show(&inbound, Style::Classic);
-                    prompt(text);
-                }
-                session.ack(acks).await?;
+            step = link.step() => {
+                println!();
+                on_step(link, step?).await?;
+                prompt(text);
+            }
+        }
+    }
+}
+
+/// Prints an incoming message, a lost connection, or a recovery.
+async fn on_step(link: &mut Link, step: Step) -> anyhow::Result<()> {
+    match step {
+        Step::Event(ev) => {
+            let mut acks = Vec::new();
+            match link.session.handle_event(ev, &mut acks).await {
+                Ok(Some(inbound)) => inbox::show(&inbound, Style::Classic),
+                Ok(None) => {}
+                Err(e) if is_transient(&e) => return Ok(()),
+                Err(e) => return Err(e.into()),
+            }
+            match link.session.ack(acks).await {
+                Err(e) if !is_transient(&e) => Err(e.into()),
+                _ => Ok(()),
+            }
+        }
+        Step::Lost(reason) => {
+            let why = reason.map(|r| format!(" ({r})")).unwrap_or_default();
+            println!(
+                "Connection to the server lost{why}; reconnecting. Messages you type are kept and sent when it is back."
+            );
+            Ok(())
+        }
+        Step::Restored => {
+            println!("Reconnected.");
+            let resumed = async {
+                inbox::report_flush(&mut link.session, Style::Classic).await?;
+                inbox::catch_up(&mut link.session, &mut link.events, Style::Classic).await?;
+                anyhow::Ok(())
+            };
+            match resumed.await {
+                Err(e) if !e.downcast_ref::<ClientError>().is_some_and(is_transient) => Err(e),
+                _ => Ok(()),
             }
         }
     }
@@ -100,30 +136,36 @@ pub async fn run(c: &ClientArgs) -> anyhow::Result<()> {
         println!("Signed up as {user}.");
     }
     let mut session = super::login_with(&client, &user, password.as_bytes(), &home).await?;
-    drop(password);
     println!("Logged in as {user}. Type EXIT to quit.");
+    inbox::report_flush(&mut session, Style::Classic).await?;
     inbox::catch_up(&mut session, &mut events, Style::Classic).await?;
-    let result = chat(&mut session, &mut events, &mut lines).await;
-    session.client().close().await;
+    let mut link = Link::new(
+        session,
+        events,
+        super::connect_options(c),
+        Some(zeroize::Zeroizing::new(password.as_bytes().to_vec())),
+    );
+    let result = chat(&mut link, &mut lines).await;
+    link.session.client().close().await;
     result
 }
 
-async fn chat(session: &mut Session, events: &mut Events, lines: &mut Lines) -> anyhow::Result<()> {
+async fn chat(link: &mut Link, lines: &mut Lines) -> anyhow::Result<()> {
     loop {
-        let Some(text) = ask("Enter Message > ", lines, Some((session, events))).await? else {
+        let Some(text) = ask("Enter Message > ", lines, Some(link)).await? else {
             return Ok(());
         };
         if text.trim() == "EXIT" {
             println!("Bye.");
             return Ok(());
         }
-        let Some(to) = ask("Send To > ", lines, Some((session, events))).await? else {
+        let Some(to) = ask("Send To > ", lines, Some(link)).await? else {
             return Ok(());
         };
         let Some(file) = ask(
             "Enter Filename if you want to attach it > ",
             lines,
-            Some((session, events)),
+            Some(link),
         )
         .await?
         else {
@@ -138,12 +180,9 @@ async fn chat(session: &mut Session, events: &mut Events, lines: &mut Lines) -> 
             println!("Group chats are not supported yet; message not sent.");
             continue;
         }
-        let to = match UserName::new(to) {
-            Ok(u) => u,
-            Err(_) => {
-                println!("User Not Found");
-                continue;
-            }
+        let Ok(to) = UserName::new(to) else {
+            println!("User Not Found");
+            continue;
         };
         if !file.trim().is_empty() {
             println!(
@@ -151,16 +190,37 @@ async fn chat(session: &mut Session, events: &mut Events, lines: &mut Lines) -> 
                 file.trim()
             );
         }
-        match session.send_text(&to, &text).await {
-            Ok(outcome) if outcome.recipient_online => {
-                println!("Message sent to {to}; waiting for delivery.");
+        match link.session.queue_text(&to, &text).await {
+            Ok(_) => {}
+            Err(ClientError::UnknownUser(_)) => {
+                println!("User Not Found");
+                continue;
             }
-            Ok(_) => println!(
-                "{to} is offline: the message is queued and will be delivered when they log in."
-            ),
-            Err(ClientError::UnknownUser(_)) => println!("User Not Found"),
-            Err(e @ ClientError::KeyChanged { .. }) => println!("Not sent. {e}"),
+            Err(e @ ClientError::KeyChanged { .. }) => {
+                println!("Not sent. {e}");
+                continue;
+            }
+            Err(e) if is_transient(&e) => {
+                println!(
+                    "Not connected, and {to}'s keys are not known here yet: message not sent."
+                );
+                continue;
+            }
             Err(e) => return Err(e.into()),
+        }
+        if !link.is_up() {
+            println!(
+                "Not connected: the message is queued and will be sent when the connection is back."
+            );
+            continue;
+        }
+        match inbox::report_flush(&mut link.session, Style::Classic).await {
+            Err(e) if e.downcast_ref::<ClientError>().is_some_and(is_transient) => {
+                println!(
+                    "Not connected: the message is queued and will be sent when the connection is back."
+                );
+            }
+            other => other?,
         }
     }
 }

@@ -4,12 +4,12 @@
 use std::io::Write;
 
 use serde_json::json;
-use telepound_client::{Events, Inbound, Session};
-use telepound_protocol::codec::DEFAULT_PAGE;
+use telepound_client::{Error as ClientError, Events, Inbound, Session};
 
-use super::login;
+use super::login_keeping_password;
 use crate::args::ClientArgs;
 use crate::output::{self, sanitize};
+use telepound_client::{Link, Step, is_transient};
 
 /// How incoming messages are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,7 +24,8 @@ pub enum Style {
 
 pub async fn run(c: &ClientArgs, follow: bool, json: bool) -> anyhow::Result<()> {
     let style = if json { Style::Json } else { Style::Line };
-    let (mut session, mut events) = login(c).await?;
+    let (mut session, mut events, password) = login_keeping_password(c).await?;
+    report_flush(&mut session, style).await?;
     let shown = catch_up(&mut session, &mut events, style).await?;
     if shown == 0 && style == Style::Line && !follow {
         println!("No new messages.");
@@ -33,9 +34,17 @@ pub async fn run(c: &ClientArgs, follow: bool, json: bool) -> anyhow::Result<()>
         if style == Style::Line {
             println!("Waiting for messages (Ctrl-C to stop)...");
         }
-        follow_live(&mut session, &mut events, style).await?;
+        let mut link = Link::new(
+            session,
+            events,
+            super::connect_options(c),
+            Some(zeroize::Zeroizing::new(password.as_bytes().to_vec())),
+        );
+        follow_live(&mut link, style).await?;
+        link.session.client().close().await;
+    } else {
+        session.client().close().await;
     }
-    session.client().close().await;
     Ok(())
 }
 
@@ -46,52 +55,75 @@ pub async fn catch_up(
     events: &mut Events,
     style: Style,
 ) -> anyhow::Result<u64> {
-    let mut after = 0;
-    let mut shown = 0;
-    loop {
-        let page = session.sync_page(after, DEFAULT_PAGE);
-        tokio::pin!(page);
-        let mut acks = Vec::new();
-        let page = loop {
-            tokio::select! {
-                biased;
-                Some(ev) = events.recv() => {
-                    if let Some(inbound) = session.handle_event(ev, &mut acks).await? {
-                        shown += u64::from(matches!(inbound, Inbound::Message(_)));
-                        show(&inbound, style);
-                    }
-                }
-                page = &mut page => break page?,
-            }
-        };
-        // Everything of the page was pushed before its answer.
-        while let Ok(ev) = events.try_recv() {
-            if let Some(inbound) = session.handle_event(ev, &mut acks).await? {
-                shown += u64::from(matches!(inbound, Inbound::Message(_)));
-                show(&inbound, style);
-            }
-        }
-        session.ack(acks).await?;
-        if !page.more {
-            return Ok(shown);
-        }
-        after = page.cursor;
-    }
+    Ok(session
+        .catch_up(events, |inbound| show(inbound, style))
+        .await?)
 }
 
 /// Prints messages as they arrive, acknowledging each at once so senders
-/// get their delivery receipt.
-pub async fn follow_live(
-    session: &mut Session,
-    events: &mut Events,
-    style: Style,
-) -> anyhow::Result<()> {
-    while let Some(ev) = events.recv().await {
-        let mut acks = Vec::new();
-        if let Some(inbound) = session.handle_event(ev, &mut acks).await? {
-            show(&inbound, style);
+/// get their delivery receipt. Survives the server going away: says so,
+/// reconnects, catches up and goes on.
+pub async fn follow_live(link: &mut Link, style: Style) -> anyhow::Result<()> {
+    loop {
+        match link.step().await? {
+            Step::Event(ev) => {
+                let mut acks = Vec::new();
+                match link.session.handle_event(ev, &mut acks).await {
+                    Ok(Some(inbound)) => show(&inbound, style),
+                    Ok(None) => {}
+                    // The link will see the connection end and come back;
+                    // unacknowledged messages are delivered again then.
+                    Err(e) if is_transient(&e) => continue,
+                    Err(e) => return Err(e.into()),
+                }
+                match link.session.ack(acks).await {
+                    Err(e) if !is_transient(&e) => return Err(e.into()),
+                    _ => {}
+                }
+            }
+            Step::Lost(reason) => {
+                let why = reason.map(|r| format!(" ({r})")).unwrap_or_default();
+                eprintln!("telepound: connection to the server lost{why}; reconnecting...");
+            }
+            Step::Restored => {
+                eprintln!("telepound: reconnected.");
+                let resumed = async {
+                    report_flush(&mut link.session, style).await?;
+                    catch_up(&mut link.session, &mut link.events, style).await
+                };
+                if let Err(e) = resumed.await {
+                    match e.downcast_ref::<ClientError>() {
+                        Some(ce) if is_transient(ce) => {}
+                        _ => return Err(e),
+                    }
+                }
+            }
         }
-        session.ack(acks).await?;
+    }
+}
+
+/// Sends what waits in the outbox (typed while disconnected, or left by
+/// an earlier run), saying what became of each.
+pub async fn report_flush(session: &mut Session, style: Style) -> anyhow::Result<()> {
+    if session.queued() == 0 {
+        return Ok(());
+    }
+    let flushed = session.flush_outbox().await?;
+    for (pending, result) in flushed {
+        let to = &pending.to;
+        let line = match result {
+            Ok(o) if o.recipient_online => format!("Message to {to} sent; waiting for delivery."),
+            Ok(_) => format!(
+                "{to} is offline: the message is queued and will be delivered when they log in."
+            ),
+            Err(ClientError::UnknownUser(_)) => format!("Message to {to} not sent: User Not Found"),
+            Err(e) => format!("Message to {to} not sent: {e}"),
+        };
+        if style == Style::Json {
+            eprintln!("telepound: {line}");
+        } else {
+            println!("{line}");
+        }
     }
     Ok(())
 }

@@ -49,13 +49,17 @@ pub async fn run(cli: crate::args::Cli) -> anyhow::Result<()> {
     }
 }
 
-/// Connects to the server with the TLS options given.
-pub async fn connect(c: &ClientArgs) -> anyhow::Result<(Client, Events)> {
-    let options = telepound_client::ConnectOptions {
+/// The TLS and safety options given.
+pub fn connect_options(c: &ClientArgs) -> telepound_client::ConnectOptions {
+    telepound_client::ConnectOptions {
         ca_file: c.ca_file.clone(),
         allow_insecure: c.allow_insecure,
-    };
-    Ok(Client::connect_with(&c.server, &options).await?)
+    }
+}
+
+/// Connects to the server with the TLS options given.
+pub async fn connect(c: &ClientArgs) -> anyhow::Result<(Client, Events)> {
+    Ok(Client::connect_with(&c.server, &connect_options(c)).await?)
 }
 
 /// Parses a user name given on the command line, with a readable error.
@@ -121,12 +125,21 @@ pub async fn signup_with(
 
 /// Connects and logs in as the acting user.
 pub async fn login(c: &ClientArgs) -> anyhow::Result<(Session, Events)> {
+    let (session, events, _password) = login_keeping_password(c).await?;
+    Ok((session, events))
+}
+
+/// [`login`], keeping the password (in memory, wiped on drop) for logging in
+/// again should the session token be refused after a reconnect.
+pub async fn login_keeping_password(
+    c: &ClientArgs,
+) -> anyhow::Result<(Session, Events, zeroize::Zeroizing<String>)> {
     let user = acting_user(c)?;
     let home = home(c)?;
     let password = crate::password::obtain(c.password_file.as_deref(), false)?;
     let (client, events) = connect(c).await?;
     let session = login_with(&client, &user, password.as_bytes(), &home).await?;
-    Ok((session, events))
+    Ok((session, events, password))
 }
 
 /// Logs in on an open connection, with the user-facing wording.

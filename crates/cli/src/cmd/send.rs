@@ -1,20 +1,102 @@
-//! `telepound send TO TEXT`.
+//! `telepound send TO TEXT`: one message, retried within a bounded time if
+//! the server is unreachable or goes away, never sent twice.
 
 use std::time::Duration;
 
-use telepound_client::Event;
+use anyhow::Context;
+use telepound_client::{Backoff, Error as ClientError, Event};
+use tokio::time::Instant;
 
-use super::{login, parse_user};
+use super::{connect_options, login_keeping_password, parse_user};
 use crate::args::ClientArgs;
 use crate::output;
+use telepound_client::is_transient;
 
 /// How long `send` waits for an online recipient's delivery receipt.
 const DELIVERY_WAIT: Duration = Duration::from_secs(5);
 
+/// How long `send` keeps trying to reach the server, unless
+/// `TELEPOUND_SEND_TIMEOUT_SECS` says otherwise.
+const DEFAULT_RETRY_FOR: Duration = Duration::from_secs(20);
+
+fn retry_for() -> Duration {
+    std::env::var("TELEPOUND_SEND_TIMEOUT_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(DEFAULT_RETRY_FOR, Duration::from_secs)
+}
+
+fn transient(e: &anyhow::Error) -> bool {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<ClientError>())
+        .any(is_transient)
+}
+
 pub async fn run(c: &ClientArgs, to: &str, text: &str) -> anyhow::Result<()> {
     let to = parse_user(to)?;
-    let (mut session, mut events) = login(c).await?;
-    let outcome = session.send_text(&to, text).await?;
+    let deadline = Instant::now() + retry_for();
+
+    let mut backoff = Backoff::default();
+    let limit = retry_for();
+    let wait = |backoff: &mut Backoff, e: anyhow::Error| {
+        let delay = backoff.next_delay();
+        if Instant::now() + delay > deadline {
+            return Err(e);
+        }
+        if backoff.attempts() == 1 {
+            eprintln!(
+                "telepound: {e:#}; retrying for up to {} s...",
+                limit.as_secs()
+            );
+        }
+        Ok(delay)
+    };
+
+    let (mut session, mut events, password) = loop {
+        match login_keeping_password(c).await {
+            Ok(x) => break x,
+            Err(e) if transient(&e) => tokio::time::sleep(wait(&mut backoff, e)?).await,
+            Err(e) => return Err(e),
+        }
+    };
+    // Sealed once, with one msg_id, and kept on disk until the server has
+    // it: every retry is the same message, stored once.
+    let msg_id = session.queue_text(&to, text).await?;
+    let outcome = loop {
+        match session.flush_outbox().await {
+            Ok(flushed) => {
+                let mut mine = None;
+                for (pending, result) in flushed {
+                    if pending.msg_id == msg_id {
+                        mine = Some(result);
+                    } else if result.is_ok() {
+                        println!("Sent a message to {} queued earlier.", pending.to);
+                    }
+                }
+                if let Some(result) = mine {
+                    break result?;
+                }
+            }
+            Err(e) if is_transient(&e) => {
+                let e = anyhow::Error::new(e);
+                let delay = wait(&mut backoff, e).map_err(|e| {
+                    e.context(
+                        "could not reach the server in time; the message stays queued and is sent (once) the next time telepound connects",
+                    )
+                })?;
+                tokio::time::sleep(delay).await;
+                match session
+                    .reconnect(&connect_options(c), Some(password.as_bytes()))
+                    .await
+                {
+                    Ok(ev) => events = ev,
+                    Err(e) if is_transient(&e) => {}
+                    Err(e) => return Err(e).context("cannot log in again"),
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    };
     println!(
         "Sent to {to}: stored by the server at {} (id {}).",
         output::stamp(outcome.server_ts),

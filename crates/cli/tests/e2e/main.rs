@@ -3,6 +3,8 @@
 
 mod classic;
 mod crash;
+mod load_crash;
+mod reconnect;
 mod tls;
 mod util;
 mod walkthrough;

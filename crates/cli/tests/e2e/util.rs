@@ -21,6 +21,20 @@ impl ServerProc {
         Self::start_with(data_dir, &[])
     }
 
+    /// Starts a server whose TOML configuration is `toml` (kept next to the
+    /// data folder, and reused by restarts).
+    pub fn start_with_config(data_dir: &Path, toml: &str) -> ServerProc {
+        let config = data_dir.with_extension("toml");
+        std::fs::write(&config, toml).unwrap();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env("TELEPOUND_MIN_ARGON2", telepound_testkit::FAST_KSF);
+        Self::spawn(cmd, data_dir)
+    }
+
     pub fn start_with(data_dir: &Path, extra_env: &[(&str, &str)]) -> ServerProc {
         let mut cmd = Command::new(BIN);
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
@@ -61,6 +75,35 @@ impl ServerProc {
         // Keep draining stdout so the server never blocks on it.
         std::thread::spawn(move || std::io::copy(&mut out, &mut std::io::sink()));
         ServerProc { child, url, stderr }
+    }
+
+    /// The port it listens on.
+    pub fn port(&self) -> u16 {
+        self.url.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    /// Kills it (SIGKILL) and starts it again on the same port and data
+    /// (and the same config file, if `start_with_config` gave one).
+    pub fn restart_hard(&mut self, data_dir: &Path) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let port = self.port();
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--data-dir",
+        ])
+        .arg(data_dir)
+        .env("TELEPOUND_MIN_ARGON2", telepound_testkit::FAST_KSF);
+        let config = data_dir.with_extension("toml");
+        if config.exists() {
+            cmd.arg("--config").arg(config);
+        }
+        let fresh = Self::spawn(cmd, data_dir);
+        let old = std::mem::replace(self, fresh);
+        drop(old); // already dead: its Drop finds nothing to kill
     }
 
     pub fn log(&self) -> String {

@@ -97,7 +97,7 @@ async fn messages_arrive_in_order_exactly_once_even_when_retried() {
     signup(&url, "bob").await;
 
     let mut expected = Vec::new();
-    for i in 0..150 {
+    for i in 0..300 {
         let text = format!("message {i}");
         let id = MsgId::new();
         let env = alice.seal(&name("bob"), id, &text, vec![]).await.unwrap();

@@ -72,3 +72,58 @@ async fn a_vanished_tcp_peer_is_offline_at_once_and_others_keep_chatting() {
     assert_eq!(texts(&[got]), vec!["still here"]);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_and_catches_up_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = telepound_testkit::test_config(dir.path());
+    config.outbox = 16;
+    config.limits.messages_per_second = 10_000;
+    config.limits.message_burst = 10_000;
+    let server = spawn_server_with(config).await;
+    let url = server.url();
+    let (ha, hb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut alice, _ae) = user(&url, "alice", ha.path()).await;
+    signup(&url, "bob").await;
+    // bob goes live, then never reads again.
+    let small = Raw::connect_small_buffer(&url).await;
+    let (mut raw, bob_session) = Raw::resume(small, &url, "bob", hb.path()).await;
+    bob_session.client().close().await;
+    let v = raw
+        .recv_after(r#"{"type":"sync","rid":2,"after":0,"limit":10}"#)
+        .await;
+    assert_eq!(
+        (v["type"].as_str(), v["more"].as_bool()),
+        (Some("synced"), Some(false))
+    );
+
+    // alice keeps sending; each send is accepted whatever bob does.
+    // About 11 MB: more than the kernel's socket buffers can hide.
+    let n = 40;
+    let big = "x".repeat(200_000);
+    for i in 0..n {
+        alice
+            .send_text(&name("bob"), &format!("{i} {big}"))
+            .await
+            .unwrap();
+    }
+    // bob has been cut off rather than buffered without bound...
+    wait_offline(&alice, "bob", Duration::from_secs(15)).await;
+    let (_, m) = telepound_testkit::http_get(server.addr, "/metrics").await;
+    assert_eq!(
+        telepound_testkit::metric(&m, "telepound_disconnects_total{reason=\"slow_consumer\"}"),
+        Some(1.0),
+        "{m}"
+    );
+    drop(raw);
+    // ...and everything waits for him in order.
+    let (mut bob, mut be) = login(&url, "bob", hb.path()).await;
+    let got = texts(&drain(&mut bob, &mut be).await);
+    assert_eq!(got.len(), n);
+    assert!(
+        got.iter()
+            .enumerate()
+            .all(|(i, t)| t.starts_with(&format!("{i} ")))
+    );
+    server.stop().await;
+}

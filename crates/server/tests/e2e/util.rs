@@ -30,6 +30,21 @@ impl Raw {
         Raw { ws }
     }
 
+    /// Connects with a tiny receive buffer (a client that barely reads).
+    pub async fn connect_small_buffer(url: &str) -> Raw {
+        let addr: std::net::SocketAddr = url.trim_start_matches("ws://").parse().unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let stream = socket.connect(addr).await.unwrap();
+        let (ws, _) = tokio_tungstenite::client_async(
+            format!("{url}/v1/ws"),
+            tokio_tungstenite::MaybeTlsStream::Plain(stream),
+        )
+        .await
+        .unwrap();
+        Raw { ws }
+    }
+
     /// Connects and logs in as `user` with a session token from a library
     /// login (the `resume` request).
     pub async fn logged_in(
@@ -37,8 +52,17 @@ impl Raw {
         user: &str,
         home: &std::path::Path,
     ) -> (Raw, telepound_client::Session) {
+        Self::resume(Raw::connect(url).await, url, user, home).await
+    }
+
+    /// Logs `raw` in as `user` with a session token from a library login.
+    pub async fn resume(
+        mut raw: Raw,
+        url: &str,
+        user: &str,
+        home: &std::path::Path,
+    ) -> (Raw, telepound_client::Session) {
         let (session, _events) = login(url, user, home).await;
-        let mut raw = Raw::connect(url).await;
         use base64::Engine;
         let token = base64::engine::general_purpose::STANDARD.encode(session.token());
         raw.send(&format!(
