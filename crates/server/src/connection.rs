@@ -372,6 +372,9 @@ impl Connection {
                     match handler::login::finish(&shared, rid, pending, &finalization.0).await {
                         Ok((reply, user)) => {
                             self.shared.metrics.logins.inc("ok");
+                            // Only failed or abandoned attempts count.
+                            self.shared.login_by_user.refund(&user);
+                            self.shared.login_by_address.refund(&self.peer.ip());
                             self.enter(user);
                             Ok(reply)
                         }
@@ -389,6 +392,7 @@ impl Connection {
                 match handler::login::resume(&shared, rid, user.clone(), &token.0).await {
                     Ok(reply) => {
                         self.shared.metrics.logins.inc("resumed");
+                        self.shared.login_by_address.refund(&self.peer.ip());
                         self.enter(user);
                         Ok(reply)
                     }
@@ -405,7 +409,10 @@ impl Connection {
 
     /// Login, resume and sign-up attempts are limited per address, and
     /// login attempts per user name as well. OPAQUE puts the password work
-    /// on the client, so this limits online guessing, not server CPU.
+    /// on the client, so this limits online guessing, not server CPU. A
+    /// wrong password never reaches the server as such (the client gives
+    /// up after `login_challenge`), so every start is charged and a
+    /// successful login or resume refunds it.
     fn throttle(&self, msg: &ClientMessage) -> Result<(), HandlerError> {
         let user = match msg {
             ClientMessage::LoginStart { user, .. } => Some(user),

@@ -97,6 +97,17 @@ impl<K: std::hash::Hash + Eq + Clone> Keyed<K> {
     }
 }
 
+impl<K: std::hash::Hash + Eq + Clone> Keyed<K> {
+    /// Gives back the token a successful attempt took, so that only failed
+    /// or abandoned attempts use up the budget.
+    pub fn refund(&self, key: &K) {
+        let mut map = self.buckets.lock().expect("limiter lock");
+        if let Some(b) = map.get_mut(key) {
+            b.tokens = (b.tokens + 1.0).min(b.burst);
+        }
+    }
+}
+
 /// Open connections per address.
 #[derive(Default)]
 pub struct PerAddress {
@@ -154,6 +165,17 @@ mod tests {
         assert!(k.take(&"a").is_ok());
         assert!(k.take(&"a").is_err());
         assert!(k.take(&"b").is_ok());
+    }
+
+    #[test]
+    fn refunds_keep_successes_free() {
+        let k = Keyed::per_minute(1);
+        for _ in 0..5 {
+            assert!(k.take(&"a").is_ok());
+            k.refund(&"a");
+        }
+        assert!(k.take(&"a").is_ok());
+        assert!(k.take(&"a").is_err());
     }
 
     #[test]

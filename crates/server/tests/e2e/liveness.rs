@@ -127,3 +127,32 @@ async fn a_client_that_stops_reading_is_dropped_and_catches_up_later() {
     );
     server.stop().await;
 }
+
+#[tokio::test]
+async fn a_graceful_stop_tells_clients_and_answers_what_is_in_flight() {
+    let server = spawn_server().await;
+    let url = server.url();
+    let (ha, hb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    signup(&url, "alice").await;
+    signup(&url, "bob").await;
+    let (mut raw, _s) = Raw::logged_in(&url, "alice", ha.path()).await;
+    // A send goes in right before the stop; its answer still comes.
+    let id = MsgId::new();
+    raw.send(&format!(
+        r#"{{"type":"send","rid":5,"msg_id":"{id}","from":"alice","to":"bob","envelope":{ENVELOPE}}}"#
+    ))
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let stopping = tokio::spawn(server.stop());
+    let v = raw.recv().await;
+    assert_eq!(
+        (v["type"].as_str(), v["rid"].as_u64()),
+        (Some("accepted"), Some(5)),
+        "{v}"
+    );
+    let close = raw.closed().await.expect("a close frame");
+    assert_eq!(u16::from(close.code), 1001);
+    assert_eq!(close.reason.as_str(), "shutting_down");
+    stopping.await.unwrap();
+    let _ = hb;
+}
