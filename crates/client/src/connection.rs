@@ -65,6 +65,7 @@ enum Command {
 pub struct Client {
     tx: mpsc::Sender<Command>,
     url: String,
+    options: ConnectOptions,
 }
 
 impl std::fmt::Debug for Client {
@@ -129,9 +130,15 @@ impl Client {
             Client {
                 tx,
                 url: url.to_owned(),
+                options: options.clone(),
             },
             events_rx,
         ))
+    }
+
+    /// The options it connected with.
+    pub fn options(&self) -> &ConnectOptions {
+        &self.options
     }
 
     /// The URL this client was given.
@@ -182,7 +189,7 @@ pub struct ConnectOptions {
     pub allow_insecure: bool,
 }
 
-fn scheme_and_host(url: &str) -> Option<(&str, &str)> {
+pub(crate) fn scheme_and_host(url: &str) -> Option<(&str, &str)> {
     let (scheme, rest) = url.split_once("://")?;
     let authority = rest.split('/').next()?;
     let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
@@ -194,14 +201,14 @@ fn scheme_and_host(url: &str) -> Option<(&str, &str)> {
     Some((scheme, host))
 }
 
-fn is_loopback(host: &str) -> bool {
+pub(crate) fn is_loopback(host: &str) -> bool {
     host.eq_ignore_ascii_case("localhost")
         || host
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-fn tls_config(
+pub(crate) fn tls_config(
     ca_file: Option<&std::path::Path>,
 ) -> std::result::Result<std::sync::Arc<rustls::ClientConfig>, String> {
     use rustls::pki_types::CertificateDer;

@@ -49,6 +49,14 @@ pub enum Error {
         /// The cause.
         source: std::io::Error,
     },
+    /// A local file cannot be sent or a received one cannot be saved.
+    #[error("{path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A request timed out.
     #[error("the server did not answer in time")]
     Timeout,

@@ -23,7 +23,9 @@ pub mod account;
 pub mod backoff;
 pub mod connection;
 pub mod error;
+pub mod files;
 pub mod history;
+pub mod http;
 pub mod link;
 pub mod outbox;
 pub mod pins;
@@ -32,6 +34,7 @@ pub mod session;
 pub use backoff::Backoff;
 pub use connection::{Client, ConnectOptions, Event, Events};
 pub use error::{Error, Result};
+pub use files::{NoProgress, Progress};
 pub use link::{Link, Step, is_transient};
 pub use session::{
     Inbound, Incoming, KeyStatus, Received, SendOutcome, Session, SyncPage, Verification,

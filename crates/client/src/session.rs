@@ -12,7 +12,9 @@ use telepound_protocol::message::{PresenceInfo, PublicKeys, UnixMillis};
 use telepound_protocol::{ClientMessage, MsgId, ServerMessage, UserName};
 use zeroize::Zeroizing;
 
+use crate::files::{Progress, Uploads};
 use crate::history::{Direction, History, Record};
+use crate::http::Http;
 use crate::outbox::{Outbox, Pending};
 use crate::pins::{PinCheck, PinStore};
 use crate::{Client, ConnectOptions, Error, Event, Events, Result};
@@ -119,6 +121,7 @@ pub struct Session {
     pins: PinStore,
     history: History,
     outbox: Outbox,
+    uploads: Uploads,
     token: Zeroizing<Vec<u8>>,
     keys: HashMap<UserName, PeerKeys>,
 }
@@ -147,8 +150,10 @@ impl Session {
         let pins = PinStore::load(&dir)?;
         let history = History::open(&dir)?;
         let outbox = Outbox::load(&dir)?;
+        let uploads = Uploads::load(&dir)?;
         Ok(Self {
             outbox,
+            uploads,
             client,
             user,
             identity,
@@ -369,14 +374,99 @@ impl Session {
     /// # Errors
     /// As [`Session::seal`], or the outbox file.
     pub async fn queue_text(&mut self, to: &UserName, text: &str) -> Result<MsgId> {
+        self.queue(to, text, Vec::new()).await
+    }
+
+    /// [`Session::queue_text`] with attachments (already uploaded).
+    ///
+    /// # Errors
+    /// As [`Session::queue_text`].
+    pub async fn queue(
+        &mut self,
+        to: &UserName,
+        text: &str,
+        attachments: Vec<Attachment>,
+    ) -> Result<MsgId> {
         let msg_id = MsgId::new();
-        let envelope = self.seal(to, msg_id, text, Vec::new()).await?;
+        let envelope = self.seal(to, msg_id, text, attachments).await?;
         self.outbox.push(Pending {
             to: to.clone(),
             msg_id,
             envelope,
         })?;
         Ok(msg_id)
+    }
+
+    /// The HTTP side of the server, for files.
+    ///
+    /// # Errors
+    /// As [`Http::new`].
+    pub fn http(&self) -> Result<Http> {
+        Http::new(self.client.url(), self.client.options())
+    }
+
+    /// Encrypts and uploads `files` for `to` (resuming earlier unfinished
+    /// uploads of the same files), then queues the message carrying them and
+    /// sends the outbox. A file that cannot be read fails the whole send
+    /// before anything is queued.
+    ///
+    /// # Errors
+    /// [`Error::File`] for a missing or unreadable file; a server refusal
+    /// (`file_too_large`, `quota_exceeded`); a connection error (call again:
+    /// uploads resume where they stopped).
+    pub async fn send_files(
+        &mut self,
+        to: &UserName,
+        text: &str,
+        files: &[std::path::PathBuf],
+        progress: std::sync::Arc<dyn Progress>,
+    ) -> Result<SendOutcome> {
+        // Keys first, so a changed key stops us before any upload.
+        self.peer_keys(to).await?;
+        let mut prepared = Vec::with_capacity(files.len());
+        for f in files {
+            prepared.push(self.uploads.prepare(f).await?);
+        }
+        let http = self.http()?;
+        let mut attachments = Vec::with_capacity(files.len());
+        for o in &mut prepared {
+            let att = self
+                .uploads
+                .upload(
+                    &http,
+                    &self.token,
+                    o,
+                    std::slice::from_ref(to),
+                    progress.clone(),
+                )
+                .await?;
+            attachments.push(att);
+        }
+        let msg_id = self.queue(to, text, attachments.clone()).await?;
+        for a in &attachments {
+            self.uploads.forget(&a.blob_id)?;
+        }
+        let mut outcome = None;
+        for (pending, result) in self.flush_outbox().await? {
+            if pending.msg_id == msg_id {
+                outcome = Some(result?);
+            }
+        }
+        outcome.ok_or(Error::Disconnected(None))
+    }
+
+    /// Downloads, verifies and saves an attachment into `dir` (resuming an
+    /// earlier cut download); returns where it was saved.
+    ///
+    /// # Errors
+    /// As [`crate::files::download`].
+    pub async fn download(
+        &self,
+        attachment: &Attachment,
+        dir: &Path,
+        progress: std::sync::Arc<dyn Progress>,
+    ) -> Result<PathBuf> {
+        crate::files::download(&self.http()?, &self.token, attachment, dir, progress).await
     }
 
     /// How many messages wait in the outbox.

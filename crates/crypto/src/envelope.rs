@@ -56,6 +56,18 @@ pub struct Attachment {
     pub media_type: String,
     /// SHA-256 of the plaintext.
     pub sha256: B64,
+    /// Width and height, when the sender recognised an image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageSize>,
+}
+
+/// An image's dimensions in pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSize {
+    /// Width.
+    pub width: u32,
+    /// Height.
+    pub height: u32,
 }
 
 /// The signed, encrypted content of a message.

@@ -20,8 +20,9 @@ pub mod envelope;
 pub mod identity;
 pub mod opaque;
 pub mod safety;
+pub mod stream;
 
-pub use envelope::{Attachment, OpenedMessage, Payload};
+pub use envelope::{Attachment, ImageSize, OpenedMessage, Payload};
 pub use identity::{Identity, PeerKeys};
 
 /// Everything that can go wrong in this crate.

@@ -43,6 +43,16 @@ pub enum ErrorCode {
     ShuttingDown,
     /// Something failed on the server; the cause is in its log.
     Internal,
+    /// A file larger than the server accepts.
+    FileTooLarge,
+    /// The upload would exceed the user's storage quota.
+    QuotaExceeded,
+    /// No such blob, or not one this user may see.
+    NotFound,
+    /// An upload at an offset other than the blob's current size.
+    OffsetMismatch,
+    /// A download of a blob not fully uploaded yet.
+    Incomplete,
 }
 
 impl ErrorCode {
@@ -66,6 +76,11 @@ impl ErrorCode {
             Self::TooManyConnections => "too_many_connections",
             Self::ShuttingDown => "shutting_down",
             Self::Internal => "internal",
+            Self::FileTooLarge => "file_too_large",
+            Self::QuotaExceeded => "quota_exceeded",
+            Self::NotFound => "not_found",
+            Self::OffsetMismatch => "offset_mismatch",
+            Self::Incomplete => "incomplete",
         }
     }
 
@@ -90,6 +105,11 @@ impl ErrorCode {
             Self::TooManyConnections => "too many connections",
             Self::ShuttingDown => "the server is shutting down",
             Self::Internal => "internal server error",
+            Self::FileTooLarge => "the file is larger than this server accepts",
+            Self::QuotaExceeded => "not enough storage left for your files",
+            Self::NotFound => "no such file",
+            Self::OffsetMismatch => "the upload does not continue where the server's copy ends",
+            Self::Incomplete => "the file has not been fully uploaded yet",
         }
     }
 }

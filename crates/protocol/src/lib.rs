@@ -19,6 +19,7 @@
 //! build on it.
 
 pub mod auth;
+pub mod blob;
 pub mod codec;
 pub mod error;
 pub mod ids;

@@ -87,6 +87,11 @@ fn every_error_code_is_documented() {
         "too_many_connections",
         "shutting_down",
         "internal",
+        "file_too_large",
+        "quota_exceeded",
+        "not_found",
+        "offset_mismatch",
+        "incomplete",
     ] {
         let parsed: telepound_protocol::ErrorCode =
             serde_json::from_str(&format!("\"{code}\"")).unwrap();

@@ -63,6 +63,13 @@ pub struct RawConfig {
     pub login_attempts_per_user: Option<u32>,
     /// Login or sign-up attempts a minute from one address (default 60).
     pub login_attempts_per_address: Option<u32>,
+    /// Largest file accepted, in MiB (default 100).
+    pub max_file_mib: Option<u64>,
+    /// Storage per user for files not yet fetched by everyone, in MiB
+    /// (default 1024).
+    pub quota_mib: Option<u64>,
+    /// Days an unfetched file is kept (default: `message_ttl_days`).
+    pub blob_ttl_days: Option<u64>,
     /// PEM certificate chain for TLS (with `tls_key`).
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for TLS (with `tls_cert`).
@@ -95,7 +102,7 @@ impl RawConfig {
             ping_interval_secs, idle_timeout_secs, login_timeout_secs, shutdown_grace_secs,
             min_argon2, tls_cert, tls_key, tls_self_signed, max_connections_per_address,
             messages_per_second, message_burst, auth_timeout_secs, login_attempts_per_user,
-            login_attempts_per_address)
+            login_attempts_per_address, max_file_mib, quota_mib, blob_ttl_days)
     }
 
     /// Validates into a [`Config`], filling defaults.
@@ -198,7 +205,13 @@ impl RawConfig {
                 60,
             )?,
         };
+        let message_ttl_days = positive("message_ttl_days", self.message_ttl_days, 30)?;
         Ok(Config {
+            max_file_bytes: positive("max_file_mib", self.max_file_mib, 100)? * 1024 * 1024,
+            quota_bytes: positive("quota_mib", self.quota_mib, 1024)? * 1024 * 1024,
+            blob_ttl: Duration::from_secs(
+                positive("blob_ttl_days", self.blob_ttl_days, message_ttl_days)? * 86_400,
+            ),
             limits,
             tls,
             min_ksf,
@@ -291,6 +304,12 @@ pub struct Config {
     pub tls: Option<TlsSource>,
     /// Abuse limits.
     pub limits: Limits,
+    /// Largest file (plaintext) accepted.
+    pub max_file_bytes: u64,
+    /// Storage per user for files not yet fetched by all recipients.
+    pub quota_bytes: u64,
+    /// How long an unfetched file is kept.
+    pub blob_ttl: Duration,
 }
 
 /// Abuse limits; each violation is refused with `rate_limited` or

@@ -15,6 +15,7 @@
 //! source of truth: a connection that falls behind is disconnected and
 //! catches up from its mailbox.
 
+pub mod blobs;
 pub mod config;
 pub mod connection;
 pub mod handler;

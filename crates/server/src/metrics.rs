@@ -102,6 +102,10 @@ pub struct Metrics {
     pub limited: LabeledCounter,
     /// Connections ended, by reason.
     pub disconnects: LabeledCounter,
+    /// Encrypted file bytes received.
+    pub blob_bytes_in: AtomicU64,
+    /// Encrypted file bytes sent.
+    pub blob_bytes_out: AtomicU64,
     /// Operations per group commit.
     pub commit_batch: Histogram,
     /// Seconds per group commit.
@@ -123,6 +127,8 @@ impl Default for Metrics {
             messages_delivered: AtomicU64::new(0),
             limited: LabeledCounter::new(&["message_rate", "login_user", "login_address"]),
             disconnects: LabeledCounter::new(DISCONNECT_REASONS),
+            blob_bytes_in: AtomicU64::new(0),
+            blob_bytes_out: AtomicU64::new(0),
             commit_batch: Histogram::new(&[
                 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
             ]),
@@ -223,6 +229,18 @@ impl Metrics {
             "Connections ended.",
             "reason",
             &self.disconnects,
+        );
+        counter(
+            &mut out,
+            "telepound_blob_bytes_in_total",
+            "Encrypted file bytes received.",
+            self.blob_bytes_in.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "telepound_blob_bytes_out_total",
+            "Encrypted file bytes sent.",
+            self.blob_bytes_out.load(Relaxed),
         );
         if let Some(d) = mailbox_depth {
             gauge(

@@ -55,6 +55,8 @@ pub struct Shared {
     pub login_by_address: Keyed<IpAddr>,
     /// Everything counted for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Blobs being uploaded right now.
+    pub uploading: crate::blobs::Uploading,
     next_conn: AtomicU64,
     // Names known to exist. Accounts are never deleted, so a positive cache
     // never goes stale; it saves a query on every send. std Mutex: no await
@@ -137,6 +139,7 @@ pub async fn run(
         login_by_user: Keyed::per_minute(config.limits.login_attempts_per_user),
         login_by_address: Keyed::per_minute(config.limits.login_attempts_per_address),
         metrics,
+        uploading: Default::default(),
         config,
         opaque,
         shutdown: CancellationToken::new(),
@@ -152,6 +155,15 @@ pub async fn run(
         .route("/v1/ws", get(ws_upgrade))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics_page))
+        .route("/v1/blobs", axum::routing::post(crate::blobs::create))
+        .route(
+            "/v1/blobs/{id}",
+            get(crate::blobs::download)
+                .head(crate::blobs::status)
+                .patch(crate::blobs::append)
+                .delete(crate::blobs::done)
+                .layer(axum::extract::DefaultBodyLimit::disable()),
+        )
         .with_state(shared.clone());
 
     let addr = listener.local_addr().context("listener has no address")?;
@@ -240,10 +252,21 @@ async fn expire_loop(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
     loop {
         tick.tick().await;
-        match shared.store.expire(crate::now_ms()).await {
+        let now = crate::now_ms();
+        match shared.store.expire(now).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(expired = n, "deleted expired undelivered messages"),
             Err(e) => tracing::warn!(cause = %e, "expiry failed"),
+        }
+        match shared.store.expired_blobs(now).await {
+            Ok(ids) => {
+                for id in ids {
+                    if let Err(e) = crate::blobs::remove_blob(&shared, &id).await {
+                        tracing::warn!(cause = %e, "could not delete an expired file");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(cause = %e, "file expiry failed"),
         }
     }
 }

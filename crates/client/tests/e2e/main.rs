@@ -2,6 +2,7 @@
 //! `127.0.0.1:0`: real WebSockets, real databases, real files.
 
 mod conversation;
+mod files;
 mod keys;
 mod postgres;
 mod secrets;

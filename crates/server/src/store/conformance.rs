@@ -320,6 +320,97 @@ pub async fn receipts(store: Arc<dyn Store>, rec: Arc<Recorder>) {
     assert!(store.fetch(&name("bob"), 0, 10).await.unwrap().is_empty());
 }
 
+fn blob(
+    id: &str,
+    owner: &UserName,
+    size: u64,
+    recipients: Vec<UserName>,
+    expires_at: i64,
+) -> super::NewBlob {
+    super::NewBlob {
+        id: id.to_owned(),
+        owner: owner.clone(),
+        size,
+        recipients,
+        created_at: 1,
+        expires_at,
+    }
+}
+
+/// Blobs: quota, recipients, progress, completion by every recipient,
+/// expiry.
+pub async fn blobs(store: Arc<dyn Store>, _: Arc<Recorder>) {
+    let (alice, bob, carol) = (name("alice"), name("bob"), name("carol"));
+    let quota = 1000;
+    assert_eq!(
+        store
+            .create_blob(
+                &blob("b1", &alice, 600, vec![bob.clone(), carol.clone()], 100),
+                quota
+            )
+            .await
+            .unwrap(),
+        Ok(())
+    );
+    assert_eq!(
+        store
+            .create_blob(&blob("b2", &alice, 500, vec![bob.clone()], 100), quota)
+            .await
+            .unwrap(),
+        Err(600),
+        "over quota: says what is used"
+    );
+    // Another owner has a quota of their own.
+    assert_eq!(
+        store
+            .create_blob(&blob("b3", &bob, 500, vec![alice.clone()], 50), quota)
+            .await
+            .unwrap(),
+        Ok(())
+    );
+
+    let rec = store.blob("b1").await.unwrap().unwrap();
+    assert_eq!(
+        (rec.owner.clone(), rec.size, rec.received),
+        (alice.clone(), 600, 0)
+    );
+    assert_eq!(
+        rec.recipients,
+        vec![(bob.clone(), false), (carol.clone(), false)]
+    );
+    assert!(store.blob("nope").await.unwrap().is_none());
+
+    store.set_blob_received("b1", 600).await.unwrap();
+    assert_eq!(store.blob("b1").await.unwrap().unwrap().received, 600);
+    assert!(
+        !store.blob_fetched("b1", &bob).await.unwrap(),
+        "carol has not fetched yet"
+    );
+    assert!(
+        !store.blob_fetched("b1", &name("mallory")).await.unwrap(),
+        "a stranger counts for nothing"
+    );
+    assert!(
+        store.blob_fetched("b1", &carol).await.unwrap(),
+        "now everyone has"
+    );
+    store.delete_blob("b1").await.unwrap();
+    assert!(store.blob("b1").await.unwrap().is_none());
+    // The quota is free again.
+    assert_eq!(
+        store
+            .create_blob(&blob("b2", &alice, 500, vec![bob.clone()], 100), quota)
+            .await
+            .unwrap(),
+        Ok(())
+    );
+
+    assert_eq!(
+        store.expired_blobs(75).await.unwrap(),
+        vec!["b3".to_owned()]
+    );
+}
+
 /// Generates one `#[tokio::test]` per behaviour check, each on a fresh store
 /// made by `$make(listener)`, an async fn returning
 /// `Option<(Arc<dyn Store>, guard)>` (`None` skips, after saying why).
@@ -328,7 +419,7 @@ macro_rules! store_conformance_tests {
     ($make:path) => {
         $crate::store_conformance_tests!(@each $make;
             users, server_setup_is_stable, sessions, mailbox, expiry,
-            concurrent_writes_group_commit, receipts);
+            concurrent_writes_group_commit, receipts, blobs);
     };
     (@each $make:path; $($check:ident),*) => {
         $(

@@ -152,6 +152,38 @@ pub struct AckedEntry {
     pub msg_id: MsgId,
 }
 
+/// A blob to record.
+#[derive(Debug, Clone)]
+pub struct NewBlob {
+    /// Its id.
+    pub id: String,
+    /// Who uploads it.
+    pub owner: UserName,
+    /// Declared size in bytes (ciphertext).
+    pub size: u64,
+    /// Who may fetch it.
+    pub recipients: Vec<UserName>,
+    /// Creation time.
+    pub created_at: UnixMillis,
+    /// Expiry time.
+    pub expires_at: UnixMillis,
+}
+
+/// An encrypted file blob's record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobRecord {
+    /// Who uploads it.
+    pub owner: UserName,
+    /// Declared size in bytes (ciphertext).
+    pub size: u64,
+    /// Bytes stored so far.
+    pub received: u64,
+    /// When it is deleted if not fetched by everyone before.
+    pub expires_at: UnixMillis,
+    /// Who may fetch it, and whether each has (done).
+    pub recipients: Vec<(UserName, bool)>,
+}
+
 /// The storage interface. One behaviour suite ([`conformance`]) runs against
 /// every implementation.
 #[async_trait]
@@ -218,6 +250,26 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes expired mailbox entries and sessions; returns how many
     /// mailbox entries went.
     async fn expire(&self, now: UnixMillis) -> Result<u64>;
+
+    /// Records a new blob unless the owner's stored blobs plus `size` would
+    /// exceed `quota`; `Err(used)` gives what the owner already uses.
+    async fn create_blob(&self, blob: &NewBlob, quota: u64)
+    -> Result<std::result::Result<(), u64>>;
+
+    /// A blob's record.
+    async fn blob(&self, id: &str) -> Result<Option<BlobRecord>>;
+
+    /// Records how many bytes of a blob are stored (after an fsync).
+    async fn set_blob_received(&self, id: &str, received: u64) -> Result<()>;
+
+    /// Marks `user`'s copy fetched; returns whether every recipient is done.
+    async fn blob_fetched(&self, id: &str, user: &UserName) -> Result<bool>;
+
+    /// Forgets a blob (its file is the caller's to delete).
+    async fn delete_blob(&self, id: &str) -> Result<()>;
+
+    /// Blobs whose expiry is before `now`.
+    async fn expired_blobs(&self, now: UnixMillis) -> Result<Vec<String>>;
 
     /// How many entries are waiting in all mailboxes.
     async fn mailbox_depth(&self) -> Result<u64>;

@@ -15,16 +15,24 @@ use telepound_protocol::message::{B64, PublicKeys, UnixMillis};
 
 use super::writer::{CommitListener, WriteConn, Writer};
 use super::{
-    AckedEntry, EntryKind, NewEntry, NewUser, Result, Store, StoredEntry, UserRecord, WriterConfig,
-    check_applied, ksf_from_text, ksf_to_text, migration, msg_id, user_name,
+    AckedEntry, BlobRecord, EntryKind, NewBlob, NewEntry, NewUser, Result, Store, StoredEntry,
+    UserRecord, WriterConfig, check_applied, ksf_from_text, ksf_to_text, migration, msg_id,
+    user_name,
 };
 
 fn migrator() -> sqlx::migrate::Migrator {
-    sqlx::migrate::Migrator::with_migrations(vec![migration(
-        1,
-        "init",
-        include_str!("../../migrations/postgres/0001_init.sql"),
-    )])
+    sqlx::migrate::Migrator::with_migrations(vec![
+        migration(
+            1,
+            "init",
+            include_str!("../../migrations/postgres/0001_init.sql"),
+        ),
+        migration(
+            2,
+            "blobs",
+            include_str!("../../migrations/postgres/0002_blobs.sql"),
+        ),
+    ])
 }
 
 /// Runs the PostgreSQL migrations at `url` (as the owner role).
@@ -47,6 +55,8 @@ pub const APP_ROLE_GRANTS: &[&str] = &[
     "GRANT SELECT, INSERT, UPDATE ON users TO {role}",
     "GRANT SELECT, INSERT, DELETE ON sessions TO {role}",
     "GRANT SELECT, INSERT, DELETE ON mailbox TO {role}",
+    "GRANT SELECT, INSERT, UPDATE, DELETE ON blobs TO {role}",
+    "GRANT SELECT, INSERT, UPDATE, DELETE ON blob_recipients TO {role}",
     "GRANT SELECT ON _sqlx_migrations TO {role}",
 ];
 
@@ -401,6 +411,129 @@ impl Store for PgStore {
 
     async fn expire(&self, now: UnixMillis) -> Result<u64> {
         self.writer.expire(now).await
+    }
+
+    async fn create_blob(
+        &self,
+        blob: &NewBlob,
+        quota: u64,
+    ) -> Result<std::result::Result<(), u64>> {
+        let NewBlob {
+            id,
+            owner,
+            size,
+            recipients,
+            created_at: now,
+            expires_at,
+        } = blob;
+        let (size, now, expires_at) = (*size, *now, *expires_at);
+        let mut tx = self.pool.begin().await?;
+        let used: i64 =
+            sqlx::query_scalar("SELECT COALESCE(SUM(size), 0)::BIGINT FROM blobs WHERE owner = $1")
+                .bind(owner.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+        let used = used.max(0) as u64;
+        if used.saturating_add(size) > quota {
+            return Ok(Err(used));
+        }
+        sqlx::query(
+            "INSERT INTO blobs (id, owner, size, received, created_at, expires_at) VALUES ($1, $2, $3, 0, $4, $5)",
+        )
+        .bind(id.as_str())
+        .bind(owner.as_str())
+        .bind(size as i64)
+        .bind(now)
+        .bind(expires_at)
+        .execute(&mut *tx)
+        .await?;
+        for r in recipients {
+            sqlx::query("INSERT INTO blob_recipients (blob_id, user_name) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                .bind(id)
+                .bind(r.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(Ok(()))
+    }
+
+    async fn blob(&self, id: &str) -> Result<Option<BlobRecord>> {
+        let Some(row) =
+            sqlx::query("SELECT owner, size, received, expires_at FROM blobs WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?
+        else {
+            return Ok(None);
+        };
+        let rows = sqlx::query(
+            "SELECT user_name, done FROM blob_recipients WHERE blob_id = $1 ORDER BY user_name",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut recipients = Vec::with_capacity(rows.len());
+        for r in rows {
+            recipients.push((
+                user_name(r.try_get("user_name")?)?,
+                r.try_get::<bool, _>("done")?,
+            ));
+        }
+        Ok(Some(BlobRecord {
+            owner: user_name(row.try_get("owner")?)?,
+            size: row.try_get::<i64, _>("size")?.max(0) as u64,
+            received: row.try_get::<i64, _>("received")?.max(0) as u64,
+            expires_at: row.try_get("expires_at")?,
+            recipients,
+        }))
+    }
+
+    async fn set_blob_received(&self, id: &str, received: u64) -> Result<()> {
+        sqlx::query("UPDATE blobs SET received = $1 WHERE id = $2")
+            .bind(received as i64)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn blob_fetched(&self, id: &str, user: &UserName) -> Result<bool> {
+        sqlx::query("UPDATE blob_recipients SET done = TRUE WHERE blob_id = $1 AND user_name = $2")
+            .bind(id)
+            .bind(user.as_str())
+            .execute(&self.pool)
+            .await?;
+        let left: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM blob_recipients WHERE blob_id = $1 AND NOT done",
+        )
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(left == 0)
+    }
+
+    async fn delete_blob(&self, id: &str) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM blob_recipients WHERE blob_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM blobs WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn expired_blobs(&self, now: UnixMillis) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT id FROM blobs WHERE expires_at < $1")
+                .bind(now)
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     async fn mailbox_depth(&self) -> Result<u64> {
