@@ -74,13 +74,16 @@ pub enum Command {
     Signup,
     /// Check your password and unlock your keys on this machine.
     Login,
-    /// Send an end-to-end encrypted message.
+    /// Send an end-to-end encrypted message, with files if you like.
     Send {
         /// The recipient.
         to: String,
         /// The message (several words are joined with spaces).
-        #[arg(required = true, num_args = 1..)]
+        #[arg(num_args = 0.., required_unless_present = "files")]
         text: Vec<String>,
+        /// Attach a file (repeat for several); encrypted before it leaves.
+        #[arg(long = "file", value_name = "PATH")]
+        files: Vec<PathBuf>,
     },
     /// Print waiting messages, acknowledge them, and exit.
     Inbox {
@@ -90,6 +93,12 @@ pub enum Command {
         /// One JSON object per line, for scripts and bots.
         #[arg(long)]
         json: bool,
+        /// Download attached files (into the download folder).
+        #[arg(long)]
+        download: bool,
+        /// Download attached files into DIR.
+        #[arg(long, value_name = "DIR")]
+        download_dir: Option<PathBuf>,
     },
     /// The original Telepound's prompt-driven chat on standard input.
     Classic,

@@ -6,6 +6,8 @@ mod args;
 mod cmd;
 mod output;
 mod password;
+mod preview;
+mod progress;
 
 use clap::Parser;
 

@@ -405,24 +405,20 @@ impl Session {
         Http::new(self.client.url(), self.client.options())
     }
 
-    /// Encrypts and uploads `files` for `to` (resuming earlier unfinished
-    /// uploads of the same files), then queues the message carrying them and
-    /// sends the outbox. A file that cannot be read fails the whole send
-    /// before anything is queued.
+    /// Encrypts and uploads `files` for `recipients`, resuming earlier
+    /// unfinished uploads of the same files; returns their descriptors.
+    /// Nothing is sent as a message yet.
     ///
     /// # Errors
-    /// [`Error::File`] for a missing or unreadable file; a server refusal
-    /// (`file_too_large`, `quota_exceeded`); a connection error (call again:
-    /// uploads resume where they stopped).
-    pub async fn send_files(
+    /// [`Error::File`] for a missing, unreadable or folder path (before any
+    /// upload); a server refusal (`file_too_large`, `quota_exceeded`); a
+    /// connection error (call again: uploads resume where they stopped).
+    pub async fn upload_files(
         &mut self,
-        to: &UserName,
-        text: &str,
+        recipients: &[UserName],
         files: &[std::path::PathBuf],
         progress: std::sync::Arc<dyn Progress>,
-    ) -> Result<SendOutcome> {
-        // Keys first, so a changed key stops us before any upload.
-        self.peer_keys(to).await?;
+    ) -> Result<Vec<Attachment>> {
         let mut prepared = Vec::with_capacity(files.len());
         for f in files {
             prepared.push(self.uploads.prepare(f).await?);
@@ -432,20 +428,49 @@ impl Session {
         for o in &mut prepared {
             let att = self
                 .uploads
-                .upload(
-                    &http,
-                    &self.token,
-                    o,
-                    std::slice::from_ref(to),
-                    progress.clone(),
-                )
+                .upload(&http, &self.token, o, recipients, progress.clone())
                 .await?;
             attachments.push(att);
         }
-        let msg_id = self.queue(to, text, attachments.clone()).await?;
-        for a in &attachments {
-            self.uploads.forget(&a.blob_id)?;
+        Ok(attachments)
+    }
+
+    /// Queues a message carrying uploaded `attachments` and forgets the
+    /// uploads (the outbox now holds the message).
+    ///
+    /// # Errors
+    /// As [`Session::queue`].
+    pub async fn queue_with_files(
+        &mut self,
+        to: &UserName,
+        text: &str,
+        attachments: Vec<Attachment>,
+    ) -> Result<MsgId> {
+        let ids: Vec<String> = attachments.iter().map(|a| a.blob_id.clone()).collect();
+        let msg_id = self.queue(to, text, attachments).await?;
+        for id in ids {
+            self.uploads.forget(&id)?;
         }
+        Ok(msg_id)
+    }
+
+    /// Uploads `files` for `to` and sends the message carrying them.
+    ///
+    /// # Errors
+    /// As [`Session::upload_files`] and [`Session::flush_outbox`].
+    pub async fn send_files(
+        &mut self,
+        to: &UserName,
+        text: &str,
+        files: &[std::path::PathBuf],
+        progress: std::sync::Arc<dyn Progress>,
+    ) -> Result<SendOutcome> {
+        // Keys first, so a changed key stops us before any upload.
+        self.peer_keys(to).await?;
+        let attachments = self
+            .upload_files(std::slice::from_ref(to), files, progress)
+            .await?;
+        let msg_id = self.queue_with_files(to, text, attachments).await?;
         let mut outcome = None;
         for (pending, result) in self.flush_outbox().await? {
             if pending.msg_id == msg_id {

@@ -5,7 +5,9 @@
 
 use std::io::{IsTerminal, Write};
 
-use telepound_client::Error as ClientError;
+use std::path::{Path, PathBuf};
+
+use telepound_client::{Error as ClientError, Inbound, Received};
 use telepound_protocol::UserName;
 use zeroize::Zeroizing;
 
@@ -21,13 +23,16 @@ fn prompt(text: &str) {
 }
 
 /// Reads one line while printing what arrives; `None` at end of input.
+/// In the chat (`chat` given), incoming messages are shown as they come,
+/// and for one that carries files the original's download question is
+/// asked before the prompt is shown again.
 async fn ask(
     text: &str,
     lines: &mut Lines,
-    link: Option<&mut Link>,
+    chat: Option<(&mut Link, &Path)>,
 ) -> anyhow::Result<Option<String>> {
     prompt(text);
-    let Some(link) = link else {
+    let Some((link, downloads)) = chat else {
         return Ok(lines.next().await);
     };
     loop {
@@ -35,27 +40,48 @@ async fn ask(
             line = lines.next() => return Ok(line),
             step = link.step() => {
                 println!();
-                on_step(link, step?).await?;
+                let with_files = on_step(link, step?).await?;
+                offer_downloads(link, &with_files, lines, downloads).await;
                 prompt(text);
             }
         }
     }
 }
 
-/// Prints an incoming message, a lost connection, or a recovery.
-async fn on_step(link: &mut Link, step: Step) -> anyhow::Result<()> {
+/// The original's question, once for each message that carries files.
+async fn offer_downloads(link: &Link, with_files: &[Received], lines: &mut Lines, dir: &Path) {
+    for r in with_files {
+        prompt("A file is attached, do you want to download it? (y/n)[n] > ");
+        let answer = lines.next().await.unwrap_or_default();
+        if answer.trim().eq_ignore_ascii_case("y") {
+            inbox::download_all(&link.session, r, dir, Style::Classic).await;
+        }
+    }
+}
+
+/// Prints an incoming message, a lost connection, or a recovery; returns
+/// the messages shown that carry files.
+async fn on_step(link: &mut Link, step: Step) -> anyhow::Result<Vec<Received>> {
     match step {
         Step::Event(ev) => {
             let mut acks = Vec::new();
+            let mut with_files = Vec::new();
             match link.session.handle_event(ev, &mut acks).await {
-                Ok(Some(inbound)) => inbox::show(&inbound, Style::Classic),
+                Ok(Some(inbound)) => {
+                    inbox::show(&inbound, Style::Classic);
+                    if let Inbound::Message(r) = inbound
+                        && !r.payload.attachments.is_empty()
+                    {
+                        with_files.push(r);
+                    }
+                }
                 Ok(None) => {}
-                Err(e) if is_transient(&e) => return Ok(()),
+                Err(e) if is_transient(&e) => return Ok(with_files),
                 Err(e) => return Err(e.into()),
             }
             match link.session.ack(acks).await {
                 Err(e) if !is_transient(&e) => Err(e.into()),
-                _ => Ok(()),
+                _ => Ok(with_files),
             }
         }
         Step::Lost(reason) => {
@@ -63,18 +89,20 @@ async fn on_step(link: &mut Link, step: Step) -> anyhow::Result<()> {
             println!(
                 "Connection to the server lost{why}; reconnecting. Messages you type are kept and sent when it is back."
             );
-            Ok(())
+            Ok(Vec::new())
         }
         Step::Restored => {
             println!("Reconnected.");
             let resumed = async {
                 inbox::report_flush(&mut link.session, Style::Classic).await?;
-                inbox::catch_up(&mut link.session, &mut link.events, Style::Classic).await?;
-                anyhow::Ok(())
+                let (_, with_files) =
+                    inbox::catch_up(&mut link.session, &mut link.events, Style::Classic).await?;
+                anyhow::Ok(with_files)
             };
             match resumed.await {
                 Err(e) if !e.downcast_ref::<ClientError>().is_some_and(is_transient) => Err(e),
-                _ => Ok(()),
+                Err(_) => Ok(Vec::new()),
+                Ok(with_files) => Ok(with_files),
             }
         }
     }
@@ -138,40 +166,44 @@ pub async fn run(c: &ClientArgs) -> anyhow::Result<()> {
     let mut session = super::login_with(&client, &user, password.as_bytes(), &home).await?;
     println!("Logged in as {user}. Type EXIT to quit.");
     inbox::report_flush(&mut session, Style::Classic).await?;
-    inbox::catch_up(&mut session, &mut events, Style::Classic).await?;
+    let (_, with_files) = inbox::catch_up(&mut session, &mut events, Style::Classic).await?;
+    let downloads = super::download_folder(c, &user)?;
     let mut link = Link::new(
         session,
         events,
         super::connect_options(c),
         Some(zeroize::Zeroizing::new(password.as_bytes().to_vec())),
     );
-    let result = chat(&mut link, &mut lines).await;
+    offer_downloads(&link, &with_files, &mut lines, &downloads).await;
+    let result = chat(&mut link, &mut lines, &downloads).await;
     link.session.client().close().await;
     result
 }
 
-async fn chat(link: &mut Link, lines: &mut Lines) -> anyhow::Result<()> {
+async fn chat(link: &mut Link, lines: &mut Lines, downloads: &Path) -> anyhow::Result<()> {
     loop {
-        let Some(text) = ask("Enter Message > ", lines, Some(link)).await? else {
+        let Some(text) = ask("Enter Message > ", lines, Some((&mut *link, downloads))).await?
+        else {
             return Ok(());
         };
         if text.trim() == "EXIT" {
             println!("Bye.");
             return Ok(());
         }
-        let Some(to) = ask("Send To > ", lines, Some(link)).await? else {
+        let Some(to) = ask("Send To > ", lines, Some((&mut *link, downloads))).await? else {
             return Ok(());
         };
         let Some(file) = ask(
             "Enter Filename if you want to attach it > ",
             lines,
-            Some(link),
+            Some((&mut *link, downloads)),
         )
         .await?
         else {
             return Ok(());
         };
-        if text.is_empty() {
+        let file = file.trim();
+        if text.is_empty() && file.is_empty() {
             println!("Empty message not sent.");
             continue;
         }
@@ -184,13 +216,42 @@ async fn chat(link: &mut Link, lines: &mut Lines) -> anyhow::Result<()> {
             println!("User Not Found");
             continue;
         };
-        if !file.trim().is_empty() {
-            println!(
-                "Attaching files is not supported yet; sending the text without {}.",
-                file.trim()
-            );
+        let mut attachments = Vec::new();
+        if !file.is_empty() {
+            let path = PathBuf::from(file);
+            if !path.exists() {
+                println!("File not found: {file}; sending the text without it.");
+            } else if path.is_dir() {
+                println!("{file} is a folder, not a file; sending the text without it.");
+            } else if !link.is_up() {
+                println!("Not connected: the file cannot be uploaded now; message not sent.");
+                continue;
+            } else {
+                let progress = crate::progress::bars("sending");
+                match link
+                    .session
+                    .upload_files(std::slice::from_ref(&to), &[path], progress)
+                    .await
+                {
+                    Ok(a) => attachments = a,
+                    Err(ClientError::UnknownUser(_)) => {
+                        println!("User Not Found");
+                        continue;
+                    }
+                    Err(e) if is_transient(&e) => {
+                        println!(
+                            "The connection broke during the upload; message not sent (sending it again resumes the upload)."
+                        );
+                        continue;
+                    }
+                    Err(e) => {
+                        println!("Not sent: {e}");
+                        continue;
+                    }
+                }
+            }
         }
-        match link.session.queue_text(&to, &text).await {
+        match link.session.queue_with_files(&to, &text, attachments).await {
             Ok(_) => {}
             Err(ClientError::UnknownUser(_)) => {
                 println!("User Not Found");

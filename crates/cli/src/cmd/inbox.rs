@@ -4,7 +4,9 @@
 use std::io::Write;
 
 use serde_json::json;
-use telepound_client::{Error as ClientError, Events, Inbound, Session};
+use std::path::{Path, PathBuf};
+
+use telepound_client::{Error as ClientError, Events, Inbound, Received, Session};
 
 use super::login_keeping_password;
 use crate::args::ClientArgs;
@@ -22,11 +24,21 @@ pub enum Style {
     Classic,
 }
 
-pub async fn run(c: &ClientArgs, follow: bool, json: bool) -> anyhow::Result<()> {
+pub async fn run(
+    c: &ClientArgs,
+    follow: bool,
+    json: bool,
+    download: Option<PathBuf>,
+) -> anyhow::Result<()> {
     let style = if json { Style::Json } else { Style::Line };
     let (mut session, mut events, password) = login_keeping_password(c).await?;
     report_flush(&mut session, style).await?;
-    let shown = catch_up(&mut session, &mut events, style).await?;
+    let (shown, with_files) = catch_up(&mut session, &mut events, style).await?;
+    if let Some(dir) = &download {
+        for r in &with_files {
+            download_all(&session, r, dir, style).await;
+        }
+    }
     if shown == 0 && style == Style::Line && !follow {
         println!("No new messages.");
     }
@@ -40,7 +52,7 @@ pub async fn run(c: &ClientArgs, follow: bool, json: bool) -> anyhow::Result<()>
             super::connect_options(c),
             Some(zeroize::Zeroizing::new(password.as_bytes().to_vec())),
         );
-        follow_live(&mut link, style).await?;
+        follow_live(&mut link, style, download.as_deref()).await?;
         link.session.client().close().await;
     } else {
         session.client().close().await;
@@ -49,27 +61,68 @@ pub async fn run(c: &ClientArgs, follow: bool, json: bool) -> anyhow::Result<()>
 }
 
 /// Fetches the mailbox page by page, printing and acknowledging each page;
-/// returns how many messages were shown. Afterwards the connection is live.
+/// returns how many messages were shown, and those that carry files.
+/// Afterwards the connection is live.
 pub async fn catch_up(
     session: &mut Session,
     events: &mut Events,
     style: Style,
-) -> anyhow::Result<u64> {
-    Ok(session
-        .catch_up(events, |inbound| show(inbound, style))
-        .await?)
+) -> anyhow::Result<(u64, Vec<Received>)> {
+    let mut with_files = Vec::new();
+    let shown = session
+        .catch_up(events, |inbound| {
+            show(inbound, style);
+            if let Inbound::Message(r) = inbound
+                && !r.payload.attachments.is_empty()
+            {
+                with_files.push(r.clone());
+            }
+        })
+        .await?;
+    Ok((shown, with_files))
+}
+
+/// Saves every file of `r` into `dir`, reporting each; a failure is one
+/// warning line and the rest go on.
+pub async fn download_all(session: &Session, r: &Received, dir: &Path, style: Style) {
+    for a in &r.payload.attachments {
+        match session
+            .download(a, dir, crate::progress::bars("receiving"))
+            .await
+        {
+            Ok(path) if style == Style::Json => {
+                let v = json!({"type": "saved", "msg_id": r.payload.msg_id, "name": a.name, "path": path});
+                println!("{v}");
+            }
+            Ok(path) => crate::preview::show_saved(a, &path),
+            Err(e) => eprintln!(
+                "telepound: warning: {} from {} was not saved: {e}",
+                sanitize(&a.name),
+                r.payload.sender
+            ),
+        }
+    }
 }
 
 /// Prints messages as they arrive, acknowledging each at once so senders
 /// get their delivery receipt. Survives the server going away: says so,
 /// reconnects, catches up and goes on.
-pub async fn follow_live(link: &mut Link, style: Style) -> anyhow::Result<()> {
+pub async fn follow_live(
+    link: &mut Link,
+    style: Style,
+    download: Option<&Path>,
+) -> anyhow::Result<()> {
     loop {
         match link.step().await? {
             Step::Event(ev) => {
                 let mut acks = Vec::new();
                 match link.session.handle_event(ev, &mut acks).await {
-                    Ok(Some(inbound)) => show(&inbound, style),
+                    Ok(Some(inbound)) => {
+                        show(&inbound, style);
+                        if let (Some(dir), Inbound::Message(r)) = (download, &inbound) {
+                            download_all(&link.session, r, dir, style).await;
+                        }
+                    }
                     Ok(None) => {}
                     // The link will see the connection end and come back;
                     // unacknowledged messages are delivered again then.
@@ -89,7 +142,14 @@ pub async fn follow_live(link: &mut Link, style: Style) -> anyhow::Result<()> {
                 eprintln!("telepound: reconnected.");
                 let resumed = async {
                     report_flush(&mut link.session, style).await?;
-                    catch_up(&mut link.session, &mut link.events, style).await
+                    let (shown, with_files) =
+                        catch_up(&mut link.session, &mut link.events, style).await?;
+                    if let Some(dir) = download {
+                        for r in &with_files {
+                            download_all(&link.session, r, dir, style).await;
+                        }
+                    }
+                    anyhow::Ok(shown)
                 };
                 if let Err(e) = resumed.await {
                     match e.downcast_ref::<ClientError>() {
@@ -144,6 +204,7 @@ pub fn show(inbound: &Inbound, style: Style) {
                 "text": p.text,
                 "attachments": p.attachments.iter().map(|a| json!({
                     "name": a.name, "size": a.size, "media_type": a.media_type,
+                    "width": a.image.map(|i| i.width), "height": a.image.map(|i| i.height),
                 })).collect::<Vec<_>>(),
             });
             let _ = writeln!(out, "{v}");
@@ -157,6 +218,9 @@ pub fn show(inbound: &Inbound, style: Style) {
                 p.sender,
                 sanitize(&p.text)
             );
+            for a in &p.attachments {
+                let _ = writeln!(out, "  attached: {}", crate::preview::describe(a));
+            }
         }
         (Inbound::Message(r), Style::Classic) => {
             let p = &r.payload;
@@ -168,6 +232,9 @@ pub fn show(inbound: &Inbound, style: Style) {
                 output::time_of_day(p.sent_at),
                 sanitize(&p.text)
             );
+            for a in &p.attachments {
+                let _ = writeln!(out, "Attached: {}", crate::preview::describe(a));
+            }
         }
         (Inbound::Delivered { msg_id, to, at }, Style::Json) => {
             let v = json!({"type": "delivered", "msg_id": msg_id, "to": to, "at": output::rfc3339(*at)});

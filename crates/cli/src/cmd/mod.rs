@@ -37,8 +37,20 @@ pub async fn run(cli: crate::args::Cli) -> anyhow::Result<()> {
             session.client().close().await;
             Ok(())
         }
-        Command::Send { to, text } => send::run(&c, &to, &text.join(" ")).await,
-        Command::Inbox { follow, json } => inbox::run(&c, follow, json).await,
+        Command::Send { to, text, files } => send::run(&c, &to, &text.join(" "), &files).await,
+        Command::Inbox {
+            follow,
+            json,
+            download,
+            download_dir,
+        } => {
+            let dir = match (download, download_dir) {
+                (_, Some(d)) => Some(d),
+                (true, None) => Some(download_folder(&c, &acting_user(&c)?)?),
+                (false, None) => None,
+            };
+            inbox::run(&c, follow, json, dir).await
+        }
         Command::Classic => classic::run(&c).await,
         Command::Who { users } => who::run(&c, &users).await,
         Command::Verify {
@@ -83,6 +95,21 @@ pub fn home(c: &ClientArgs) -> anyhow::Result<PathBuf> {
     directories::ProjectDirs::from("", "", "telepound")
         .map(|d| d.data_dir().to_path_buf())
         .context("cannot find a home folder for local state; set TELEPOUND_HOME")
+}
+
+/// Where downloads go by default: `TELEPOUND_DOWNLOAD_DIR`, else the user's
+/// download folder (XDG) in a `telepound` folder, else
+/// `TELEPOUND_HOME/USER/downloads`.
+pub fn download_folder(c: &ClientArgs, user: &UserName) -> anyhow::Result<PathBuf> {
+    if let Some(d) = std::env::var_os("TELEPOUND_DOWNLOAD_DIR") {
+        return Ok(PathBuf::from(d));
+    }
+    if let Some(d) =
+        directories::UserDirs::new().and_then(|u| u.download_dir().map(|d| d.join("telepound")))
+    {
+        return Ok(d);
+    }
+    Ok(home(c)?.join(user.as_str()).join("downloads"))
 }
 
 /// The Argon2 parameters for a new account.

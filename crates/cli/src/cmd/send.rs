@@ -32,7 +32,12 @@ fn transient(e: &anyhow::Error) -> bool {
         .any(is_transient)
 }
 
-pub async fn run(c: &ClientArgs, to: &str, text: &str) -> anyhow::Result<()> {
+pub async fn run(
+    c: &ClientArgs,
+    to: &str,
+    text: &str,
+    files: &[std::path::PathBuf],
+) -> anyhow::Result<()> {
     let to = parse_user(to)?;
     let deadline = Instant::now() + retry_for();
 
@@ -59,9 +64,42 @@ pub async fn run(c: &ClientArgs, to: &str, text: &str) -> anyhow::Result<()> {
             Err(e) => return Err(e),
         }
     };
+    // Files first (a missing one stops everything before anything is
+    // sent); an upload cut off resumes where it stopped on the next try.
+    let mut attachments = Vec::new();
+    if !files.is_empty() {
+        session.peer_keys(&to).await?;
+        let progress = crate::progress::bars("sending");
+        attachments = loop {
+            match session
+                .upload_files(std::slice::from_ref(&to), files, progress.clone())
+                .await
+            {
+                Ok(a) => break a,
+                Err(e) if is_transient(&e) => {
+                    let delay = wait(&mut backoff, anyhow::Error::new(e)).map_err(|e| {
+                        e.context("could not upload in time; run the same command again to resume the upload")
+                    })?;
+                    tokio::time::sleep(delay).await;
+                    match session
+                        .reconnect(&connect_options(c), Some(password.as_bytes()))
+                        .await
+                    {
+                        Ok(ev) => events = ev,
+                        Err(e) if is_transient(&e) => {}
+                        Err(e) => return Err(e).context("cannot log in again"),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        };
+        for a in &attachments {
+            println!("Attached {}.", crate::preview::describe(a));
+        }
+    }
     // Sealed once, with one msg_id, and kept on disk until the server has
     // it: every retry is the same message, stored once.
-    let msg_id = session.queue_text(&to, text).await?;
+    let msg_id = session.queue_with_files(&to, text, attachments).await?;
     let outcome = loop {
         match session.flush_outbox().await {
             Ok(flushed) => {

@@ -50,7 +50,7 @@ fn classic_prompt_flow_through_a_pipe() {
          hello from classic\nbob\n\n\
          to a ghost\nghost\n\n\
          for carol\ncarol\n\n\
-         with a file\nbob\n/etc/hostname\n\
+         with a file\nbob\n/nonexistent/file.txt\n\
          EXIT\n"
     );
     let mut alice = tp(&url, &dir.path().join("a"), "")
@@ -80,7 +80,7 @@ fn classic_prompt_flow_through_a_pipe() {
         "Enter Filename if you want to attach it >",
         "User Not Found",
         "carol is offline",
-        "not supported yet",
+        "File not found: /nonexistent/file.txt; sending the text without it.",
         "Bye.",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");

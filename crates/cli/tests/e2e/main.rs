@@ -3,6 +3,7 @@
 
 mod classic;
 mod crash;
+mod files;
 mod load_crash;
 mod reconnect;
 mod tls;

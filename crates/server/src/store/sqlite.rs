@@ -359,7 +359,9 @@ impl Store for SqliteStore {
             expires_at,
         } = blob;
         let (size, now, expires_at) = (*size, *now, *expires_at);
-        let mut tx = self.pool.begin().await?;
+        // IMMEDIATE: the quota is read and then written in one transaction,
+        // and a deferred one could not upgrade if another write came between.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let used: i64 =
             sqlx::query_scalar("SELECT COALESCE(SUM(size), 0) FROM blobs WHERE owner = ?")
                 .bind(owner.as_str())

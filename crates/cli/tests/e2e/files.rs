@@ -1,0 +1,154 @@
+//! Files from the command line: send --file, inbox --download, and the
+//! classic prompts.
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::util::*;
+
+const PNG: &[u8] = &[
+    0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 13, b'I', b'H', b'D', b'R', 0, 0, 0,
+    4, 0, 0, 0, 3, 8, 2, 0, 0, 0, 0x12, 0x16, 0xf1, 0x4d,
+];
+
+#[test]
+fn send_with_files_and_download_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&dir.path().join("data"));
+    let url = server.url.clone();
+    let (ha, hb, down) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("down"),
+    );
+    ok(run(tp(&url, &ha, "alice").arg("signup")));
+    ok(run(tp(&url, &hb, "bob").arg("signup")));
+    let photo = dir.path().join("holiday.png");
+    std::fs::write(&photo, PNG).unwrap();
+    let report = dir.path().join("report.pdf");
+    let body: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&report, &body).unwrap();
+
+    let out = ok(run(tp(&url, &ha, "alice")
+        .args(["send", "bob", "the photos", "--file"])
+        .arg(&photo)
+        .arg("--file")
+        .arg(&report)));
+    assert!(
+        out.contains("Attached holiday.png (image/png, 4x3, 33 B)"),
+        "{out}"
+    );
+    assert!(out.contains("Sent to bob"), "{out}");
+
+    // Without --download: one line per file, nothing saved.
+    let out = ok(run(tp(&url, &hb, "bob").args(["inbox", "--json"])));
+    let v: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(v["attachments"][0]["media_type"], "image/png");
+    assert_eq!(v["attachments"][0]["width"], 4);
+
+    // The message is read, but the files wait until every recipient has them.
+    ok(run(tp(&url, &ha, "alice")
+        .args(["send", "bob", "again", "--file"])
+        .arg(&report)));
+    let out = ok(run(tp(&url, &hb, "bob")
+        .arg("inbox")
+        .arg("--download-dir")
+        .arg(&down)));
+    assert!(out.contains("attached: report.pdf"), "{out}");
+    assert!(out.contains("saved report.pdf"), "{out}");
+    assert_eq!(std::fs::read(down.join("report.pdf")).unwrap(), body);
+
+    // A missing file: one line, nothing sent.
+    let e = fails(
+        run(tp(&url, &ha, "alice")
+            .args(["send", "bob", "x", "--file"])
+            .arg(dir.path().join("nope.jpg"))),
+        1,
+    );
+    assert!(e.contains("nope.jpg: no such file"), "{e}");
+    assert!(ok(run(tp(&url, &hb, "bob").arg("inbox"))).contains("No new messages"));
+}
+
+fn wait_for(path: &std::path::Path, needle: &str) -> String {
+    let start = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.contains(needle) {
+            return text;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "never saw {needle:?} in:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn classic_attaches_files_and_asks_before_downloading() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&dir.path().join("data"));
+    let url = server.url.clone();
+    let down = dir.path().join("downloads");
+    let classic = |home: &str, out: &std::path::Path| {
+        tp(&url, &dir.path().join(home), "")
+            .env_remove("TELEPOUND_USER")
+            .env_remove("TELEPOUND_PASSWORD")
+            .env("TELEPOUND_DOWNLOAD_DIR", &down)
+            .arg("classic")
+            .stdin(Stdio::piped())
+            .stdout(std::fs::File::create(out).unwrap())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap()
+    };
+    let (bob_out, alice_out) = (dir.path().join("bob.out"), dir.path().join("alice.out"));
+    let mut bob = classic("b", &bob_out);
+    let mut bob_in = bob.stdin.take().unwrap();
+    writeln!(bob_in, "s\nbob\n{PASSWORD}\n{PASSWORD}").unwrap();
+    wait_for(&bob_out, "Enter Message >");
+
+    let photo = dir.path().join("cat.png");
+    std::fs::write(&photo, PNG).unwrap();
+    let mut alice = classic("a", &alice_out);
+    let mut alice_in = alice.stdin.take().unwrap();
+    writeln!(
+        alice_in,
+        "s\nalice\n{PASSWORD}\n{PASSWORD}\n\
+         missing file\nbob\n{missing}\n\
+         a folder\nbob\n{folder}\n\
+         look at this\nbob\n{photo}",
+        missing = dir.path().join("nope.jpg").display(),
+        folder = dir.path().display(),
+        photo = photo.display()
+    )
+    .unwrap();
+    let text = wait_for(
+        &bob_out,
+        "A file is attached, do you want to download it? (y/n)[n] >",
+    );
+    assert!(
+        text.contains("Attached: cat.png (image/png, 4x3, 33 B)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("missing file") && text.contains("a folder"),
+        "{text}"
+    );
+    writeln!(bob_in, "y").unwrap();
+    wait_for(&bob_out, "saved cat.png");
+    assert_eq!(std::fs::read(down.join("cat.png")).unwrap(), PNG);
+
+    writeln!(alice_in, "EXIT").unwrap();
+    writeln!(bob_in, "EXIT").unwrap();
+    drop((alice_in, bob_in));
+    assert!(alice.wait().unwrap().success());
+    assert!(bob.wait().unwrap().success());
+    let a = std::fs::read_to_string(&alice_out).unwrap();
+    assert!(
+        a.contains("File not found:") && a.contains("sending the text without it"),
+        "{a}"
+    );
+    assert!(a.contains("is a folder, not a file"), "{a}");
+}
