@@ -74,13 +74,15 @@ pub enum Command {
     Signup,
     /// Check your password and unlock your keys on this machine.
     Login,
-    /// Send an end-to-end encrypted message, with files if you like.
+    /// Send an end-to-end encrypted message, with files if you like:
+    /// `send USER TEXT…` or `send --group NAME TEXT…`.
     Send {
-        /// The recipient.
-        to: String,
-        /// The message (several words are joined with spaces).
-        #[arg(num_args = 0.., required_unless_present = "files")]
-        text: Vec<String>,
+        /// Send to this group instead of a user.
+        #[arg(long, value_name = "NAME")]
+        group: Option<String>,
+        /// The recipient, then the message (words are joined with spaces).
+        #[arg(num_args = 1.., value_name = "TO TEXT")]
+        words: Vec<String>,
         /// Attach a file (repeat for several); encrypted before it leaves.
         #[arg(long = "file", value_name = "PATH")]
         files: Vec<PathBuf>,
@@ -102,6 +104,9 @@ pub enum Command {
     },
     /// The original Telepound's prompt-driven chat on standard input.
     Classic,
+    /// Group chats: create, add, remove, leave, list, info, promote.
+    #[command(subcommand)]
+    Group(GroupCommand),
     /// Show whether users are online, or when they were last seen.
     Who {
         /// Users to look up.
@@ -166,4 +171,80 @@ pub struct ServeArgs {
     /// [default: m=19456,t=2,p=1].
     #[arg(long, env = "TELEPOUND_MIN_ARGON2", value_name = "PARAMS")]
     pub min_argon2: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum GroupCommand {
+    /// Create a group (you are its owner) with these members.
+    Create {
+        /// The group's name.
+        name: String,
+        /// Its first members.
+        users: Vec<String>,
+    },
+    /// Add members (owners and admins).
+    Add {
+        /// The group.
+        name: String,
+        /// Who to add.
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
+    /// Remove members (owners and admins).
+    Remove {
+        /// The group.
+        name: String,
+        /// Who to remove.
+        #[arg(required = true)]
+        users: Vec<String>,
+    },
+    /// Leave a group.
+    Leave {
+        /// The group.
+        name: String,
+    },
+    /// The groups you are in.
+    List,
+    /// A group's members and their roles.
+    Info {
+        /// The group.
+        name: String,
+    },
+    /// Make a member an admin (owners and admins).
+    Promote {
+        /// The group.
+        name: String,
+        /// Who. (Not named `user`: that is the global --user.)
+        #[arg(value_name = "USER")]
+        member: String,
+    },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn arguments_are_consistent() {
+        super::Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_positional_never_shadows_the_global_user() {
+        use clap::Parser;
+        let cli = super::Cli::try_parse_from([
+            "telepound",
+            "--user",
+            "alice",
+            "group",
+            "promote",
+            "team",
+            "bob",
+        ])
+        .unwrap();
+        assert_eq!(cli.client.user.as_deref(), Some("alice"));
+        let cli =
+            super::Cli::try_parse_from(["telepound", "--user", "alice", "verify", "bob"]).unwrap();
+        assert_eq!(cli.client.user.as_deref(), Some("alice"));
+    }
 }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use telepound_protocol::{MsgId, UserName};
+use telepound_protocol::{GroupName, MsgId, UserName};
 
 use crate::history::write_atomic;
 use crate::{Error, Result};
@@ -13,8 +13,11 @@ use crate::{Error, Result};
 /// One message waiting to be sent.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Pending {
-    /// The recipient.
+    /// The recipient (for a group message: the sender, unused).
     pub to: UserName,
+    /// The group, for a group message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupName>,
     /// Its id, fixed at sealing time.
     pub msg_id: MsgId,
     /// The sealed envelope.
@@ -57,6 +60,11 @@ impl Outbox {
         self.save()
     }
 
+    /// The waiting message with `msg_id`.
+    pub fn find(&self, msg_id: &MsgId) -> Option<&Pending> {
+        self.items.iter().find(|p| &p.msg_id == msg_id)
+    }
+
     /// The oldest waiting message.
     pub fn first(&self) -> Option<&Pending> {
         self.items.first()
@@ -68,6 +76,18 @@ impl Outbox {
     /// When the file cannot be written.
     pub fn remove(&mut self, msg_id: &MsgId) -> Result<()> {
         self.items.retain(|p| &p.msg_id != msg_id);
+        self.save()
+    }
+
+    /// Replaces a waiting message's envelope (re-sealed for a group's new
+    /// membership) and saves.
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    pub fn reseal(&mut self, msg_id: &MsgId, envelope: String) -> Result<()> {
+        if let Some(p) = self.items.iter_mut().find(|p| &p.msg_id == msg_id) {
+            p.envelope = envelope;
+        }
         self.save()
     }
 
@@ -97,6 +117,7 @@ mod tests {
         let mut o = Outbox::load(dir.path()).unwrap();
         let a = Pending {
             to: UserName::new("bob").unwrap(),
+            group: None,
             msg_id: MsgId::new(),
             envelope: "{}".into(),
         };

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use serde_json::value::RawValue;
 use telepound_crypto::envelope::{self, Envelope};
 use telepound_crypto::safety::safety_number;
-use telepound_crypto::{Attachment, Identity, Payload, PeerKeys};
-use telepound_protocol::message::{PresenceInfo, PublicKeys, UnixMillis};
-use telepound_protocol::{ClientMessage, MsgId, ServerMessage, UserName};
+use telepound_crypto::{Attachment, GroupEvent, GroupEventKind, Identity, Payload, PeerKeys};
+use telepound_protocol::message::{GroupInfo, GroupSummary, PresenceInfo, PublicKeys, UnixMillis};
+use telepound_protocol::{ClientMessage, GroupName, MsgId, ServerMessage, UserName};
 use zeroize::Zeroizing;
 
 use crate::files::{Progress, Uploads};
@@ -276,8 +276,79 @@ impl Session {
             sent_at: now_ms(),
             text: text.to_owned(),
             attachments,
+            event: None,
         };
         Ok(envelope::seal(&self.identity, &payload, &keys)?)
+    }
+
+    /// The keys of many users at once: one directory request for all that
+    /// are not known yet, each checked against its pin.
+    ///
+    /// # Errors
+    /// [`Error::UnknownUser`] (the first), [`Error::KeyChanged`], a bad key
+    /// signature, or a connection error for users never seen before.
+    pub async fn peer_keys_many(
+        &mut self,
+        users: &[UserName],
+    ) -> Result<Vec<(UserName, PeerKeys)>> {
+        let missing: Vec<UserName> = users
+            .iter()
+            .filter(|u| **u != self.user && !self.keys.contains_key(*u))
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            let answer = self
+                .client
+                .request(ClientMessage::Keys {
+                    rid: None,
+                    users: missing.clone(),
+                })
+                .await;
+            match answer {
+                Ok(ServerMessage::Keys { keys, unknown, .. }) => {
+                    if let Some(u) = unknown.into_iter().next() {
+                        return Err(Error::UnknownUser(u));
+                    }
+                    for entry in keys {
+                        let peer = PeerKeys::verify(&entry.keys)?;
+                        if self.pins.check(&entry.user, &peer.identity_key())? == PinCheck::Changed
+                        {
+                            return Err(Error::KeyChanged { user: entry.user });
+                        }
+                        self.pins.remember_keys(&entry.user, &entry.keys)?;
+                        self.keys.insert(entry.user, peer);
+                    }
+                }
+                Ok(other) => return Err(Error::Protocol(format!("expected keys, got {other:?}"))),
+                // Offline: pinned peers' remembered keys still serve.
+                Err(Error::Disconnected(_) | Error::Timeout) => {
+                    for u in &missing {
+                        self.peer_keys(u).await?;
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        users
+            .iter()
+            .map(|u| {
+                let k = if *u == self.user {
+                    self.identity.peer_keys()
+                } else {
+                    self.keys
+                        .get(u)
+                        .cloned()
+                        .ok_or_else(|| Error::UnknownUser(u.clone()))?
+                };
+                Ok((u.clone(), k))
+            })
+            .collect()
+    }
+
+    /// Seals `payload` for its recipients.
+    async fn seal_payload(&mut self, payload: &Payload) -> Result<String> {
+        let keys = self.peer_keys_many(&payload.recipients).await?;
+        Ok(envelope::seal(&self.identity, payload, &keys)?)
     }
 
     /// Sends a sealed envelope; returns once the server has stored it
@@ -348,6 +419,304 @@ impl Session {
         })
     }
 
+    /// Sends the outbox entry `msg_id` to `group`. When the server says the
+    /// membership changed, the message is re-sealed for the new membership
+    /// from this user's own copy (the sender is always a recipient, so no
+    /// plaintext is ever kept on disk) and sent again, same msg_id.
+    async fn send_group_sealed(&mut self, group: &GroupName, msg_id: MsgId) -> Result<SendOutcome> {
+        for _ in 0..5 {
+            let envelope = self
+                .outbox
+                .find(&msg_id)
+                .map(|p| p.envelope.clone())
+                .ok_or_else(|| Error::Protocol("group message vanished from the outbox".into()))?;
+            let env = Envelope::parse(&envelope)?;
+            let raw = RawValue::from_string(envelope.clone())
+                .map_err(|e| Error::Protocol(format!("sealed envelope is not JSON: {e}")))?;
+            let answer = self
+                .client
+                .request(ClientMessage::GroupSend {
+                    rid: None,
+                    msg_id,
+                    from: self.user.clone(),
+                    group: group.clone(),
+                    recipients: env.recipients.clone(),
+                    envelope: raw,
+                })
+                .await?;
+            match answer {
+                ServerMessage::Accepted {
+                    server_ts,
+                    recipient_online,
+                    ..
+                } => {
+                    self.history.append(&Record {
+                        dir: Direction::Out,
+                        msg_id,
+                        from: self.user.clone(),
+                        server_ts,
+                        envelope,
+                    })?;
+                    return Ok(SendOutcome {
+                        msg_id,
+                        server_ts,
+                        recipient_online,
+                    });
+                }
+                ServerMessage::Membership { members, .. } => {
+                    if !members.contains(&self.user) {
+                        return Err(Error::Server {
+                            code: telepound_protocol::ErrorCode::UnknownGroup,
+                            message: format!("you are no longer in #{group}"),
+                        });
+                    }
+                    let mut payload = env
+                        .open(&self.identity, &self.user, &self.identity.peer_keys())?
+                        .payload;
+                    payload.recipients = envelope::canonical_recipients(members);
+                    let resealed = self.seal_payload(&payload).await?;
+                    self.outbox.reseal(&msg_id, resealed)?;
+                }
+                other => return Err(Error::Protocol(format!("expected accepted, got {other:?}"))),
+            }
+        }
+        Err(Error::Protocol(format!(
+            "#{group}'s membership keeps changing; try again"
+        )))
+    }
+
+    /// Seals a group message for the group's current members and queues it.
+    ///
+    /// # Errors
+    /// As [`Session::group_info`] and [`Session::peer_keys_many`].
+    pub async fn queue_group(
+        &mut self,
+        group: &GroupName,
+        text: &str,
+        attachments: Vec<Attachment>,
+        event: Option<GroupEvent>,
+    ) -> Result<MsgId> {
+        let info = self.group_info(group).await?;
+        let members = info.members.into_iter().map(|m| m.user).collect();
+        let msg_id = MsgId::new();
+        let payload = Payload {
+            msg_id,
+            sender: self.user.clone(),
+            recipients: envelope::canonical_recipients(members),
+            group: Some(group.clone()),
+            sent_at: now_ms(),
+            text: text.to_owned(),
+            attachments,
+            event,
+        };
+        let sealed = self.seal_payload(&payload).await?;
+        let ids: Vec<String> = payload
+            .attachments
+            .iter()
+            .map(|a| a.blob_id.clone())
+            .collect();
+        self.outbox.push(Pending {
+            to: self.user.clone(),
+            group: Some(group.clone()),
+            msg_id,
+            envelope: sealed,
+        })?;
+        for id in ids {
+            self.uploads.forget(&id)?;
+        }
+        Ok(msg_id)
+    }
+
+    /// Queues and sends a message to a group; returns the server's answer.
+    ///
+    /// # Errors
+    /// As [`Session::queue_group`] and [`Session::flush_outbox`].
+    pub async fn send_group(
+        &mut self,
+        group: &GroupName,
+        text: &str,
+        attachments: Vec<Attachment>,
+    ) -> Result<SendOutcome> {
+        let msg_id = self.queue_group(group, text, attachments, None).await?;
+        self.flush_for(msg_id).await
+    }
+
+    /// Flushes the outbox and returns the outcome of `msg_id`.
+    async fn flush_for(&mut self, msg_id: MsgId) -> Result<SendOutcome> {
+        let mut outcome = None;
+        for (pending, result) in self.flush_outbox().await? {
+            if pending.msg_id == msg_id {
+                outcome = Some(result?);
+            }
+        }
+        outcome.ok_or(Error::Disconnected(None))
+    }
+
+    async fn group_request(&self, msg: ClientMessage) -> Result<GroupInfo> {
+        match self.client.request(msg).await? {
+            ServerMessage::Group { info, .. } => Ok(info),
+            other => Err(Error::Protocol(format!("expected group, got {other:?}"))),
+        }
+    }
+
+    /// Announces a membership change to the group (signed, so members can
+    /// tell it from a change the server made up).
+    async fn announce(
+        &mut self,
+        group: &GroupName,
+        kind: GroupEventKind,
+        users: Vec<UserName>,
+    ) -> Result<()> {
+        let event = GroupEvent { kind, users };
+        let msg_id = self.queue_group(group, "", Vec::new(), Some(event)).await?;
+        self.flush_for(msg_id).await.map(|_| ())
+    }
+
+    /// Creates `group` with this user as owner.
+    ///
+    /// # Errors
+    /// `group_exists`, `unknown_user`, `group_full`, or a connection error.
+    pub async fn group_create(
+        &mut self,
+        group: &GroupName,
+        members: Vec<UserName>,
+    ) -> Result<GroupInfo> {
+        let info = self
+            .group_request(ClientMessage::GroupCreate {
+                rid: None,
+                group: group.clone(),
+                members: members.clone(),
+            })
+            .await?;
+        self.announce(group, GroupEventKind::Created, members)
+            .await?;
+        Ok(info)
+    }
+
+    /// Adds users (owners and admins).
+    ///
+    /// # Errors
+    /// `not_an_admin`, `unknown_user`, `unknown_group`, `group_full`.
+    pub async fn group_add(
+        &mut self,
+        group: &GroupName,
+        users: Vec<UserName>,
+    ) -> Result<GroupInfo> {
+        let info = self
+            .group_request(ClientMessage::GroupAdd {
+                rid: None,
+                group: group.clone(),
+                users: users.clone(),
+            })
+            .await?;
+        self.announce(group, GroupEventKind::Added, users).await?;
+        Ok(info)
+    }
+
+    /// Removes users (owners and admins); the remaining members and each
+    /// removed user are told.
+    ///
+    /// # Errors
+    /// `not_an_admin`, `cannot_remove_owner`, `unknown_group`.
+    pub async fn group_remove(
+        &mut self,
+        group: &GroupName,
+        users: Vec<UserName>,
+    ) -> Result<GroupInfo> {
+        let info = self
+            .group_request(ClientMessage::GroupRemove {
+                rid: None,
+                group: group.clone(),
+                users: users.clone(),
+            })
+            .await?;
+        self.announce(group, GroupEventKind::Removed, users.clone())
+            .await?;
+        for gone in users {
+            let msg_id = MsgId::new();
+            let payload = Payload {
+                msg_id,
+                sender: self.user.clone(),
+                recipients: envelope::canonical_recipients(vec![self.user.clone(), gone.clone()]),
+                group: Some(group.clone()),
+                sent_at: now_ms(),
+                text: String::new(),
+                attachments: Vec::new(),
+                event: Some(GroupEvent {
+                    kind: GroupEventKind::Removed,
+                    users: vec![gone.clone()],
+                }),
+            };
+            let sealed = self.seal_payload(&payload).await?;
+            self.outbox.push(Pending {
+                to: gone,
+                group: None,
+                msg_id,
+                envelope: sealed,
+            })?;
+            self.flush_for(msg_id).await?;
+        }
+        Ok(info)
+    }
+
+    /// Leaves the group, telling the members first.
+    ///
+    /// # Errors
+    /// `unknown_group`.
+    pub async fn group_leave(&mut self, group: &GroupName) -> Result<GroupInfo> {
+        self.announce(group, GroupEventKind::Left, Vec::new())
+            .await?;
+        self.group_request(ClientMessage::GroupLeave {
+            rid: None,
+            group: group.clone(),
+        })
+        .await
+    }
+
+    /// Makes a member an admin (owners and admins).
+    ///
+    /// # Errors
+    /// `not_an_admin`, `unknown_group`.
+    pub async fn group_promote(&mut self, group: &GroupName, user: &UserName) -> Result<GroupInfo> {
+        let info = self
+            .group_request(ClientMessage::GroupPromote {
+                rid: None,
+                group: group.clone(),
+                user: user.clone(),
+            })
+            .await?;
+        self.announce(group, GroupEventKind::Promoted, vec![user.clone()])
+            .await?;
+        Ok(info)
+    }
+
+    /// A group's members and roles (members only).
+    ///
+    /// # Errors
+    /// `unknown_group`.
+    pub async fn group_info(&self, group: &GroupName) -> Result<GroupInfo> {
+        self.group_request(ClientMessage::GroupInfo {
+            rid: None,
+            group: group.clone(),
+        })
+        .await
+    }
+
+    /// The groups this user is in.
+    ///
+    /// # Errors
+    /// A connection error.
+    pub async fn group_list(&self) -> Result<Vec<GroupSummary>> {
+        match self
+            .client
+            .request(ClientMessage::GroupList { rid: None })
+            .await?
+        {
+            ServerMessage::Groups { groups, .. } => Ok(groups),
+            other => Err(Error::Protocol(format!("expected groups, got {other:?}"))),
+        }
+    }
+
     /// Seals and sends a text message: it goes through the outbox, so
     /// anything queued earlier leaves first and, if the connection drops,
     /// the message stays queued (see [`Session::flush_outbox`]).
@@ -391,6 +760,7 @@ impl Session {
         let envelope = self.seal(to, msg_id, text, attachments).await?;
         self.outbox.push(Pending {
             to: to.clone(),
+            group: None,
             msg_id,
             envelope,
         })?;
@@ -509,7 +879,11 @@ impl Session {
     pub async fn flush_outbox(&mut self) -> Result<Vec<(Pending, Result<SendOutcome>)>> {
         let mut done = Vec::new();
         while let Some(p) = self.outbox.first().cloned() {
-            match self.send_sealed(&p.to, p.msg_id, p.envelope.clone()).await {
+            let sent = match &p.group {
+                Some(g) => self.send_group_sealed(g, p.msg_id).await,
+                None => self.send_sealed(&p.to, p.msg_id, p.envelope.clone()).await,
+            };
+            match sent {
                 Err(e) if crate::is_transient(&e) => {
                     return if done.is_empty() { Err(e) } else { Ok(done) };
                 }

@@ -89,6 +89,36 @@ pub struct Payload {
     /// Attached files.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attachments: Vec<Attachment>,
+    /// A group membership change made by the sender, signed like the rest,
+    /// so members can tell an admin's change from one the server made up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<GroupEvent>,
+}
+
+/// A membership change, as announced by the admin (or member) who made it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupEvent {
+    /// What happened.
+    pub kind: GroupEventKind,
+    /// To whom (empty for `created` with no one else, or `left`).
+    #[serde(default)]
+    pub users: Vec<UserName>,
+}
+
+/// Kinds of membership change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupEventKind {
+    /// The sender created the group with `users`.
+    Created,
+    /// The sender added `users`.
+    Added,
+    /// The sender removed `users`.
+    Removed,
+    /// The sender left.
+    Left,
+    /// The sender made `users` admins.
+    Promoted,
 }
 
 /// One recipient's wrapped content key.
@@ -382,6 +412,7 @@ mod tests {
             sent_at: 1_700_000_000_000,
             text: "hello bob".into(),
             attachments: vec![],
+            event: None,
         }
     }
 

@@ -10,8 +10,10 @@ use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
 use crate::auth::KsfParams;
-use crate::message::{B64, PresenceInfo, PublicKeys, UnixMillis, UserKeys};
-use crate::{ClientMessage, ErrorCode, MsgId, ServerMessage, UserName};
+use crate::message::{
+    B64, GroupInfo, GroupSummary, PresenceInfo, PublicKeys, UnixMillis, UserKeys,
+};
+use crate::{ClientMessage, ErrorCode, GroupName, MsgId, ServerMessage, UserName};
 
 /// Why a frame could not be decoded.
 #[derive(Debug, thiserror::Error)]
@@ -249,6 +251,92 @@ pub fn decode_client(text: &str, max: usize) -> Result<ClientMessage, DecodeErro
                 users: b.users,
             }
         }
+        "group_create" => {
+            #[derive(Deserialize)]
+            struct B {
+                group: GroupName,
+                #[serde(default)]
+                members: Vec<UserName>,
+            }
+            let b: B = body(text, rid)?;
+            ClientMessage::GroupCreate {
+                rid,
+                group: b.group,
+                members: b.members,
+            }
+        }
+        "group_add" | "group_remove" => {
+            #[derive(Deserialize)]
+            struct B {
+                group: GroupName,
+                users: Vec<UserName>,
+            }
+            let b: B = body(text, rid)?;
+            if kind == "group_add" {
+                ClientMessage::GroupAdd {
+                    rid,
+                    group: b.group,
+                    users: b.users,
+                }
+            } else {
+                ClientMessage::GroupRemove {
+                    rid,
+                    group: b.group,
+                    users: b.users,
+                }
+            }
+        }
+        "group_leave" | "group_info" => {
+            #[derive(Deserialize)]
+            struct B {
+                group: GroupName,
+            }
+            let b: B = body(text, rid)?;
+            if kind == "group_leave" {
+                ClientMessage::GroupLeave {
+                    rid,
+                    group: b.group,
+                }
+            } else {
+                ClientMessage::GroupInfo {
+                    rid,
+                    group: b.group,
+                }
+            }
+        }
+        "group_promote" => {
+            #[derive(Deserialize)]
+            struct B {
+                group: GroupName,
+                user: UserName,
+            }
+            let b: B = body(text, rid)?;
+            ClientMessage::GroupPromote {
+                rid,
+                group: b.group,
+                user: b.user,
+            }
+        }
+        "group_list" => ClientMessage::GroupList { rid },
+        "group_send" => {
+            #[derive(Deserialize)]
+            struct B {
+                msg_id: MsgId,
+                from: UserName,
+                group: GroupName,
+                recipients: Vec<UserName>,
+                envelope: Box<RawValue>,
+            }
+            let b: B = body(text, rid)?;
+            ClientMessage::GroupSend {
+                rid,
+                msg_id: b.msg_id,
+                from: b.from,
+                group: b.group,
+                recipients: b.recipients,
+                envelope: b.envelope,
+            }
+        }
         other => return Err(unknown(other, rid)),
     })
 }
@@ -421,6 +509,38 @@ pub fn decode_server(text: &str, max: usize) -> Result<ServerMessage, DecodeErro
                 rid,
                 users: b.users,
                 unknown: b.unknown,
+            }
+        }
+        "group" => {
+            #[derive(Deserialize)]
+            struct B {
+                info: GroupInfo,
+            }
+            let b: B = body(text, rid)?;
+            ServerMessage::Group { rid, info: b.info }
+        }
+        "groups" => {
+            #[derive(Deserialize)]
+            struct B {
+                groups: Vec<GroupSummary>,
+            }
+            let b: B = body(text, rid)?;
+            ServerMessage::Groups {
+                rid,
+                groups: b.groups,
+            }
+        }
+        "membership" => {
+            #[derive(Deserialize)]
+            struct B {
+                group: GroupName,
+                members: Vec<UserName>,
+            }
+            let b: B = body(text, rid)?;
+            ServerMessage::Membership {
+                rid,
+                group: b.group,
+                members: b.members,
             }
         }
         "error" => {

@@ -53,6 +53,16 @@ pub enum ErrorCode {
     OffsetMismatch,
     /// A download of a blob not fully uploaded yet.
     Incomplete,
+    /// No such group, or not one this user is in.
+    UnknownGroup,
+    /// A group of that name exists.
+    GroupExists,
+    /// Only owners and admins may do that.
+    NotAnAdmin,
+    /// The group is at its member limit.
+    GroupFull,
+    /// The owner cannot be removed (they may leave).
+    CannotRemoveOwner,
 }
 
 impl ErrorCode {
@@ -81,6 +91,11 @@ impl ErrorCode {
             Self::NotFound => "not_found",
             Self::OffsetMismatch => "offset_mismatch",
             Self::Incomplete => "incomplete",
+            Self::UnknownGroup => "unknown_group",
+            Self::GroupExists => "group_exists",
+            Self::NotAnAdmin => "not_an_admin",
+            Self::GroupFull => "group_full",
+            Self::CannotRemoveOwner => "cannot_remove_owner",
         }
     }
 
@@ -110,6 +125,11 @@ impl ErrorCode {
             Self::NotFound => "no such file",
             Self::OffsetMismatch => "the upload does not continue where the server's copy ends",
             Self::Incomplete => "the file has not been fully uploaded yet",
+            Self::UnknownGroup => "no such group, or you are not in it",
+            Self::GroupExists => "a group of that name exists",
+            Self::NotAnAdmin => "only the group's owner and admins may do that",
+            Self::GroupFull => "the group is full",
+            Self::CannotRemoveOwner => "the owner cannot be removed",
         }
     }
 }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::auth::KsfParams;
-use crate::{ErrorCode, MsgId, UserName};
+use crate::{ErrorCode, GroupName, MsgId, UserName};
 
 /// Bytes carried as standard base64 text in JSON.
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -77,6 +77,50 @@ pub struct PresenceInfo {
     pub online: bool,
     /// When the user's last connection ended; `None` if never, or online now.
     pub last_seen: Option<UnixMillis>,
+}
+
+/// A member's role in a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Can post.
+    Member,
+    /// Can also add, remove and promote.
+    Admin,
+    /// The creator (or whoever inherited the group): an admin who cannot be
+    /// removed by other admins.
+    Owner,
+}
+
+/// One member of a group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupMember {
+    /// The user.
+    pub user: UserName,
+    /// Their role.
+    pub role: Role,
+    /// When they joined.
+    pub joined_at: UnixMillis,
+}
+
+/// A group and its current members, longest-standing first.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupInfo {
+    /// The group.
+    pub group: GroupName,
+    /// Its members.
+    pub members: Vec<GroupMember>,
+}
+
+/// One line of a `groups` answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupSummary {
+    /// The group.
+    pub group: GroupName,
+    /// The asking user's role in it.
+    pub role: Role,
+    /// How many members it has.
+    pub members: u32,
 }
 
 /// What a client sends.
@@ -192,6 +236,85 @@ pub enum ClientMessage {
         /// Which users.
         users: Vec<UserName>,
     },
+    /// Create a group with the sender as owner and `members` as members.
+    GroupCreate {
+        /// Request id, echoed back.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+        /// The new group's name.
+        group: GroupName,
+        /// Its first members besides the creator.
+        members: Vec<UserName>,
+    },
+    /// Add users to a group (owners and admins).
+    GroupAdd {
+        /// Request id, echoed back.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+        /// The group.
+        group: GroupName,
+        /// Who to add.
+        users: Vec<UserName>,
+    },
+    /// Remove users from a group (owners and admins).
+    GroupRemove {
+        /// Request id, echoed back.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+        /// The group.
+        group: GroupName,
+        /// Who to remove.
+        users: Vec<UserName>,
+    },
+    /// Leave a group.
+    GroupLeave {
+        /// Request id, echoed back.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+        /// The group.
+        group: GroupName,
+    },
+    /// Make a member an admin (owners and admins).
+    GroupPromote {
+        /// Request id, echoed back.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+        /// The group.
+        group: GroupName,
+        /// Who.
+        user: UserName,
+    },
+    /// The groups the sender is in.
+    GroupList {
+        /// Request id, echoed back.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+    },
+    /// A group's members and roles (members only).
+    GroupInfo {
+        /// Request id, echoed back.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+        /// The group.
+        group: GroupName,
+    },
+    /// Send one envelope, wrapped for every current member, to a group.
+    GroupSend {
+        /// Request id, echoed back.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+        /// Client-chosen id; a retry with the same id is stored once.
+        msg_id: MsgId,
+        /// The sender; must be the session's user and a member.
+        from: UserName,
+        /// The group.
+        group: GroupName,
+        /// Everyone the envelope is wrapped for (the sender included),
+        /// which must be exactly the current membership.
+        recipients: Vec<UserName>,
+        /// The sealed envelope, opaque to the server.
+        envelope: Box<RawValue>,
+    },
 }
 
 impl ClientMessage {
@@ -207,7 +330,15 @@ impl ClientMessage {
             | Self::Sync { rid, .. }
             | Self::Ack { rid, .. }
             | Self::Keys { rid, .. }
-            | Self::Presence { rid, .. } => *rid,
+            | Self::Presence { rid, .. }
+            | Self::GroupCreate { rid, .. }
+            | Self::GroupAdd { rid, .. }
+            | Self::GroupRemove { rid, .. }
+            | Self::GroupLeave { rid, .. }
+            | Self::GroupPromote { rid, .. }
+            | Self::GroupList { rid }
+            | Self::GroupInfo { rid, .. }
+            | Self::GroupSend { rid, .. } => *rid,
         }
     }
 
@@ -223,7 +354,15 @@ impl ClientMessage {
             | Self::Sync { rid, .. }
             | Self::Ack { rid, .. }
             | Self::Keys { rid, .. }
-            | Self::Presence { rid, .. } => *rid = Some(id),
+            | Self::Presence { rid, .. }
+            | Self::GroupCreate { rid, .. }
+            | Self::GroupAdd { rid, .. }
+            | Self::GroupRemove { rid, .. }
+            | Self::GroupLeave { rid, .. }
+            | Self::GroupPromote { rid, .. }
+            | Self::GroupList { rid }
+            | Self::GroupInfo { rid, .. }
+            | Self::GroupSend { rid, .. } => *rid = Some(id),
         }
     }
 
@@ -240,6 +379,14 @@ impl ClientMessage {
             Self::Ack { .. } => "ack",
             Self::Keys { .. } => "keys",
             Self::Presence { .. } => "presence",
+            Self::GroupCreate { .. } => "group_create",
+            Self::GroupAdd { .. } => "group_add",
+            Self::GroupRemove { .. } => "group_remove",
+            Self::GroupLeave { .. } => "group_leave",
+            Self::GroupPromote { .. } => "group_promote",
+            Self::GroupList { .. } => "group_list",
+            Self::GroupInfo { .. } => "group_info",
+            Self::GroupSend { .. } => "group_send",
         }
     }
 }
@@ -382,6 +529,33 @@ pub enum ServerMessage {
         /// Names asked for that have no account.
         unknown: Vec<UserName>,
     },
+    /// A group as it is now (answer to group changes and `group_info`).
+    Group {
+        /// The request's id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+        /// The group and its members.
+        info: GroupInfo,
+    },
+    /// The groups the user is in.
+    Groups {
+        /// The request's id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+        /// One line per group.
+        groups: Vec<GroupSummary>,
+    },
+    /// A `group_send` was wrapped for a membership that is no longer
+    /// current: nothing was stored; wrap for `members` and send again.
+    Membership {
+        /// The request's id.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rid: Option<u64>,
+        /// The group.
+        group: GroupName,
+        /// Its current members, sorted.
+        members: Vec<UserName>,
+    },
     /// A request failed.
     Error {
         /// The failed request's id, when it could be read.
@@ -408,6 +582,9 @@ impl ServerMessage {
             | Self::Acked { rid, .. }
             | Self::Keys { rid, .. }
             | Self::Presence { rid, .. }
+            | Self::Group { rid, .. }
+            | Self::Groups { rid, .. }
+            | Self::Membership { rid, .. }
             | Self::Error { rid, .. } => *rid,
             Self::Message { .. } | Self::Delivered { .. } => None,
         }

@@ -70,6 +70,8 @@ pub struct RawConfig {
     pub quota_mib: Option<u64>,
     /// Days an unfetched file is kept (default: `message_ttl_days`).
     pub blob_ttl_days: Option<u64>,
+    /// Most members in a group (default 256).
+    pub max_group_members: Option<usize>,
     /// PEM certificate chain for TLS (with `tls_key`).
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for TLS (with `tls_cert`).
@@ -102,7 +104,7 @@ impl RawConfig {
             ping_interval_secs, idle_timeout_secs, login_timeout_secs, shutdown_grace_secs,
             min_argon2, tls_cert, tls_key, tls_self_signed, max_connections_per_address,
             messages_per_second, message_burst, auth_timeout_secs, login_attempts_per_user,
-            login_attempts_per_address, max_file_mib, quota_mib, blob_ttl_days)
+            login_attempts_per_address, max_file_mib, quota_mib, blob_ttl_days, max_group_members)
     }
 
     /// Validates into a [`Config`], filling defaults.
@@ -207,6 +209,11 @@ impl RawConfig {
         };
         let message_ttl_days = positive("message_ttl_days", self.message_ttl_days, 30)?;
         Ok(Config {
+            max_group_members: positive(
+                "max_group_members",
+                self.max_group_members.map(|v| v as u64),
+                256,
+            )? as usize,
             max_file_bytes: positive("max_file_mib", self.max_file_mib, 100)? * 1024 * 1024,
             quota_bytes: positive("quota_mib", self.quota_mib, 1024)? * 1024 * 1024,
             blob_ttl: Duration::from_secs(
@@ -310,6 +317,8 @@ pub struct Config {
     pub quota_bytes: u64,
     /// How long an unfetched file is kept.
     pub blob_ttl: Duration,
+    /// Most members in a group.
+    pub max_group_members: usize,
 }
 
 /// Abuse limits; each violation is refused with `rate_limited` or

@@ -549,7 +549,7 @@ impl Connection {
     async fn send_entry(&mut self, entry: &StoredEntry) -> Result<(), axum::Error> {
         self.cursor = self.cursor.max(entry.seq);
         let text = match entry.kind {
-            EntryKind::Message => codec::render_message(
+            EntryKind::Message | EntryKind::GroupMessage => codec::render_message(
                 entry.seq,
                 &entry.msg_id,
                 &entry.sender,

@@ -208,8 +208,12 @@ async fn chat(link: &mut Link, lines: &mut Lines, downloads: &Path) -> anyhow::R
             continue;
         }
         let to = to.trim();
-        if to.starts_with('#') {
-            println!("Group chats are not supported yet; message not sent.");
+        if let Some(group) = to.strip_prefix('#') {
+            let Ok(group) = telepound_protocol::GroupName::new(group) else {
+                println!("No such group: {to}");
+                continue;
+            };
+            send_to_group(link, &group, &text, file).await?;
             continue;
         }
         let Ok(to) = UserName::new(to) else {
@@ -283,5 +287,76 @@ async fn chat(link: &mut Link, lines: &mut Lines, downloads: &Path) -> anyhow::R
             }
             other => other?,
         }
+    }
+}
+
+/// `Send To > #NAME`: a group message, with the file if one was named.
+async fn send_to_group(
+    link: &mut Link,
+    group: &telepound_protocol::GroupName,
+    text: &str,
+    file: &str,
+) -> anyhow::Result<()> {
+    if !link.is_up() {
+        println!("Not connected: group messages need the connection; message not sent.");
+        return Ok(());
+    }
+    let mut attachments = Vec::new();
+    if !file.is_empty() {
+        let path = PathBuf::from(file);
+        if !path.exists() {
+            println!("File not found: {file}; sending the text without it.");
+        } else if path.is_dir() {
+            println!("{file} is a folder, not a file; sending the text without it.");
+        } else {
+            let me = link.session.user().clone();
+            let members: Vec<UserName> = match link.session.group_info(group).await {
+                Ok(info) => info
+                    .members
+                    .into_iter()
+                    .map(|m| m.user)
+                    .filter(|u| *u != me)
+                    .collect(),
+                Err(e) => {
+                    println!("Not sent: {e}");
+                    return Ok(());
+                }
+            };
+            match link
+                .session
+                .upload_files(&members, &[path], crate::progress::bars("sending"))
+                .await
+            {
+                Ok(a) => attachments = a,
+                Err(e) => {
+                    println!("Not sent: {e}");
+                    return Ok(());
+                }
+            }
+        }
+    }
+    match link
+        .session
+        .queue_group(group, text, attachments, None)
+        .await
+    {
+        Ok(_) => {}
+        Err(e) if is_transient(&e) => {
+            println!("Not connected: message not sent.");
+            return Ok(());
+        }
+        Err(e) => {
+            println!("Not sent: {e}");
+            return Ok(());
+        }
+    }
+    match inbox::report_flush(&mut link.session, Style::Classic).await {
+        Err(e) if e.downcast_ref::<ClientError>().is_some_and(is_transient) => {
+            println!(
+                "Not connected: the message is queued and will be sent when the connection is back."
+            );
+            Ok(())
+        }
+        other => other,
     }
 }

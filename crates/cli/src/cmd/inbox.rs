@@ -170,8 +170,12 @@ pub async fn report_flush(session: &mut Session, style: Style) -> anyhow::Result
     }
     let flushed = session.flush_outbox().await?;
     for (pending, result) in flushed {
-        let to = &pending.to;
+        let to = match &pending.group {
+            Some(g) => format!("#{g}"),
+            None => pending.to.to_string(),
+        };
         let line = match result {
+            Ok(_) if pending.group.is_some() => format!("Message to {to} sent."),
             Ok(o) if o.recipient_online => format!("Message to {to} sent; waiting for delivery."),
             Ok(_) => format!(
                 "{to} is offline: the message is queued and will be delivered when they log in."
@@ -188,6 +192,27 @@ pub async fn report_flush(session: &mut Session, style: Style) -> anyhow::Result
     Ok(())
 }
 
+/// A membership change as one line, e.g. "alice added bob, carol". It is
+/// shown only because the sender's signature verified: the server cannot
+/// make one up.
+pub fn event_line(p: &telepound_crypto::Payload, e: &telepound_crypto::GroupEvent) -> String {
+    use telepound_crypto::GroupEventKind as K;
+    let users = e
+        .users
+        .iter()
+        .map(|u| u.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    match e.kind {
+        K::Created if users.is_empty() => format!("{} created the group", p.sender),
+        K::Created => format!("{} created the group with {users}", p.sender),
+        K::Added => format!("{} added {users}", p.sender),
+        K::Removed => format!("{} removed {users}", p.sender),
+        K::Left => format!("{} left", p.sender),
+        K::Promoted => format!("{} made {users} an admin", p.sender),
+    }
+}
+
 /// Prints one inbound item.
 pub fn show(inbound: &Inbound, style: Style) {
     let mut out = std::io::stdout().lock();
@@ -202,6 +227,8 @@ pub fn show(inbound: &Inbound, style: Style) {
                 "sent_at": output::rfc3339(p.sent_at),
                 "server_ts": output::rfc3339(r.server_ts),
                 "text": p.text,
+                "group": p.group,
+                "event": p.event.as_ref().map(|e| json!({"kind": e.kind, "users": e.users})),
                 "attachments": p.attachments.iter().map(|a| json!({
                     "name": a.name, "size": a.size, "media_type": a.media_type,
                     "width": a.image.map(|i| i.width), "height": a.image.map(|i| i.height),
@@ -211,22 +238,57 @@ pub fn show(inbound: &Inbound, style: Style) {
         }
         (Inbound::Message(r), Style::Line) => {
             let p = &r.payload;
-            let _ = writeln!(
-                out,
-                "[{}] {}: {}",
-                output::stamp(p.sent_at),
-                p.sender,
-                sanitize(&p.text)
-            );
+            let group = p
+                .group
+                .as_ref()
+                .map(|g| format!("#{g} "))
+                .unwrap_or_default();
+            if let Some(e) = &p.event {
+                let _ = writeln!(
+                    out,
+                    "[{}] {group}{}",
+                    output::stamp(p.sent_at),
+                    event_line(p, e)
+                );
+            } else {
+                let _ = writeln!(
+                    out,
+                    "[{}] {group}{}: {}",
+                    output::stamp(p.sent_at),
+                    p.sender,
+                    sanitize(&p.text)
+                );
+            }
             for a in &p.attachments {
                 let _ = writeln!(out, "  attached: {}", crate::preview::describe(a));
             }
         }
-        (Inbound::Message(r), Style::Classic) => {
+        (Inbound::Message(r), Style::Classic) if r.payload.event.is_some() => {
             let p = &r.payload;
+            let group = p
+                .group
+                .as_ref()
+                .map(|g| format!("#{g}: "))
+                .unwrap_or_default();
+            let e = p.event.as_ref().expect("checked");
             let _ = writeln!(
                 out,
-                "\nMessage from {}:\nDate: {}\nTime: {}\n{}",
+                "\n{group}{} ({} {})",
+                event_line(p, e),
+                output::date(p.sent_at),
+                output::time_of_day(p.sent_at)
+            );
+        }
+        (Inbound::Message(r), Style::Classic) => {
+            let p = &r.payload;
+            let place = p
+                .group
+                .as_ref()
+                .map(|g| format!(" in #{g}"))
+                .unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "\nMessage from {}{place}:\nDate: {}\nTime: {}\n{}",
                 p.sender,
                 output::date(p.sent_at),
                 output::time_of_day(p.sent_at),

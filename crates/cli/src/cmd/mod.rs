@@ -12,6 +12,7 @@ use telepound_protocol::auth::KsfParams;
 use crate::args::{ClientArgs, Command};
 
 mod classic;
+mod group;
 mod inbox;
 mod lines;
 mod send;
@@ -37,7 +38,24 @@ pub async fn run(cli: crate::args::Cli) -> anyhow::Result<()> {
             session.client().close().await;
             Ok(())
         }
-        Command::Send { to, text, files } => send::run(&c, &to, &text.join(" "), &files).await,
+        Command::Send {
+            group,
+            words,
+            files,
+        } => {
+            let (to, text) = match group {
+                Some(g) => (send::Target::Group(parse_group(&g)?), words.join(" ")),
+                None => {
+                    let (to, text) = words.split_first().expect("clap requires one word");
+                    (send::Target::User(parse_user(to)?), text.join(" "))
+                }
+            };
+            if text.is_empty() && files.is_empty() {
+                anyhow::bail!("nothing to send: give a message or --file");
+            }
+            send::run(&c, to, &text, &files).await
+        }
+        Command::Group(cmd) => group::run(&c, cmd).await,
         Command::Inbox {
             follow,
             json,
@@ -77,6 +95,12 @@ pub async fn connect(c: &ClientArgs) -> anyhow::Result<(Client, Events)> {
 /// Parses a user name given on the command line, with a readable error.
 pub fn parse_user(s: &str) -> anyhow::Result<UserName> {
     UserName::new(s).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+/// Parses a group name, with or without its leading `#`.
+pub fn parse_group(s: &str) -> anyhow::Result<telepound_protocol::GroupName> {
+    telepound_protocol::GroupName::new(s.strip_prefix('#').unwrap_or(s))
+        .map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// The acting user from `--user` / `TELEPOUND_USER`.

@@ -7,10 +7,11 @@ use anyhow::Context;
 use telepound_client::{Backoff, Error as ClientError, Event};
 use tokio::time::Instant;
 
-use super::{connect_options, login_keeping_password, parse_user};
+use super::{connect_options, login_keeping_password};
 use crate::args::ClientArgs;
 use crate::output;
 use telepound_client::is_transient;
+use telepound_protocol::{GroupName, UserName};
 
 /// How long `send` waits for an online recipient's delivery receipt.
 const DELIVERY_WAIT: Duration = Duration::from_secs(5);
@@ -32,13 +33,29 @@ fn transient(e: &anyhow::Error) -> bool {
         .any(is_transient)
 }
 
+/// Whom a message goes to.
+pub enum Target {
+    /// One user.
+    User(UserName),
+    /// A group's members.
+    Group(GroupName),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::User(u) => write!(f, "{u}"),
+            Self::Group(g) => write!(f, "#{g}"),
+        }
+    }
+}
+
 pub async fn run(
     c: &ClientArgs,
-    to: &str,
+    to: Target,
     text: &str,
     files: &[std::path::PathBuf],
 ) -> anyhow::Result<()> {
-    let to = parse_user(to)?;
     let deadline = Instant::now() + retry_for();
 
     let mut backoff = Backoff::default();
@@ -68,11 +85,29 @@ pub async fn run(
     // sent); an upload cut off resumes where it stopped on the next try.
     let mut attachments = Vec::new();
     if !files.is_empty() {
-        session.peer_keys(&to).await?;
+        let recipients = match &to {
+            Target::User(u) => {
+                session.peer_keys(u).await?;
+                vec![u.clone()]
+            }
+            Target::Group(g) => {
+                let me = session.user().clone();
+                let members: Vec<UserName> = session
+                    .group_info(g)
+                    .await?
+                    .members
+                    .into_iter()
+                    .map(|m| m.user)
+                    .filter(|u| *u != me)
+                    .collect();
+                session.peer_keys_many(&members).await?;
+                members
+            }
+        };
         let progress = crate::progress::bars("sending");
         attachments = loop {
             match session
-                .upload_files(std::slice::from_ref(&to), files, progress.clone())
+                .upload_files(&recipients, files, progress.clone())
                 .await
             {
                 Ok(a) => break a,
@@ -99,7 +134,10 @@ pub async fn run(
     }
     // Sealed once, with one msg_id, and kept on disk until the server has
     // it: every retry is the same message, stored once.
-    let msg_id = session.queue_with_files(&to, text, attachments).await?;
+    let msg_id = match &to {
+        Target::User(u) => session.queue_with_files(u, text, attachments).await?,
+        Target::Group(g) => session.queue_group(g, text, attachments, None).await?,
+    };
     let outcome = loop {
         match session.flush_outbox().await {
             Ok(flushed) => {
@@ -140,6 +178,10 @@ pub async fn run(
         output::stamp(outcome.server_ts),
         outcome.msg_id
     );
+    if matches!(to, Target::Group(_)) {
+        session.client().close().await;
+        return Ok(());
+    }
     if !outcome.recipient_online {
         println!("{to} is offline; the message waits in their mailbox until they log in.");
         session.client().close().await;

@@ -4,6 +4,7 @@
 mod classic;
 mod crash;
 mod files;
+mod groups;
 mod load_crash;
 mod reconnect;
 mod tls;

@@ -3,6 +3,7 @@
 
 mod conversation;
 mod files;
+mod groups;
 mod keys;
 mod postgres;
 mod secrets;

@@ -10,6 +10,7 @@ use crate::server::Shared;
 use crate::store::StoreError;
 
 pub mod ack;
+pub mod group;
 pub mod keys;
 pub mod login;
 pub mod presence;
@@ -106,6 +107,71 @@ pub async fn dispatch(shared: &Arc<Shared>, user: &UserName, msg: ClientMessage)
         ClientMessage::Presence { users, .. } => {
             let shared = shared.clone();
             Box::pin(async move { finish(rid, presence::handle(&shared, users, rid).await) })
+        }
+        ClientMessage::GroupCreate { group, members, .. } => {
+            let (shared, user) = (shared.clone(), user.clone());
+            Box::pin(async move {
+                finish(
+                    rid,
+                    group::create(&shared, &user, rid, group, members).await,
+                )
+            })
+        }
+        ClientMessage::GroupAdd { group, users, .. } => {
+            let (shared, user) = (shared.clone(), user.clone());
+            Box::pin(
+                async move { finish(rid, group::add(&shared, &user, rid, group, users).await) },
+            )
+        }
+        ClientMessage::GroupRemove { group, users, .. } => {
+            let (shared, user) = (shared.clone(), user.clone());
+            Box::pin(
+                async move { finish(rid, group::remove(&shared, &user, rid, group, users).await) },
+            )
+        }
+        ClientMessage::GroupLeave { group, .. } => {
+            let (shared, user) = (shared.clone(), user.clone());
+            Box::pin(async move { finish(rid, group::leave(&shared, &user, rid, group).await) })
+        }
+        ClientMessage::GroupPromote {
+            group,
+            user: target,
+            ..
+        } => {
+            let (shared, user) = (shared.clone(), user.clone());
+            Box::pin(async move {
+                finish(
+                    rid,
+                    group::promote(&shared, &user, rid, group, target).await,
+                )
+            })
+        }
+        ClientMessage::GroupList { .. } => {
+            let (shared, user) = (shared.clone(), user.clone());
+            Box::pin(async move { finish(rid, group::list(&shared, &user, rid).await) })
+        }
+        ClientMessage::GroupInfo { group, .. } => {
+            let (shared, user) = (shared.clone(), user.clone());
+            Box::pin(async move { finish(rid, group::info(&shared, &user, rid, group).await) })
+        }
+        ClientMessage::GroupSend {
+            msg_id,
+            from,
+            group,
+            recipients,
+            envelope,
+            ..
+        } => {
+            let (shared, user) = (shared.clone(), user.clone());
+            Box::pin(async move {
+                finish(
+                    rid,
+                    group::send(
+                        &shared, &user, rid, msg_id, from, group, recipients, envelope,
+                    )
+                    .await,
+                )
+            })
         }
         ClientMessage::RegisterStart { .. }
         | ClientMessage::RegisterFinish { .. }

@@ -411,6 +411,232 @@ pub async fn blobs(store: Arc<dyn Store>, _: Arc<Recorder>) {
     );
 }
 
+/// Groups: the rules, succession, and sends checked against membership in
+/// the same transaction.
+pub async fn groups(store: Arc<dyn Store>, rec: Arc<Recorder>) {
+    use super::groups::{GroupDone, GroupOp, GroupRefusal};
+    use telepound_protocol::message::Role;
+    use telepound_protocol::{ErrorCode, GroupName};
+    let g = GroupName::new("team").unwrap();
+    let (alice, bob, carol, dave) = (name("alice"), name("bob"), name("carol"), name("dave"));
+    let run = |op: GroupOp| {
+        let store = store.clone();
+        async move { store.group(op, 4, 10).await.unwrap() }
+    };
+    let members = |r: super::groups::GroupResult| match r {
+        Ok(GroupDone::Members(m)) => m
+            .into_iter()
+            .map(|m| (m.user.as_str().to_owned(), m.role))
+            .collect::<Vec<_>>(),
+        other => panic!("{other:?}"),
+    };
+    let code = |r: super::groups::GroupResult| match r {
+        Err(GroupRefusal::Rule(c, _)) => c,
+        other => panic!("{other:?}"),
+    };
+
+    let m = members(
+        run(GroupOp::Create {
+            group: g.clone(),
+            creator: alice.clone(),
+            members: vec![bob.clone()],
+        })
+        .await,
+    );
+    assert_eq!(
+        m,
+        vec![("alice".into(), Role::Owner), ("bob".into(), Role::Member)]
+    );
+    assert_eq!(
+        code(
+            run(GroupOp::Create {
+                group: g.clone(),
+                creator: carol.clone(),
+                members: vec![]
+            })
+            .await
+        ),
+        ErrorCode::GroupExists
+    );
+    // A member who is not an admin cannot add or remove.
+    assert_eq!(
+        code(
+            run(GroupOp::Add {
+                group: g.clone(),
+                actor: bob.clone(),
+                users: vec![carol.clone()]
+            })
+            .await
+        ),
+        ErrorCode::NotAnAdmin
+    );
+    assert_eq!(
+        code(
+            run(GroupOp::Remove {
+                group: g.clone(),
+                actor: bob.clone(),
+                users: vec![alice.clone()]
+            })
+            .await
+        ),
+        ErrorCode::NotAnAdmin
+    );
+    // Outsiders see no group at all.
+    assert_eq!(
+        code(
+            run(GroupOp::Add {
+                group: g.clone(),
+                actor: dave.clone(),
+                users: vec![dave.clone()]
+            })
+            .await
+        ),
+        ErrorCode::UnknownGroup
+    );
+    members(
+        run(GroupOp::Add {
+            group: g.clone(),
+            actor: alice.clone(),
+            users: vec![carol.clone(), bob.clone()],
+        })
+        .await,
+    );
+    members(
+        run(GroupOp::Promote {
+            group: g.clone(),
+            actor: alice.clone(),
+            user: carol.clone(),
+        })
+        .await,
+    );
+    // An admin cannot remove the owner; the limit holds.
+    assert_eq!(
+        code(
+            run(GroupOp::Remove {
+                group: g.clone(),
+                actor: carol.clone(),
+                users: vec![alice.clone()]
+            })
+            .await
+        ),
+        ErrorCode::CannotRemoveOwner
+    );
+    members(
+        run(GroupOp::Add {
+            group: g.clone(),
+            actor: carol.clone(),
+            users: vec![dave.clone()],
+        })
+        .await,
+    );
+    assert_eq!(
+        code(
+            run(GroupOp::Add {
+                group: g.clone(),
+                actor: alice.clone(),
+                users: vec![name("erin")]
+            })
+            .await
+        ),
+        ErrorCode::GroupFull
+    );
+
+    // A send wrapped for the wrong membership is refused with the right one,
+    // and stores nothing.
+    let entry = |to: &UserName| NewEntry {
+        recipient: to.clone(),
+        kind: EntryKind::GroupMessage,
+        sender: alice.clone(),
+        msg_id: MsgId::new(),
+        server_ts: 10,
+        expires_at: 1000,
+        envelope: "{}".into(),
+    };
+    let before = rec.stored.lock().unwrap().len();
+    let wrong = run(GroupOp::Send {
+        group: g.clone(),
+        sender: alice.clone(),
+        recipients: vec![alice.clone(), bob.clone()],
+        entries: vec![entry(&bob)],
+    })
+    .await;
+    assert_eq!(
+        wrong,
+        Err(GroupRefusal::Membership(vec![
+            alice.clone(),
+            bob.clone(),
+            carol.clone(),
+            dave.clone()
+        ]))
+    );
+    assert_eq!(rec.stored.lock().unwrap().len(), before);
+    let all = vec![alice.clone(), bob.clone(), carol.clone(), dave.clone()];
+    let ok = run(GroupOp::Send {
+        group: g.clone(),
+        sender: alice.clone(),
+        recipients: all.clone(),
+        entries: vec![entry(&bob), entry(&carol), entry(&dave)],
+    })
+    .await;
+    assert!(
+        matches!(ok, Ok(GroupDone::Sent(ref s)) if s.iter().all(Option::is_some)),
+        "{ok:?}"
+    );
+    assert_eq!(
+        rec.stored.lock().unwrap().len(),
+        before + 3,
+        "announced to each member"
+    );
+    assert_eq!(
+        store.fetch(&dave, 0, 10).await.unwrap()[0].kind,
+        EntryKind::GroupMessage
+    );
+
+    // The owner leaves: the longest-standing admin (carol) inherits.
+    let m = members(
+        run(GroupOp::Leave {
+            group: g.clone(),
+            user: alice.clone(),
+        })
+        .await,
+    );
+    assert_eq!(m[1], ("carol".into(), Role::Owner), "{m:?}");
+    // The last admin leaves: the longest-standing member inherits.
+    let m = members(
+        run(GroupOp::Leave {
+            group: g.clone(),
+            user: carol.clone(),
+        })
+        .await,
+    );
+    assert_eq!(
+        m,
+        vec![("bob".into(), Role::Owner), ("dave".into(), Role::Member)]
+    );
+    let list = store.groups_of(&dave).await.unwrap();
+    assert_eq!((list[0].group.clone(), list[0].members), (g.clone(), 2));
+    // Everyone leaves: the group is gone and its name free.
+    let _ = run(GroupOp::Leave {
+        group: g.clone(),
+        user: bob.clone(),
+    })
+    .await;
+    let _ = run(GroupOp::Leave {
+        group: g.clone(),
+        user: dave.clone(),
+    })
+    .await;
+    assert!(store.group_members(&g).await.unwrap().is_none());
+    members(
+        run(GroupOp::Create {
+            group: g.clone(),
+            creator: dave.clone(),
+            members: vec![],
+        })
+        .await,
+    );
+}
+
 /// Generates one `#[tokio::test]` per behaviour check, each on a fresh store
 /// made by `$make(listener)`, an async fn returning
 /// `Option<(Arc<dyn Store>, guard)>` (`None` skips, after saying why).
@@ -419,7 +645,7 @@ macro_rules! store_conformance_tests {
     ($make:path) => {
         $crate::store_conformance_tests!(@each $make;
             users, server_setup_is_stable, sessions, mailbox, expiry,
-            concurrent_writes_group_commit, receipts, blobs);
+            concurrent_writes_group_commit, receipts, blobs, groups);
     };
     (@each $make:path; $($check:ident),*) => {
         $(

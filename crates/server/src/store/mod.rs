@@ -12,10 +12,11 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use telepound_protocol::message::{PublicKeys, UnixMillis};
-use telepound_protocol::{MsgId, UserName, auth::KsfParams};
+use telepound_protocol::message::{GroupMember, GroupSummary, PublicKeys, UnixMillis};
+use telepound_protocol::{GroupName, MsgId, UserName, auth::KsfParams};
 
 pub mod conformance;
+pub mod groups;
 pub mod postgres;
 pub mod sqlite;
 mod writer;
@@ -86,6 +87,8 @@ pub enum EntryKind {
     /// A delivery receipt for a message the recipient sent; `sender` is who
     /// received it.
     Receipt,
+    /// A sealed group message (acknowledging it makes no receipt).
+    GroupMessage,
 }
 
 impl EntryKind {
@@ -93,6 +96,7 @@ impl EntryKind {
         match self {
             Self::Message => 0,
             Self::Receipt => 1,
+            Self::GroupMessage => 2,
         }
     }
 
@@ -100,6 +104,7 @@ impl EntryKind {
         match v {
             0 => Ok(Self::Message),
             1 => Ok(Self::Receipt),
+            2 => Ok(Self::GroupMessage),
             other => Err(StoreError::Corrupt(format!("mailbox kind {other}"))),
         }
     }
@@ -271,6 +276,20 @@ pub trait Store: Send + Sync + 'static {
     /// Blobs whose expiry is before `now`.
     async fn expired_blobs(&self, now: UnixMillis) -> Result<Vec<String>>;
 
+    /// Applies a group change or send in the writer's transaction.
+    async fn group(
+        &self,
+        op: groups::GroupOp,
+        max: usize,
+        now: UnixMillis,
+    ) -> Result<groups::GroupResult>;
+
+    /// A group's members, longest-standing first; `None` if no such group.
+    async fn group_members(&self, group: &GroupName) -> Result<Option<Vec<GroupMember>>>;
+
+    /// The groups `user` is in, with their role and size.
+    async fn groups_of(&self, user: &UserName) -> Result<Vec<GroupSummary>>;
+
     /// How many entries are waiting in all mailboxes.
     async fn mailbox_depth(&self) -> Result<u64>;
 
@@ -347,6 +366,10 @@ pub(crate) fn ksf_to_text(k: &KsfParams) -> String {
 
 pub(crate) fn ksf_from_text(s: &str) -> Result<KsfParams> {
     serde_json::from_str(s).map_err(|e| StoreError::Corrupt(format!("ksf: {e}")))
+}
+
+pub(crate) fn group_name(s: String) -> Result<GroupName> {
+    GroupName::new(s).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 pub(crate) fn user_name(s: String) -> Result<UserName> {

@@ -10,14 +10,16 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Row};
-use telepound_protocol::UserName;
 use telepound_protocol::message::{B64, PublicKeys, UnixMillis};
+use telepound_protocol::message::{GroupMember, GroupSummary, Role};
+use telepound_protocol::{GroupName, UserName};
 
+use super::groups::{GroupOp, GroupResult, role_from_i64, role_to_i16};
 use super::writer::{CommitListener, WriteConn, Writer};
 use super::{
     AckedEntry, BlobRecord, EntryKind, NewBlob, NewEntry, NewUser, Result, Store, StoredEntry,
-    UserRecord, WriterConfig, check_applied, ksf_from_text, ksf_to_text, migration, msg_id,
-    user_name,
+    UserRecord, WriterConfig, check_applied, group_name, ksf_from_text, ksf_to_text, migration,
+    msg_id, user_name,
 };
 
 fn migrator() -> sqlx::migrate::Migrator {
@@ -31,6 +33,11 @@ fn migrator() -> sqlx::migrate::Migrator {
             2,
             "blobs",
             include_str!("../../migrations/postgres/0002_blobs.sql"),
+        ),
+        migration(
+            3,
+            "groups",
+            include_str!("../../migrations/postgres/0003_groups.sql"),
         ),
     ])
 }
@@ -57,6 +64,8 @@ pub const APP_ROLE_GRANTS: &[&str] = &[
     "GRANT SELECT, INSERT, DELETE ON mailbox TO {role}",
     "GRANT SELECT, INSERT, UPDATE, DELETE ON blobs TO {role}",
     "GRANT SELECT, INSERT, UPDATE, DELETE ON blob_recipients TO {role}",
+    "GRANT SELECT, INSERT, DELETE ON groups TO {role}",
+    "GRANT SELECT, INSERT, UPDATE, DELETE ON group_members TO {role}",
     "GRANT SELECT ON _sqlx_migrations TO {role}",
 ];
 
@@ -217,6 +226,98 @@ impl WriteConn for PgWriter {
         self.conn = self.opts.connect().await?;
         Ok(())
     }
+
+    async fn group_members(&mut self, group: &GroupName) -> Result<Option<Vec<GroupMember>>> {
+        let exists: Option<i64> =
+            sqlx::query_scalar("SELECT 1::BIGINT FROM groups WHERE name = $1")
+                .bind(group.as_str())
+                .fetch_optional(&mut self.conn)
+                .await?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let rows = sqlx::query(
+            "SELECT user_name, role, joined_at FROM group_members WHERE group_name = $1 ORDER BY id",
+        )
+        .bind(group.as_str())
+        .fetch_all(&mut self.conn)
+        .await?;
+        rows.into_iter()
+            .map(|r| member_from_row(&r))
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    async fn create_group(&mut self, group: &GroupName, now: UnixMillis) -> Result<()> {
+        sqlx::query("INSERT INTO groups (name, created_at) VALUES ($1, $2)")
+            .bind(group.as_str())
+            .bind(now)
+            .execute(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn add_member(
+        &mut self,
+        group: &GroupName,
+        user: &UserName,
+        role: Role,
+        now: UnixMillis,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO group_members (group_name, user_name, role, joined_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(group.as_str())
+        .bind(user.as_str())
+        .bind(role_to_i16(role))
+        .bind(now)
+        .execute(&mut self.conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn remove_member(&mut self, group: &GroupName, user: &UserName) -> Result<()> {
+        sqlx::query("DELETE FROM group_members WHERE group_name = $1 AND user_name = $2")
+            .bind(group.as_str())
+            .bind(user.as_str())
+            .execute(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_role(&mut self, group: &GroupName, user: &UserName, role: Role) -> Result<()> {
+        sqlx::query("UPDATE group_members SET role = $1 WHERE group_name = $2 AND user_name = $3")
+            .bind(role_to_i16(role))
+            .bind(group.as_str())
+            .bind(user.as_str())
+            .execute(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_group(&mut self, group: &GroupName) -> Result<()> {
+        sqlx::query("DELETE FROM group_members WHERE group_name = $1")
+            .bind(group.as_str())
+            .execute(&mut self.conn)
+            .await?;
+        sqlx::query("DELETE FROM groups WHERE name = $1")
+            .bind(group.as_str())
+            .execute(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+}
+
+fn role_of(r: &sqlx::postgres::PgRow) -> Result<i64> {
+    Ok(i64::from(r.try_get::<i16, _>("role")?))
+}
+
+fn member_from_row(r: &sqlx::postgres::PgRow) -> Result<GroupMember> {
+    Ok(GroupMember {
+        user: user_name(r.try_get("user_name")?)?,
+        role: role_from_i64(role_of(r)?),
+        joined_at: r.try_get("joined_at")?,
+    })
 }
 
 fn keys_from_row(row: &sqlx::postgres::PgRow) -> Result<PublicKeys> {
@@ -534,6 +635,50 @@ impl Store for PgStore {
                 .fetch_all(&self.pool)
                 .await?,
         )
+    }
+
+    async fn group(&self, op: GroupOp, max: usize, now: UnixMillis) -> Result<GroupResult> {
+        self.writer.group(op, max, now).await
+    }
+
+    async fn group_members(&self, group: &GroupName) -> Result<Option<Vec<GroupMember>>> {
+        let exists: Option<i64> =
+            sqlx::query_scalar("SELECT 1::BIGINT FROM groups WHERE name = $1")
+                .bind(group.as_str())
+                .fetch_optional(&self.pool)
+                .await?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let rows = sqlx::query(
+            "SELECT user_name, role, joined_at FROM group_members WHERE group_name = $1 ORDER BY id",
+        )
+        .bind(group.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| member_from_row(&r))
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    async fn groups_of(&self, user: &UserName) -> Result<Vec<GroupSummary>> {
+        let rows = sqlx::query(
+            "SELECT m.group_name, m.role, (SELECT COUNT(*) FROM group_members c WHERE c.group_name = m.group_name) AS n \
+             FROM group_members m WHERE m.user_name = $1 ORDER BY m.group_name",
+        )
+        .bind(user.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(GroupSummary {
+                    group: group_name(r.try_get("group_name")?)?,
+                    role: role_from_i64(role_of(&r)?),
+                    members: r.try_get::<i64, _>("n")?.max(0) as u32,
+                })
+            })
+            .collect()
     }
 
     async fn mailbox_depth(&self) -> Result<u64> {

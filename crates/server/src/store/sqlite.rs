@@ -11,14 +11,16 @@ use sqlx::sqlite::{
     SqliteSynchronous,
 };
 use sqlx::{ConnectOptions, Row};
-use telepound_protocol::UserName;
 use telepound_protocol::message::{B64, PublicKeys, UnixMillis};
+use telepound_protocol::message::{GroupMember, GroupSummary, Role};
+use telepound_protocol::{GroupName, UserName};
 
+use super::groups::{GroupOp, GroupResult, role_from_i64, role_to_i16};
 use super::writer::{CommitListener, WriteConn, Writer};
 use super::{
     AckedEntry, BlobRecord, EntryKind, NewBlob, NewEntry, NewUser, Result, Store, StoredEntry,
-    UserRecord, WriterConfig, check_applied, ksf_from_text, ksf_to_text, migration, msg_id,
-    user_name,
+    UserRecord, WriterConfig, check_applied, group_name, ksf_from_text, ksf_to_text, migration,
+    msg_id, user_name,
 };
 
 fn migrator() -> sqlx::migrate::Migrator {
@@ -32,6 +34,11 @@ fn migrator() -> sqlx::migrate::Migrator {
             2,
             "blobs",
             include_str!("../../migrations/sqlite/0002_blobs.sql"),
+        ),
+        migration(
+            3,
+            "groups",
+            include_str!("../../migrations/sqlite/0003_groups.sql"),
         ),
     ])
 }
@@ -159,6 +166,97 @@ impl WriteConn for SqliteWriter {
         self.conn = self.opts.connect().await?;
         Ok(())
     }
+
+    async fn group_members(&mut self, group: &GroupName) -> Result<Option<Vec<GroupMember>>> {
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM groups WHERE name = ?")
+            .bind(group.as_str())
+            .fetch_optional(&mut self.conn)
+            .await?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let rows = sqlx::query(
+            "SELECT user_name, role, joined_at FROM group_members WHERE group_name = ? ORDER BY id",
+        )
+        .bind(group.as_str())
+        .fetch_all(&mut self.conn)
+        .await?;
+        rows.into_iter()
+            .map(|r| member_from_row(&r))
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    async fn create_group(&mut self, group: &GroupName, now: UnixMillis) -> Result<()> {
+        sqlx::query("INSERT INTO groups (name, created_at) VALUES (?, ?)")
+            .bind(group.as_str())
+            .bind(now)
+            .execute(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn add_member(
+        &mut self,
+        group: &GroupName,
+        user: &UserName,
+        role: Role,
+        now: UnixMillis,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO group_members (group_name, user_name, role, joined_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(group.as_str())
+        .bind(user.as_str())
+        .bind(role_to_i16(role))
+        .bind(now)
+        .execute(&mut self.conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn remove_member(&mut self, group: &GroupName, user: &UserName) -> Result<()> {
+        sqlx::query("DELETE FROM group_members WHERE group_name = ? AND user_name = ?")
+            .bind(group.as_str())
+            .bind(user.as_str())
+            .execute(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_role(&mut self, group: &GroupName, user: &UserName, role: Role) -> Result<()> {
+        sqlx::query("UPDATE group_members SET role = ? WHERE group_name = ? AND user_name = ?")
+            .bind(role_to_i16(role))
+            .bind(group.as_str())
+            .bind(user.as_str())
+            .execute(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_group(&mut self, group: &GroupName) -> Result<()> {
+        sqlx::query("DELETE FROM group_members WHERE group_name = ?")
+            .bind(group.as_str())
+            .execute(&mut self.conn)
+            .await?;
+        sqlx::query("DELETE FROM groups WHERE name = ?")
+            .bind(group.as_str())
+            .execute(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+}
+
+fn role_of(r: &sqlx::sqlite::SqliteRow) -> Result<i64> {
+    Ok(r.try_get::<i64, _>("role")?)
+}
+
+fn member_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<GroupMember> {
+    Ok(GroupMember {
+        user: user_name(r.try_get("user_name")?)?,
+        role: role_from_i64(role_of(r)?),
+        joined_at: r.try_get("joined_at")?,
+    })
 }
 
 fn keys_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<PublicKeys> {
@@ -468,6 +566,49 @@ impl Store for SqliteStore {
                 .fetch_all(&self.pool)
                 .await?,
         )
+    }
+
+    async fn group(&self, op: GroupOp, max: usize, now: UnixMillis) -> Result<GroupResult> {
+        self.writer.group(op, max, now).await
+    }
+
+    async fn group_members(&self, group: &GroupName) -> Result<Option<Vec<GroupMember>>> {
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM groups WHERE name = ?")
+            .bind(group.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let rows = sqlx::query(
+            "SELECT user_name, role, joined_at FROM group_members WHERE group_name = ? ORDER BY id",
+        )
+        .bind(group.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| member_from_row(&r))
+            .collect::<Result<Vec<_>>>()
+            .map(Some)
+    }
+
+    async fn groups_of(&self, user: &UserName) -> Result<Vec<GroupSummary>> {
+        let rows = sqlx::query(
+            "SELECT m.group_name, m.role, (SELECT COUNT(*) FROM group_members c WHERE c.group_name = m.group_name) AS n \
+             FROM group_members m WHERE m.user_name = ? ORDER BY m.group_name",
+        )
+        .bind(user.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(GroupSummary {
+                    group: group_name(r.try_get("group_name")?)?,
+                    role: role_from_i64(role_of(&r)?),
+                    members: r.try_get::<i64, _>("n")?.max(0) as u32,
+                })
+            })
+            .collect()
     }
 
     async fn mailbox_depth(&self) -> Result<u64> {

@@ -9,10 +9,11 @@
 
 use async_trait::async_trait;
 use std::sync::Arc;
-use telepound_protocol::message::UnixMillis;
-use telepound_protocol::{MsgId, UserName};
+use telepound_protocol::message::{GroupMember, Role, UnixMillis};
+use telepound_protocol::{GroupName, MsgId, UserName};
 use tokio::sync::{mpsc, oneshot};
 
+use super::groups::{GroupDone, GroupOp, GroupResult};
 use super::{AckedEntry, EntryKind, NewEntry, Result, StoreError, StoredEntry};
 
 /// Writer tuning.
@@ -74,6 +75,11 @@ pub(crate) enum WriteOp {
     Expire {
         now: UnixMillis,
     },
+    Group {
+        op: GroupOp,
+        max: usize,
+        now: UnixMillis,
+    },
 }
 
 /// What a write produced.
@@ -81,6 +87,7 @@ pub(crate) enum WriteResult {
     Inserted(Vec<Option<i64>>),
     Acked(u64),
     Expired(u64),
+    Group(GroupResult),
 }
 
 /// The statements a backend offers on its single write connection. The
@@ -101,6 +108,24 @@ pub(crate) trait WriteConn: Send + 'static {
     async fn expire(&mut self, now: UnixMillis) -> Result<u64>;
     /// Replaces the connection after a failure.
     async fn reconnect(&mut self) -> Result<()>;
+    /// A group's members, longest-standing first; `None` if no such group.
+    async fn group_members(&mut self, group: &GroupName) -> Result<Option<Vec<GroupMember>>>;
+    /// Creates an empty group.
+    async fn create_group(&mut self, group: &GroupName, now: UnixMillis) -> Result<()>;
+    /// Adds a member.
+    async fn add_member(
+        &mut self,
+        group: &GroupName,
+        user: &UserName,
+        role: Role,
+        now: UnixMillis,
+    ) -> Result<()>;
+    /// Removes a member.
+    async fn remove_member(&mut self, group: &GroupName, user: &UserName) -> Result<()>;
+    /// Changes a member's role.
+    async fn set_role(&mut self, group: &GroupName, user: &UserName, role: Role) -> Result<()>;
+    /// Deletes an empty group.
+    async fn delete_group(&mut self, group: &GroupName) -> Result<()>;
 }
 
 /// What to announce once a batch has committed.
@@ -179,6 +204,18 @@ impl Writer {
         }
     }
 
+    pub(crate) async fn group(
+        &self,
+        op: GroupOp,
+        max: usize,
+        now: UnixMillis,
+    ) -> Result<GroupResult> {
+        match self.submit(WriteOp::Group { op, max, now }).await? {
+            WriteResult::Group(r) => Ok(r),
+            _ => unreachable!("group yields Group"),
+        }
+    }
+
     /// Commits everything queued so far, then stops the task; later writes
     /// fail with [`StoreError::WriterGone`].
     pub(crate) async fn close(&self) {
@@ -226,6 +263,8 @@ async fn apply<C: WriteConn>(
                             continue;
                         };
                         count += 1;
+                        // Receipts are for one-to-one messages only: a group
+                        // of 256 would send its sender 255 of them.
                         if gone.kind != EntryKind::Message {
                             continue;
                         }
@@ -256,6 +295,19 @@ async fn apply<C: WriteConn>(
                     WriteResult::Acked(count)
                 }
                 WriteOp::Expire { now } => WriteResult::Expired(conn.expire(*now).await?),
+                WriteOp::Group { op, max, now } => {
+                    let result = super::groups::apply(conn, op, *max, *now).await?;
+                    if let (Ok(GroupDone::Sent(seqs)), GroupOp::Send { entries, .. }) =
+                        (&result, op)
+                    {
+                        for (e, seq) in entries.iter().zip(seqs) {
+                            if let Some(seq) = seq {
+                                notices.push(Notice::Stored(e.recipient.clone(), stored(e, *seq)));
+                            }
+                        }
+                    }
+                    WriteResult::Group(result)
+                }
             });
         }
         Ok::<(), StoreError>(())
