@@ -220,7 +220,7 @@ pub async fn send(
     }
     let now = crate::now_ms();
     let expires_at = now + shared.config.message_ttl.as_millis() as i64;
-    let envelope = String::from(Box::<str>::from(envelope));
+    let envelope: Arc<str> = Arc::from(Box::<str>::from(envelope));
     let entries = recipients
         .iter()
         .filter(|r| *r != user)

@@ -62,7 +62,7 @@ impl Prepared {
             msg_id,
             server_ts: now,
             expires_at: now + shared.config.message_ttl.as_millis() as i64,
-            envelope: String::from(Box::<str>::from(envelope)),
+            envelope: Arc::from(Box::<str>::from(envelope)),
         };
         let recipient = entry.recipient.clone();
         // Returns after the commit; the writer has pushed it live by then.

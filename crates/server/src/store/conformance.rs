@@ -77,7 +77,7 @@ fn entry(to: &str, from: &str, id: MsgId, envelope: &str) -> NewEntry {
         msg_id: id,
         server_ts: 1000,
         expires_at: 10_000,
-        envelope: envelope.to_owned(),
+        envelope: envelope.into(),
     }
 }
 
@@ -186,7 +186,7 @@ pub async fn mailbox(store: Arc<dyn Store>, rec: Arc<Recorder>) {
     let page = store.fetch(&name("bob"), 0, 3).await.unwrap();
     assert_eq!(page.len(), 3);
     assert_eq!(page[0].msg_id, ids[0]);
-    assert_eq!(page[0].envelope, "{\"n\":0}");
+    assert_eq!(&*page[0].envelope, "{\"n\":0}");
     assert_eq!(page[0].sender, name("alice"));
     let rest = store.fetch(&name("bob"), page[2].seq, 100).await.unwrap();
     assert_eq!(rest.len(), 3, "two from alice and one from carol");
@@ -550,7 +550,7 @@ pub async fn groups(store: Arc<dyn Store>, rec: Arc<Recorder>) {
         msg_id: MsgId::new(),
         server_ts: 10,
         expires_at: 1000,
-        envelope: "{}".into(),
+        envelope: "{\"g\":1}".into(),
     };
     let before = rec.stored.lock().unwrap().len();
     let wrong = run(GroupOp::Send {

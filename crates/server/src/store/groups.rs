@@ -270,9 +270,15 @@ pub(crate) async fn apply<C: WriteConn>(
             if &current != recipients {
                 return Ok(Err(GroupRefusal::Membership(current)));
             }
+            // One body for everyone: a 256-member group writes the envelope
+            // once, not 256 times.
+            let body = match entries.first() {
+                Some(e) => Some(conn.insert_body(&e.envelope).await?),
+                None => None,
+            };
             let mut seqs = Vec::with_capacity(entries.len());
             for e in entries {
-                seqs.push(conn.insert(e).await?);
+                seqs.push(conn.insert(e, body).await?);
             }
             return Ok(Ok(GroupDone::Sent(seqs)));
         }

@@ -9,6 +9,7 @@
 //! SQL is built from constant strings only, and every value is a bound
 //! parameter.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -125,8 +126,9 @@ pub struct NewEntry {
     pub server_ts: UnixMillis,
     /// When it is deleted if never acknowledged.
     pub expires_at: UnixMillis,
-    /// The sealed envelope JSON (empty for receipts).
-    pub envelope: String,
+    /// The sealed envelope JSON (empty for receipts), shared: a group
+    /// message's entries all hold the same one.
+    pub envelope: Arc<str>,
 }
 
 /// A stored mailbox entry.
@@ -143,7 +145,7 @@ pub struct StoredEntry {
     /// Server time of acceptance.
     pub server_ts: UnixMillis,
     /// The sealed envelope JSON (empty for receipts).
-    pub envelope: String,
+    pub envelope: Arc<str>,
 }
 
 /// A mailbox entry deleted by an acknowledgement.

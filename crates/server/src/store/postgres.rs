@@ -39,6 +39,11 @@ fn migrator() -> sqlx::migrate::Migrator {
             "groups",
             include_str!("../../migrations/postgres/0003_groups.sql"),
         ),
+        migration(
+            4,
+            "shared bodies",
+            include_str!("../../migrations/postgres/0004_shared_bodies.sql"),
+        ),
     ])
 }
 
@@ -66,6 +71,7 @@ pub const APP_ROLE_GRANTS: &[&str] = &[
     "GRANT SELECT, INSERT, UPDATE, DELETE ON blob_recipients TO {role}",
     "GRANT SELECT, INSERT, DELETE ON groups TO {role}",
     "GRANT SELECT, INSERT, UPDATE, DELETE ON group_members TO {role}",
+    "GRANT SELECT, INSERT, DELETE ON bodies TO {role}",
     "GRANT SELECT ON _sqlx_migrations TO {role}",
 ];
 
@@ -174,10 +180,10 @@ impl WriteConn for PgWriter {
         let _ = sqlx::query("ROLLBACK").execute(&mut self.conn).await;
     }
 
-    async fn insert(&mut self, e: &NewEntry) -> Result<Option<i64>> {
+    async fn insert(&mut self, e: &NewEntry, body: Option<i64>) -> Result<Option<i64>> {
         Ok(sqlx::query_scalar(
-            "INSERT INTO mailbox (recipient, kind, sender, msg_id, server_ts, expires_at, envelope) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+            "INSERT INTO mailbox (recipient, kind, sender, msg_id, server_ts, expires_at, envelope, body_id) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
              ON CONFLICT (recipient, kind, sender, msg_id) DO NOTHING RETURNING seq",
         )
         .bind(e.recipient.as_str())
@@ -186,19 +192,43 @@ impl WriteConn for PgWriter {
         .bind(e.msg_id.to_string())
         .bind(e.server_ts)
         .bind(e.expires_at)
-        .bind(e.envelope.as_str())
+        .bind(if body.is_some() { "" } else { &*e.envelope })
+        .bind(body)
         .fetch_optional(&mut self.conn)
         .await?)
     }
 
+    async fn insert_body(&mut self, envelope: &str) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("INSERT INTO bodies (envelope) VALUES ($1) RETURNING id")
+                .bind(envelope)
+                .fetch_one(&mut self.conn)
+                .await?,
+        )
+    }
+
     async fn delete(&mut self, recipient: &UserName, seq: i64) -> Result<Option<AckedEntry>> {
         let row = sqlx::query(
-            "DELETE FROM mailbox WHERE recipient = $1 AND seq = $2 RETURNING kind, sender, msg_id",
+            "DELETE FROM mailbox WHERE recipient = $1 AND seq = $2 RETURNING kind, sender, msg_id, body_id",
         )
         .bind(recipient.as_str())
         .bind(seq)
         .fetch_optional(&mut self.conn)
         .await?;
+        if let Some(body) = row
+            .as_ref()
+            .map(|r| r.try_get::<Option<i64>, _>("body_id"))
+            .transpose()?
+            .flatten()
+        {
+            sqlx::query(
+                "DELETE FROM bodies WHERE id = $1 AND NOT EXISTS (SELECT 1 FROM mailbox WHERE body_id = $2)",
+            )
+            .bind(body)
+            .bind(body)
+            .execute(&mut self.conn)
+            .await?;
+        }
         row.map(|row| {
             Ok(AckedEntry {
                 kind: EntryKind::from_i64(i64::from(row.try_get::<i16, _>("kind")?))?,
@@ -215,6 +245,11 @@ impl WriteConn for PgWriter {
             .execute(&mut self.conn)
             .await?
             .rows_affected();
+        sqlx::query(
+            "DELETE FROM bodies WHERE NOT EXISTS (SELECT 1 FROM mailbox WHERE mailbox.body_id = bodies.id)",
+        )
+        .execute(&mut self.conn)
+        .await?;
         sqlx::query("DELETE FROM sessions WHERE expires_at < $1")
             .bind(now)
             .execute(&mut self.conn)
@@ -476,8 +511,9 @@ impl Store for PgStore {
         limit: u32,
     ) -> Result<Vec<StoredEntry>> {
         let rows = sqlx::query(
-            "SELECT seq, kind, sender, msg_id, server_ts, envelope FROM mailbox \
-             WHERE recipient = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+            "SELECT m.seq, m.kind, m.sender, m.msg_id, m.server_ts, COALESCE(b.envelope, m.envelope) AS envelope \
+             FROM mailbox m LEFT JOIN bodies b ON b.id = m.body_id \
+             WHERE m.recipient = $1 AND m.seq > $2 ORDER BY m.seq LIMIT $3",
         )
         .bind(recipient.as_str())
         .bind(after_seq)
@@ -492,7 +528,7 @@ impl Store for PgStore {
                     sender: user_name(row.try_get("sender")?)?,
                     msg_id: msg_id(row.try_get("msg_id")?)?,
                     server_ts: row.try_get("server_ts")?,
-                    envelope: row.try_get("envelope")?,
+                    envelope: Arc::from(row.try_get::<String, _>("envelope")?),
                 })
             })
             .collect()

@@ -40,6 +40,11 @@ fn migrator() -> sqlx::migrate::Migrator {
             "groups",
             include_str!("../../migrations/sqlite/0003_groups.sql"),
         ),
+        migration(
+            4,
+            "shared bodies",
+            include_str!("../../migrations/sqlite/0004_shared_bodies.sql"),
+        ),
     ])
 }
 
@@ -114,10 +119,10 @@ impl WriteConn for SqliteWriter {
         let _ = sqlx::query("ROLLBACK").execute(&mut self.conn).await;
     }
 
-    async fn insert(&mut self, e: &NewEntry) -> Result<Option<i64>> {
+    async fn insert(&mut self, e: &NewEntry, body: Option<i64>) -> Result<Option<i64>> {
         Ok(sqlx::query_scalar(
-            "INSERT INTO mailbox (recipient, kind, sender, msg_id, server_ts, expires_at, envelope) \
-             VALUES (?, ?, ?, ?, ?, ?, ?) \
+            "INSERT INTO mailbox (recipient, kind, sender, msg_id, server_ts, expires_at, envelope, body_id) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (recipient, kind, sender, msg_id) DO NOTHING RETURNING seq",
         )
         .bind(e.recipient.as_str())
@@ -126,19 +131,43 @@ impl WriteConn for SqliteWriter {
         .bind(e.msg_id.to_string())
         .bind(e.server_ts)
         .bind(e.expires_at)
-        .bind(e.envelope.as_str())
+        .bind(if body.is_some() { "" } else { &*e.envelope })
+        .bind(body)
         .fetch_optional(&mut self.conn)
         .await?)
     }
 
+    async fn insert_body(&mut self, envelope: &str) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("INSERT INTO bodies (envelope) VALUES (?) RETURNING id")
+                .bind(envelope)
+                .fetch_one(&mut self.conn)
+                .await?,
+        )
+    }
+
     async fn delete(&mut self, recipient: &UserName, seq: i64) -> Result<Option<AckedEntry>> {
         let row = sqlx::query(
-            "DELETE FROM mailbox WHERE recipient = ? AND seq = ? RETURNING kind, sender, msg_id",
+            "DELETE FROM mailbox WHERE recipient = ? AND seq = ? RETURNING kind, sender, msg_id, body_id",
         )
         .bind(recipient.as_str())
         .bind(seq)
         .fetch_optional(&mut self.conn)
         .await?;
+        if let Some(body) = row
+            .as_ref()
+            .map(|r| r.try_get::<Option<i64>, _>("body_id"))
+            .transpose()?
+            .flatten()
+        {
+            sqlx::query(
+                "DELETE FROM bodies WHERE id = ? AND NOT EXISTS (SELECT 1 FROM mailbox WHERE body_id = ?)",
+            )
+            .bind(body)
+            .bind(body)
+            .execute(&mut self.conn)
+            .await?;
+        }
         row.map(|row| {
             Ok(AckedEntry {
                 kind: EntryKind::from_i64(row.try_get("kind")?)?,
@@ -155,6 +184,11 @@ impl WriteConn for SqliteWriter {
             .execute(&mut self.conn)
             .await?
             .rows_affected();
+        sqlx::query(
+            "DELETE FROM bodies WHERE NOT EXISTS (SELECT 1 FROM mailbox WHERE mailbox.body_id = bodies.id)",
+        )
+        .execute(&mut self.conn)
+        .await?;
         sqlx::query("DELETE FROM sessions WHERE expires_at < ?")
             .bind(now)
             .execute(&mut self.conn)
@@ -405,8 +439,9 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<StoredEntry>> {
         let rows = sqlx::query(
-            "SELECT seq, kind, sender, msg_id, server_ts, envelope FROM mailbox \
-             WHERE recipient = ? AND seq > ? ORDER BY seq LIMIT ?",
+            "SELECT m.seq, m.kind, m.sender, m.msg_id, m.server_ts, COALESCE(b.envelope, m.envelope) AS envelope \
+             FROM mailbox m LEFT JOIN bodies b ON b.id = m.body_id \
+             WHERE m.recipient = ? AND m.seq > ? ORDER BY m.seq LIMIT ?",
         )
         .bind(recipient.as_str())
         .bind(after_seq)
@@ -421,7 +456,7 @@ impl Store for SqliteStore {
                     sender: user_name(row.try_get("sender")?)?,
                     msg_id: msg_id(row.try_get("msg_id")?)?,
                     server_ts: row.try_get("server_ts")?,
-                    envelope: row.try_get("envelope")?,
+                    envelope: Arc::from(row.try_get::<String, _>("envelope")?),
                 })
             })
             .collect()

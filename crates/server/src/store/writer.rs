@@ -100,9 +100,14 @@ pub(crate) trait WriteConn: Send + 'static {
     async fn commit(&mut self) -> Result<()>;
     /// Abandons it (best effort).
     async fn rollback(&mut self);
-    /// Inserts unless the same (recipient, kind, sender, msg_id) exists.
-    async fn insert(&mut self, e: &NewEntry) -> Result<Option<i64>>;
-    /// Deletes one of `recipient`'s entries, returning it if it existed.
+    /// Inserts unless the same (recipient, kind, sender, msg_id) exists;
+    /// with `body`, the row points at that stored body instead of holding
+    /// the envelope itself.
+    async fn insert(&mut self, e: &NewEntry, body: Option<i64>) -> Result<Option<i64>>;
+    /// Stores an envelope body shared by several rows.
+    async fn insert_body(&mut self, envelope: &str) -> Result<i64>;
+    /// Deletes one of `recipient`'s entries, returning it if it existed,
+    /// and its shared body once no row points at it.
     async fn delete(&mut self, recipient: &UserName, seq: i64) -> Result<Option<AckedEntry>>;
     /// Deletes expired entries and sessions.
     async fn expire(&mut self, now: UnixMillis) -> Result<u64>;
@@ -243,7 +248,7 @@ async fn apply<C: WriteConn>(
                 WriteOp::Insert(entries) => {
                     let mut seqs = Vec::with_capacity(entries.len());
                     for e in entries {
-                        let seq = conn.insert(e).await?;
+                        let seq = conn.insert(e, None).await?;
                         if let Some(seq) = seq {
                             notices.push(Notice::Stored(e.recipient.clone(), stored(e, seq)));
                         }
@@ -276,9 +281,9 @@ async fn apply<C: WriteConn>(
                                 msg_id: gone.msg_id,
                                 server_ts: *now,
                                 expires_at: *receipt_expires_at,
-                                envelope: String::new(),
+                                envelope: Arc::from(""),
                             };
-                            if let Some(seq) = conn.insert(&receipt).await? {
+                            if let Some(seq) = conn.insert(&receipt, None).await? {
                                 notices.push(Notice::Stored(
                                     receipt.recipient.clone(),
                                     stored(&receipt, seq),
