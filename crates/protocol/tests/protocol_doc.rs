@@ -34,6 +34,14 @@ fn client_examples_decode() {
         "ack",
         "keys",
         "presence",
+        "group_create",
+        "group_add",
+        "group_remove",
+        "group_leave",
+        "group_promote",
+        "group_list",
+        "group_info",
+        "group_send",
     ] {
         assert!(kinds.contains(&kind), "no example for {kind}");
     }
@@ -62,6 +70,9 @@ fn server_examples_decode() {
         "keys",
         "presence",
         "error",
+        "group",
+        "groups",
+        "membership",
     ] {
         assert!(kinds.iter().any(|k| k == kind), "no example for {kind}");
     }
@@ -92,6 +103,11 @@ fn every_error_code_is_documented() {
         "not_found",
         "offset_mismatch",
         "incomplete",
+        "unknown_group",
+        "group_exists",
+        "not_an_admin",
+        "group_full",
+        "cannot_remove_owner",
     ] {
         let parsed: telepound_protocol::ErrorCode =
             serde_json::from_str(&format!("\"{code}\"")).unwrap();
