@@ -1,0 +1,521 @@
+//! The same load through each system's own protocol: a sender that queues
+//! numbered messages and a receiver that yields the numbers back, in order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use telepound_protocol::UserName;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Payload size for NATS and Prosody (Telepound carries a real sealed
+/// envelope of a message this long).
+pub const BODY: usize = 200;
+
+/// Queues numbered messages.
+#[async_trait]
+pub trait Tx: Send {
+    /// Queues message `seq` (sent at the next flush, or sooner).
+    async fn send(&mut self, seq: u64) -> anyhow::Result<()>;
+    /// Sends everything queued.
+    async fn flush(&mut self) -> anyhow::Result<()>;
+}
+
+/// Yields the numbers of received messages.
+#[async_trait]
+pub trait Rx: Send {
+    /// The next message's number; `None` when the link ends.
+    async fn recv(&mut self) -> anyhow::Result<Option<u64>>;
+}
+
+/// A sender whose messages are acknowledged as stored: numbers come back
+/// on `acks` when the system says so.
+pub struct Durable {
+    /// Queues messages.
+    pub tx: Box<dyn Tx>,
+    /// Acknowledged numbers.
+    pub acks: mpsc::UnboundedReceiver<u64>,
+}
+
+// ---------------------------------------------------------------- Telepound
+
+pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Argon2 cost for benchmark accounts (logins are measured separately).
+pub const FAST_KSF: &str = "m=64,t=1,p=1";
+/// Benchmark password.
+pub const PASSWORD: &[u8] = b"benchmark password";
+
+/// A Telepound account ready for raw connections: its resume token.
+pub struct TpAccount {
+    /// The user.
+    pub user: UserName,
+    /// Resume token.
+    pub token: Vec<u8>,
+}
+
+/// Signs `name` up and logs in once (OPAQUE), keeping the resume token.
+pub async fn tp_account(url: &str, name: &str) -> anyhow::Result<TpAccount> {
+    let user = UserName::new(name)?;
+    let (c, _e) = telepound_client::Client::connect(url).await?;
+    let ksf = FAST_KSF.parse().map_err(anyhow::Error::msg)?;
+    match telepound_client::account::signup(&c, &user, PASSWORD, ksf).await {
+        Ok(()) => {}
+        Err(e) if e.code() == Some(telepound_protocol::ErrorCode::UserTaken) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let home = tempfile::tempdir()?;
+    let s = telepound_client::account::login(&c, &user, PASSWORD, home.path()).await?;
+    let token = s.token().to_vec();
+    c.close().await;
+    Ok(TpAccount { user, token })
+}
+
+/// A real envelope from `from` to `to` with a `BODY`-byte text, sealed once
+/// and sent by every benchmark message (the server never opens it).
+pub fn sealed_envelope(from: &UserName, to: &UserName) -> String {
+    use telepound_crypto::envelope::{canonical_recipients, seal};
+    use telepound_crypto::{Identity, Payload};
+    let (a, b) = (Identity::generate(), Identity::generate());
+    let payload = Payload {
+        msg_id: telepound_protocol::MsgId::new(),
+        sender: from.clone(),
+        recipients: canonical_recipients(vec![from.clone(), to.clone()]),
+        group: None,
+        sent_at: 0,
+        text: "x".repeat(BODY),
+        attachments: vec![],
+        event: None,
+    };
+    let keys = vec![(from.clone(), a.peer_keys()), (to.clone(), b.peer_keys())];
+    seal(&a, &payload, &keys).expect("sealing")
+}
+
+/// A raw, resumed WebSocket session.
+pub async fn tp_connect(addr: std::net::SocketAddr, acct: &TpAccount) -> anyhow::Result<Ws> {
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws")).await?;
+    use base64::Engine;
+    let token = base64::engine::general_purpose::STANDARD.encode(&acct.token);
+    ws.send(Message::Text(
+        format!(r#"{{"type":"resume","rid":0,"user":"{}","token":"{token}"}}"#, acct.user).into(),
+    ))
+    .await?;
+    match ws.next().await {
+        Some(Ok(Message::Text(t))) if t.contains("\"resumed\"") => Ok(ws),
+        other => bail!("resume failed: {other:?}"),
+    }
+}
+
+/// The msg_id that carries a benchmark number. `epoch` tells apart the
+/// connections of one sender (the server keeps a msg_id once per sender,
+/// so a repeated run must not reuse one).
+pub fn msg_id(epoch: u16, seq: u64) -> String {
+    format!("00000000-{epoch:04x}-7000-8000-{seq:012x}")
+}
+
+/// A fresh epoch for [`msg_id`].
+fn next_epoch() -> u16 {
+    static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+fn seq_of_msg_id(s: &str) -> Option<u64> {
+    u64::from_str_radix(s.get(24..36)?, 16).ok()
+}
+
+/// Sends `send` frames; answers (`accepted`) are read by a task that
+/// reports their request ids on `acks`.
+pub struct TpTx {
+    sink: SplitSink<Ws, Message>,
+    prefix: String,
+    suffix: Arc<str>,
+    queued: usize,
+    epoch: u16,
+}
+
+impl TpTx {
+    /// A sender from `from` to `to` on its own connection, with the read
+    /// side drained by a task. Returns the sender and the accepted numbers.
+    pub async fn open(
+        addr: std::net::SocketAddr,
+        from: &TpAccount,
+        to: &UserName,
+        envelope: Arc<str>,
+    ) -> anyhow::Result<(TpTx, mpsc::UnboundedReceiver<u64>)> {
+        let ws = tp_connect(addr, from).await?;
+        let (sink, mut stream) = ws.split();
+        let (acks_tx, acks) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(Ok(m)) = stream.next().await {
+                if let Message::Text(t) = m
+                    && let Some(rest) = t.as_str().strip_prefix(r#"{"type":"accepted","rid":"#)
+                {
+                    let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+                    if let Ok(n) = digits.parse() {
+                        let _ = acks_tx.send(n);
+                    }
+                }
+            }
+        });
+        Ok((
+            TpTx {
+                sink,
+                prefix: format!(r#"","from":"{}","to":"{to}","envelope":"#, from.user),
+                suffix: envelope,
+                queued: 0,
+                epoch: next_epoch(),
+            },
+            acks,
+        ))
+    }
+}
+
+#[async_trait]
+impl Tx for TpTx {
+    async fn send(&mut self, seq: u64) -> anyhow::Result<()> {
+        let mut f = String::with_capacity(self.suffix.len() + 160);
+        f.push_str(r#"{"type":"send","rid":"#);
+        f.push_str(&seq.to_string());
+        f.push_str(r#","msg_id":""#);
+        f.push_str(&msg_id(self.epoch, seq));
+        f.push_str(&self.prefix);
+        f.push_str(&self.suffix);
+        f.push('}');
+        self.sink.feed(Message::Text(f.into())).await?;
+        self.queued += 1;
+        if self.queued >= 64 {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        self.queued = 0;
+        Ok(self.sink.flush().await?)
+    }
+}
+
+/// A live recipient: syncs, then yields message numbers, acknowledging
+/// them in batches.
+pub struct TpRx {
+    sink: SplitSink<Ws, Message>,
+    stream: SplitStream<Ws>,
+    pending: Vec<i64>,
+}
+
+impl TpRx {
+    /// Connects `acct`, fetches whatever waits (acknowledging it), and goes
+    /// live.
+    pub async fn open(addr: std::net::SocketAddr, acct: &TpAccount) -> anyhow::Result<TpRx> {
+        let ws = tp_connect(addr, acct).await?;
+        let (sink, stream) = ws.split();
+        let mut rx = TpRx {
+            sink,
+            stream,
+            pending: Vec::new(),
+        };
+        rx.sink
+            .send(Message::Text(r#"{"type":"sync","rid":1,"after":0,"limit":1024}"#.into()))
+            .await?;
+        loop {
+            let Some(Ok(Message::Text(t))) = rx.stream.next().await else {
+                bail!("connection ended while syncing");
+            };
+            if t.starts_with(r#"{"type":"synced""#) {
+                if t.contains(r#""more":true"#) {
+                    bail!("benchmark recipients start with an empty mailbox");
+                }
+                break;
+            }
+        }
+        Ok(rx)
+    }
+
+    /// Acknowledges what has been received (so mailboxes do not grow).
+    pub async fn ack(&mut self) -> anyhow::Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let seqs: Vec<String> = self.pending.drain(..).map(|s| s.to_string()).collect();
+        self.sink
+            .send(Message::Text(format!(r#"{{"type":"ack","seqs":[{}]}}"#, seqs.join(",")).into()))
+            .await?;
+        Ok(())
+    }
+
+    /// Parses a `message` push: (mailbox seq, benchmark number).
+    fn parse(t: &str) -> Option<(i64, u64)> {
+        let rest = t.strip_prefix(r#"{"type":"message","seq":"#)?;
+        let end = rest.find(',')?;
+        let seq = rest[..end].parse().ok()?;
+        let id = rest.find(r#""msg_id":""#)? + 10;
+        Some((seq, seq_of_msg_id(rest.get(id..id + 36)?)?))
+    }
+}
+
+#[async_trait]
+impl Rx for TpRx {
+    async fn recv(&mut self) -> anyhow::Result<Option<u64>> {
+        loop {
+            let Some(frame) = self.stream.next().await else {
+                return Ok(None);
+            };
+            if let Message::Text(t) = frame?
+                && let Some((seq, n)) = Self::parse(t.as_str())
+            {
+                self.pending.push(seq);
+                if self.pending.len() >= 256 {
+                    self.ack().await?;
+                }
+                return Ok(Some(n));
+            }
+        }
+    }
+}
+
+// --------------------------------------------------------------- NATS core
+
+fn nats_payload(seq: u64) -> Bytes {
+    let mut v = vec![b'x'; BODY];
+    v[..8].copy_from_slice(&seq.to_le_bytes());
+    Bytes::from(v)
+}
+
+fn nats_seq(b: &[u8]) -> Option<u64> {
+    Some(u64::from_le_bytes(b.get(..8)?.try_into().ok()?))
+}
+
+/// Connects a NATS client.
+pub async fn nats_client(addr: std::net::SocketAddr) -> anyhow::Result<async_nats::Client> {
+    Ok(async_nats::connect(format!("nats://{addr}")).await?)
+}
+
+/// Publishes on a subject.
+pub struct NatsTx {
+    client: async_nats::Client,
+    subject: String,
+}
+
+/// A NATS core sender on `subject`.
+pub async fn nats_tx(addr: std::net::SocketAddr, subject: &str) -> anyhow::Result<NatsTx> {
+    Ok(NatsTx {
+        client: nats_client(addr).await?,
+        subject: subject.to_owned(),
+    })
+}
+
+#[async_trait]
+impl Tx for NatsTx {
+    async fn send(&mut self, seq: u64) -> anyhow::Result<()> {
+        self.client.publish(self.subject.clone(), nats_payload(seq)).await?;
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        Ok(self.client.flush().await?)
+    }
+}
+
+/// Subscribed to a subject.
+pub struct NatsRx {
+    sub: async_nats::Subscriber,
+    _client: async_nats::Client,
+}
+
+/// A NATS core receiver on `subject` (subscribed when this returns).
+pub async fn nats_rx(addr: std::net::SocketAddr, subject: &str) -> anyhow::Result<NatsRx> {
+    let client = nats_client(addr).await?;
+    let sub = client.subscribe(subject.to_owned()).await?;
+    client.flush().await?;
+    Ok(NatsRx { sub, _client: client })
+}
+
+#[async_trait]
+impl Rx for NatsRx {
+    async fn recv(&mut self) -> anyhow::Result<Option<u64>> {
+        match self.sub.next().await {
+            None => Ok(None),
+            Some(m) => Ok(Some(nats_seq(&m.payload).context("short payload")?)),
+        }
+    }
+}
+
+// --------------------------------------------------------------- JetStream
+
+/// Creates the benchmark stream (file storage) for `bench.>`.
+pub async fn js_stream(addr: std::net::SocketAddr) -> anyhow::Result<async_nats::jetstream::Context> {
+    let js = async_nats::jetstream::new(nats_client(addr).await?);
+    js.get_or_create_stream(async_nats::jetstream::stream::Config {
+        name: "BENCH".into(),
+        subjects: vec!["bench.>".into()],
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("creating the stream: {e}"))?;
+    Ok(js)
+}
+
+/// Publishes to the stream; the acks of up to `in_flight` outstanding
+/// publishes are awaited by a task and reported in order of arrival.
+pub struct JsTx {
+    subject: String,
+    js: async_nats::jetstream::Context,
+    acks: mpsc::UnboundedSender<u64>,
+}
+
+/// A JetStream publisher on `subject` and its acknowledged numbers.
+pub async fn js_tx(addr: std::net::SocketAddr, subject: &str) -> anyhow::Result<Durable> {
+    let js = js_stream(addr).await?;
+    let (acks, rx) = mpsc::unbounded_channel();
+    Ok(Durable {
+        tx: Box::new(JsTx {
+            subject: subject.to_owned(),
+            js,
+            acks,
+        }),
+        acks: rx,
+    })
+}
+
+#[async_trait]
+impl Tx for JsTx {
+    async fn send(&mut self, seq: u64) -> anyhow::Result<()> {
+        let ack = self
+            .js
+            .publish(self.subject.clone(), nats_payload(seq))
+            .await
+            .map_err(|e| anyhow::anyhow!("publish: {e}"))?;
+        let acks = self.acks.clone();
+        tokio::spawn(async move {
+            if ack.await.is_ok() {
+                let _ = acks.send(seq);
+            }
+        });
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// Drains `count` messages of `subject` with a pull consumer, acknowledging
+/// each; returns how many arrived and how long it took.
+pub async fn js_drain(addr: std::net::SocketAddr, subject: &str, count: u64) -> anyhow::Result<(u64, Duration)> {
+    use async_nats::jetstream::consumer::{AckPolicy, pull};
+    let js = js_stream(addr).await?;
+    let stream = js.get_stream("BENCH").await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some("drain".into()),
+            filter_subject: subject.to_owned(),
+            ack_policy: AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let start = std::time::Instant::now();
+    let mut msgs = consumer.messages().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut got = 0;
+    let mut last = None;
+    while got < count {
+        let Some(m) = msgs.next().await else { break };
+        let m = m.map_err(|e| anyhow::anyhow!("{e}"))?;
+        let n = nats_seq(&m.payload).context("short payload")?;
+        if let Some(l) = last
+            && n != l + 1
+        {
+            bail!("JetStream delivered {n} after {l}");
+        }
+        last = Some(n);
+        m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        got += 1;
+    }
+    Ok((got, start.elapsed()))
+}
+
+
+/// Logs `acct` in (resume) and drains its mailbox page by page the way a
+/// client does (sync, then acknowledge the page), until `count` messages
+/// have been acknowledged. Returns the time from the login to the last
+/// acknowledgement's answer.
+pub async fn tp_drain(addr: std::net::SocketAddr, acct: &TpAccount, count: u64) -> anyhow::Result<Duration> {
+    let start = std::time::Instant::now();
+    let mut ws = tp_connect(addr, acct).await?;
+    let mut after = 0i64;
+    let mut acked = 0u64;
+    let mut rid = 10u64;
+    while acked < count {
+        ws.send(Message::Text(format!(r#"{{"type":"sync","rid":{rid},"after":{after},"limit":1024}}"#).into()))
+            .await?;
+        let mut seqs = Vec::with_capacity(1024);
+        loop {
+            let Some(frame) = ws.next().await else { bail!("connection ended") };
+            let Message::Text(t) = frame? else { continue };
+            if let Some((seq, _)) = TpRx::parse(t.as_str()) {
+                seqs.push(seq);
+            } else if t.starts_with(r#"{"type":"synced""#) {
+                break;
+            }
+        }
+        let Some(&last) = seqs.last() else { bail!("mailbox empty after {acked}") };
+        after = last;
+        rid += 1;
+        let list: Vec<String> = seqs.iter().map(i64::to_string).collect();
+        ws.send(Message::Text(format!(r#"{{"type":"ack","rid":{rid},"seqs":[{}]}}"#, list.join(",")).into()))
+            .await?;
+        loop {
+            let Some(frame) = ws.next().await else { bail!("connection ended") };
+            if let Message::Text(t) = frame?
+                && t.starts_with(r#"{"type":"acked""#)
+            {
+                break;
+            }
+        }
+        acked += seqs.len() as u64;
+        rid += 1;
+    }
+    Ok(start.elapsed())
+}
+
+/// Opens `n` idle, authenticated NATS connections the light way (raw
+/// CONNECT and PING), kept open while the returned vector lives.
+pub async fn nats_idle(addr: std::net::SocketAddr, n: usize) -> anyhow::Result<Vec<tokio::net::TcpStream>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conns = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        let mut buf = vec![0u8; 4096];
+        let _ = s.read(&mut buf).await?; // INFO
+        s.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPING\r\n").await?;
+        let _ = s.read(&mut buf).await?; // PONG
+        conns.push(s);
+    }
+    Ok(conns)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_round_trip_through_ids_and_payloads() {
+        assert_eq!(seq_of_msg_id(&msg_id(9, 123_456)), Some(123_456));
+        assert!(msg_id(0xffff, 1).parse::<telepound_protocol::MsgId>().is_ok());
+        assert_eq!(nats_seq(&nats_payload(99)), Some(99));
+        let frame = telepound_protocol::codec::render_message(
+            7,
+            &msg_id(3, 42).parse().unwrap(),
+            &UserName::new("a").unwrap(),
+            1,
+            "{}",
+        );
+        assert_eq!(TpRx::parse(&frame), Some((7, 42)));
+    }
+}
