@@ -320,6 +320,74 @@ pub async fn receipts(store: Arc<dyn Store>, rec: Arc<Recorder>) {
     assert!(store.fetch(&name("bob"), 0, 10).await.unwrap().is_empty());
 }
 
+/// Writes of many rows at once behave as one-by-one writes would: a
+/// duplicate inside a batch or of a stored entry is skipped, seqs follow
+/// the listed order, batches larger than any one statement work, and an
+/// acknowledgement reports (and stores receipts) in the order it lists.
+pub async fn batches(store: Arc<dyn Store>, rec: Arc<Recorder>) {
+    let stored_id = MsgId::new();
+    store
+        .enqueue(vec![entry("bob", "alice", stored_id, "{}")])
+        .await
+        .unwrap();
+    let (a, b, c) = (MsgId::new(), MsgId::new(), MsgId::new());
+    let got = store
+        .enqueue(vec![
+            entry("bob", "alice", a, "{\"a\":1}"),
+            entry("bob", "alice", b, "{}"),
+            entry("bob", "alice", a, "{\"a\":2}"),
+            entry("bob", "alice", stored_id, "{}"),
+            entry("bob", "alice", c, "{}"),
+        ])
+        .await
+        .unwrap();
+    assert!(got[0].is_some() && got[1].is_some() && got[4].is_some());
+    assert_eq!((got[2], got[3]), (None, None), "duplicates are skipped");
+    assert!(got[0] < got[1] && got[1] < got[4], "seqs in listed order");
+    let page = store.fetch(&name("bob"), 0, 10).await.unwrap();
+    assert_eq!(page.len(), 4);
+    assert_eq!(&*page[1].envelope, "{\"a\":1}", "the first copy is kept");
+
+    // More rows than one statement takes (see the SQLite backend's chunks).
+    let ids: Vec<MsgId> = (0..300).map(|_| MsgId::new()).collect();
+    let seqs: Vec<i64> = store
+        .enqueue(
+            ids.iter()
+                .map(|id| entry("carol", "dave", *id, "{}"))
+                .collect(),
+        )
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.expect("all new"))
+        .collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]));
+    let fetched = store.fetch(&name("carol"), 0, 1000).await.unwrap();
+    assert_eq!(fetched.iter().map(|e| e.msg_id).collect::<Vec<_>>(), ids);
+
+    // Acknowledged in reverse, with repeats and a stranger's seq.
+    rec.away.lock().unwrap().push(name("dave"));
+    rec.delivered.lock().unwrap().clear();
+    let mut listed: Vec<i64> = seqs.iter().rev().copied().collect();
+    listed.insert(5, seqs[0]);
+    listed.push(page[0].seq);
+    // First listings count: ids[0] comes sixth, its later repeat is moot.
+    let mut expected: Vec<MsgId> = ids[1..].iter().rev().copied().collect();
+    expected.insert(5, ids[0]);
+    assert_eq!(store.ack(&name("carol"), listed, 9, 99).await.unwrap(), 300);
+    let heard: Vec<MsgId> = rec.delivered.lock().unwrap().iter().map(|d| d.1).collect();
+    assert_eq!(heard, expected, "receipts in the order acknowledged");
+    let receipts = store.fetch(&name("dave"), 0, 1000).await.unwrap();
+    assert_eq!(receipts.len(), 300);
+    assert!(receipts.iter().all(|r| r.kind == EntryKind::Receipt));
+    assert_eq!(
+        receipts.iter().map(|e| e.msg_id).collect::<Vec<_>>(),
+        expected
+    );
+    assert!(store.fetch(&name("carol"), 0, 10).await.unwrap().is_empty());
+    assert_eq!(store.fetch(&name("bob"), 0, 10).await.unwrap().len(), 4);
+}
+
 fn blob(
     id: &str,
     owner: &UserName,
@@ -645,7 +713,7 @@ macro_rules! store_conformance_tests {
     ($make:path) => {
         $crate::store_conformance_tests!(@each $make;
             users, server_setup_is_stable, sessions, mailbox, expiry,
-            concurrent_writes_group_commit, receipts, blobs, groups);
+            concurrent_writes_group_commit, receipts, batches, blobs, groups);
     };
     (@each $make:path; $($check:ident),*) => {
         $(

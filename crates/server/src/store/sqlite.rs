@@ -52,6 +52,39 @@ fn migrator() -> sqlx::migrate::Migrator {
 pub struct SqliteStore {
     pool: SqlitePool,
     writer: Writer,
+    checkpointer: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SqliteStore {
+    fn drop(&mut self) {
+        self.checkpointer.abort();
+    }
+}
+
+/// WAL pages after which the writer checkpoints by itself (the checkpoint
+/// task normally keeps the WAL far smaller).
+const WRITER_AUTOCHECKPOINT_PAGES: u32 = 16_384;
+
+/// How often the checkpoint task copies the WAL into the database.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Copies committed WAL frames into the database file, off the writer's
+/// path: PASSIVE never blocks the writer or readers.
+async fn checkpoint_loop(pool: SqlitePool) {
+    let mut tick = tokio::time::interval(CHECKPOINT_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if pool.is_closed() {
+            return;
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&pool)
+            .await
+        {
+            tracing::warn!(cause = %e, "WAL checkpoint failed; the writer will checkpoint instead");
+        }
+    }
 }
 
 impl SqliteStore {
@@ -87,12 +120,98 @@ impl SqliteStore {
                     .map_err(|e| super::StoreError::NotMigrated(e.to_string()))?;
             check_applied(&m, &applied)?;
         }
+        // The writer leaves checkpoints to a task of their own, so that a
+        // commit never waits for the WAL to be copied into the database
+        // (it would stall every sender for that long). Should the task fall
+        // behind, the writer still checkpoints past this many pages.
+        // The writer commits without waiting for the disk and syncs the WAL
+        // itself before answering (see `WriteConn::durability`): a process
+        // crash loses nothing committed either way, and `accepted` still
+        // waits for the fsync.
+        let opts = opts
+            .pragma(
+                "wal_autocheckpoint",
+                WRITER_AUTOCHECKPOINT_PAGES.to_string(),
+            )
+            .synchronous(SqliteSynchronous::Normal);
         let conn = opts.connect().await?;
+        // The WAL file now exists: make its directory entry durable too.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(sqlx::Error::Io)?;
+        }
+        let checkpointer = tokio::spawn(checkpoint_loop(pool.clone()));
         Ok(Self {
             pool,
             writer: Writer::spawn(SqliteWriter { opts, conn }, writer, listener),
+            checkpointer,
         })
     }
+}
+
+/// Rows per multi-row statement: a few fixed sizes, so that the prepared
+/// statements stay few and cached.
+const CHUNK_SIZES: [usize; 5] = [256, 64, 16, 4, 1];
+
+/// Splits `items` into chunks of the sizes in [`CHUNK_SIZES`], largest first.
+fn chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        let n = CHUNK_SIZES.into_iter().find(|&c| c <= items.len())?;
+        let (head, tail) = items.split_at(n);
+        items = tail;
+        Some(head)
+    })
+}
+
+/// `INSERT` of `n` mailbox rows, skipping duplicates, returning what was
+/// inserted. Built once per size.
+fn insert_sql(n: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<(usize, String)>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        CHUNK_SIZES
+            .iter()
+            .map(|&n| {
+                let rows = vec!["(?, ?, ?, ?, ?, ?, ?)"; n].join(", ");
+                (
+                    n,
+                    format!(
+                        "INSERT INTO mailbox (recipient, kind, sender, msg_id, server_ts, expires_at, envelope) \
+                         VALUES {rows} ON CONFLICT (recipient, kind, sender, msg_id) DO NOTHING \
+                         RETURNING seq, recipient, kind, sender, msg_id"
+                    ),
+                )
+            })
+            .collect()
+    });
+    &all.iter()
+        .find(|(size, _)| *size == n)
+        .expect("a chunk size")
+        .1
+}
+
+/// `DELETE` of up to `n` of one recipient's rows by seq.
+fn delete_sql(n: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<(usize, String)>> = std::sync::OnceLock::new();
+    let all = SQL.get_or_init(|| {
+        CHUNK_SIZES
+            .iter()
+            .map(|&n| {
+                let seqs = vec!["?"; n].join(", ");
+                (
+                    n,
+                    format!(
+                        "DELETE FROM mailbox WHERE recipient = ? AND seq IN ({seqs}) \
+                         RETURNING seq, kind, sender, msg_id, body_id"
+                    ),
+                )
+            })
+            .collect()
+    });
+    &all.iter()
+        .find(|(size, _)| *size == n)
+        .expect("a chunk size")
+        .1
 }
 
 struct SqliteWriter {
@@ -102,6 +221,22 @@ struct SqliteWriter {
 
 #[async_trait]
 impl WriteConn for SqliteWriter {
+    fn durability(&self) -> Option<super::writer::SyncFn> {
+        let db = self.opts.get_filename().to_path_buf();
+        let mut wal = db.clone().into_os_string();
+        wal.push("-wal");
+        let wal = std::path::PathBuf::from(wal);
+        Some(Arc::new(move || match std::fs::File::open(&wal) {
+            Ok(f) => f.sync_data(),
+            // No WAL (only after everything was checkpointed and the file
+            // removed): the data is in the database file.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::File::open(&db)?.sync_data()
+            }
+            Err(e) => Err(e),
+        }))
+    }
+
     async fn begin(&mut self) -> Result<()> {
         // IMMEDIATE takes the write lock now, not at the first write.
         sqlx::query("BEGIN IMMEDIATE")
@@ -135,6 +270,99 @@ impl WriteConn for SqliteWriter {
         .bind(body)
         .fetch_optional(&mut self.conn)
         .await?)
+    }
+
+    async fn insert_many(&mut self, entries: &[&NewEntry]) -> Result<Vec<Option<i64>>> {
+        let mut out = Vec::with_capacity(entries.len());
+        for chunk in chunks(entries) {
+            let mut q = sqlx::query(insert_sql(chunk.len()));
+            for e in chunk {
+                q = q
+                    .bind(e.recipient.as_str())
+                    .bind(e.kind.to_i16())
+                    .bind(e.sender.as_str())
+                    .bind(e.msg_id.to_string())
+                    .bind(e.server_ts)
+                    .bind(e.expires_at)
+                    .bind(&*e.envelope);
+            }
+            let mut rows = q
+                .fetch_all(&mut self.conn)
+                .await?
+                .into_iter()
+                .map(|r| {
+                    Ok((
+                        r.try_get::<i64, _>(0)?,
+                        r.try_get::<String, _>(1)?,
+                        r.try_get::<i64, _>(2)?,
+                        r.try_get::<String, _>(3)?,
+                        r.try_get::<String, _>(4)?,
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            // Rows are inserted in VALUES order, so ascending seqs follow the
+            // chunk's order; an entry without its row was a duplicate.
+            rows.sort_unstable_by_key(|r| r.0);
+            let mut rows = rows.into_iter().peekable();
+            for e in chunk {
+                let matches = rows.peek().is_some_and(|(_, recipient, kind, sender, id)| {
+                    recipient == e.recipient.as_str()
+                        && *kind == i64::from(e.kind.to_i16())
+                        && sender == e.sender.as_str()
+                        && *id == e.msg_id.to_string()
+                });
+                out.push(if matches {
+                    rows.next().map(|r| r.0)
+                } else {
+                    None
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete_many(&mut self, recipient: &UserName, seqs: &[i64]) -> Result<Vec<AckedEntry>> {
+        let mut gone = Vec::with_capacity(seqs.len());
+        let mut bodies = Vec::new();
+        for chunk in chunks(seqs) {
+            let mut q = sqlx::query(delete_sql(chunk.len())).bind(recipient.as_str());
+            for seq in chunk {
+                q = q.bind(*seq);
+            }
+            for r in q.fetch_all(&mut self.conn).await? {
+                if let Some(body) = r.try_get::<Option<i64>, _>(4)? {
+                    bodies.push(body);
+                }
+                gone.push((
+                    r.try_get::<i64, _>(0)?,
+                    AckedEntry {
+                        kind: EntryKind::from_i64(r.try_get(1)?)?,
+                        sender: user_name(r.try_get(2)?)?,
+                        msg_id: msg_id(r.try_get(3)?)?,
+                    },
+                ));
+            }
+        }
+        bodies.sort_unstable();
+        bodies.dedup();
+        for body in bodies {
+            sqlx::query(
+                "DELETE FROM bodies WHERE id = ? AND NOT EXISTS (SELECT 1 FROM mailbox WHERE body_id = ?)",
+            )
+            .bind(body)
+            .bind(body)
+            .execute(&mut self.conn)
+            .await?;
+        }
+        // In the order the client listed them, as one-by-one deletes would.
+        let order: std::collections::HashMap<i64, usize> = seqs
+            .iter()
+            .enumerate()
+            .rev()
+            .map(|(i, s)| (*s, i))
+            .collect();
+        gone.sort_by_key(|(seq, _)| order.get(seq).copied().unwrap_or(usize::MAX));
+        Ok(gone.into_iter().map(|(_, e)| e).collect())
     }
 
     async fn insert_body(&mut self, envelope: &str) -> Result<i64> {
@@ -660,6 +888,7 @@ impl Store for SqliteStore {
 
     async fn close(&self) {
         self.writer.close().await;
+        self.checkpointer.abort();
         self.pool.close().await;
     }
 }

@@ -104,6 +104,36 @@ pub(crate) trait WriteConn: Send + 'static {
     /// with `body`, the row points at that stored body instead of holding
     /// the envelope itself.
     async fn insert(&mut self, e: &NewEntry, body: Option<i64>) -> Result<Option<i64>>;
+    /// Inserts `entries` (no shared bodies) in order, as [`WriteConn::insert`]
+    /// would one by one; one result per entry. Backends override it to
+    /// write many rows per statement.
+    async fn insert_many(&mut self, entries: &[&NewEntry]) -> Result<Vec<Option<i64>>> {
+        let mut out = Vec::with_capacity(entries.len());
+        for e in entries {
+            out.push(self.insert(e, None).await?);
+        }
+        Ok(out)
+    }
+    /// Deletes those of `seqs` that are `recipient`'s, as
+    /// [`WriteConn::delete`] would one by one; returns them in the order of
+    /// `seqs`. Backends override it to delete many rows per statement.
+    async fn delete_many(&mut self, recipient: &UserName, seqs: &[i64]) -> Result<Vec<AckedEntry>> {
+        let mut out = Vec::with_capacity(seqs.len());
+        for &seq in seqs {
+            if let Some(gone) = self.delete(recipient, seq).await? {
+                out.push(gone);
+            }
+        }
+        Ok(out)
+    }
+    /// For a backend whose `commit` is not durable by itself (SQLite with
+    /// `synchronous = NORMAL`): what makes every commit so far durable.
+    /// The writer then pushes a batch's entries as soon as it commits and
+    /// answers its callers only after this has run, so a slow disk delays
+    /// `accepted` but neither live delivery nor the next batch.
+    fn durability(&self) -> Option<SyncFn> {
+        None
+    }
     /// Stores an envelope body shared by several rows.
     async fn insert_body(&mut self, envelope: &str) -> Result<i64>;
     /// Deletes one of `recipient`'s entries, returning it if it existed,
@@ -131,6 +161,43 @@ pub(crate) trait WriteConn: Send + 'static {
     async fn set_role(&mut self, group: &GroupName, user: &UserName, role: Role) -> Result<()>;
     /// Deletes an empty group.
     async fn delete_group(&mut self, group: &GroupName) -> Result<()>;
+}
+
+/// Makes committed writes durable (blocking; run off the async threads).
+pub(crate) type SyncFn = Arc<dyn Fn() -> std::io::Result<()> + Send + Sync>;
+
+/// Answers waiting for their batch to be durable.
+type Answers = Vec<(oneshot::Sender<Result<WriteResult>>, WriteResult)>;
+
+/// Syncs after commits and then answers: every answer queued before a sync
+/// starts belongs to a batch that sync covers.
+async fn sync_loop(sync: SyncFn, mut rx: mpsc::UnboundedReceiver<Answers>) {
+    let mut answers = Answers::new();
+    while let Some(first) = rx.recv().await {
+        answers.extend(first);
+        while let Ok(more) = rx.try_recv() {
+            answers.extend(more);
+        }
+        let sync = sync.clone();
+        match tokio::task::spawn_blocking(move || sync()).await {
+            Ok(Ok(())) => {
+                for (reply, result) in answers.drain(..) {
+                    let _ = reply.send(Ok(result));
+                }
+            }
+            outcome => {
+                let cause = match outcome {
+                    Ok(Err(e)) => e.to_string(),
+                    Err(e) => e.to_string(),
+                    Ok(Ok(())) => unreachable!("handled above"),
+                };
+                tracing::error!(%cause, batch = answers.len(), "syncing committed writes failed; their senders are told to retry");
+                for (reply, _) in answers.drain(..) {
+                    let _ = reply.send(Err(StoreError::BatchFailed));
+                }
+            }
+        }
+    }
 }
 
 /// What to announce once a batch has committed.
@@ -243,53 +310,82 @@ async fn apply<C: WriteConn>(
     conn.begin().await?;
     let mut out = Vec::with_capacity(ops.len());
     let body = async {
-        for op in ops {
-            out.push(match op {
-                WriteOp::Insert(entries) => {
-                    let mut seqs = Vec::with_capacity(entries.len());
-                    for e in entries {
-                        let seq = conn.insert(e, None).await?;
+        let mut i = 0;
+        while i < ops.len() {
+            // A run of inserts (the common case: sends from many
+            // connections) goes to the backend as one batch.
+            let run = ops[i..]
+                .iter()
+                .take_while(|op| matches!(op, WriteOp::Insert(_)))
+                .count();
+            if run > 0 {
+                let entries: Vec<&NewEntry> = ops[i..i + run]
+                    .iter()
+                    .flat_map(|op| match op {
+                        WriteOp::Insert(entries) => entries.as_slice(),
+                        _ => &[],
+                    })
+                    .collect();
+                let mut seqs = conn.insert_many(&entries).await?.into_iter();
+                for op in &ops[i..i + run] {
+                    let WriteOp::Insert(entries) = op else {
+                        unreachable!("a run of inserts")
+                    };
+                    let mine: Vec<Option<i64>> = seqs.by_ref().take(entries.len()).collect();
+                    for (e, seq) in entries.iter().zip(&mine) {
                         if let Some(seq) = seq {
-                            notices.push(Notice::Stored(e.recipient.clone(), stored(e, seq)));
+                            notices.push(Notice::Stored(e.recipient.clone(), stored(e, *seq)));
                         }
-                        seqs.push(seq);
                     }
-                    WriteResult::Inserted(seqs)
+                    out.push(WriteResult::Inserted(mine));
                 }
+                i += run;
+                continue;
+            }
+            let op = &ops[i];
+            i += 1;
+            out.push(match op {
+                WriteOp::Insert(_) => unreachable!("runs of inserts are handled above"),
                 WriteOp::Ack {
                     recipient,
                     seqs,
                     now,
                     receipt_expires_at,
                 } => {
-                    let mut count = 0;
-                    for seq in seqs {
-                        let Some(gone) = conn.delete(recipient, *seq).await? else {
-                            continue;
-                        };
-                        count += 1;
-                        // Receipts are for one-to-one messages only: a group
-                        // of 256 would send its sender 255 of them.
-                        if gone.kind != EntryKind::Message {
-                            continue;
-                        }
-                        if listener.must_store_receipt(&gone.sender) {
-                            let receipt = NewEntry {
-                                recipient: gone.sender.clone(),
-                                kind: EntryKind::Receipt,
-                                sender: recipient.clone(),
-                                msg_id: gone.msg_id,
-                                server_ts: *now,
-                                expires_at: *receipt_expires_at,
-                                envelope: Arc::from(""),
-                            };
-                            if let Some(seq) = conn.insert(&receipt, None).await? {
+                    let gone_all = conn.delete_many(recipient, seqs).await?;
+                    let count = gone_all.len() as u64;
+                    // Receipts are for one-to-one messages only: a group of
+                    // 256 would send its sender 255 of them.
+                    let gone_all: Vec<AckedEntry> = gone_all
+                        .into_iter()
+                        .filter(|gone| gone.kind == EntryKind::Message)
+                        .collect();
+                    let receipts: Vec<NewEntry> = gone_all
+                        .iter()
+                        .filter(|gone| listener.must_store_receipt(&gone.sender))
+                        .map(|gone| NewEntry {
+                            recipient: gone.sender.clone(),
+                            kind: EntryKind::Receipt,
+                            sender: recipient.clone(),
+                            msg_id: gone.msg_id,
+                            server_ts: *now,
+                            expires_at: *receipt_expires_at,
+                            envelope: Arc::from(""),
+                        })
+                        .collect();
+                    if !receipts.is_empty() {
+                        let refs: Vec<&NewEntry> = receipts.iter().collect();
+                        let seqs = conn.insert_many(&refs).await?;
+                        for (receipt, seq) in receipts.iter().zip(seqs) {
+                            if let Some(seq) = seq {
                                 notices.push(Notice::Stored(
                                     receipt.recipient.clone(),
-                                    stored(&receipt, seq),
+                                    stored(receipt, seq),
                                 ));
                             }
                         }
+                    }
+                    for gone in gone_all {
                         notices.push(Notice::Delivered {
                             sender: gone.sender,
                             msg_id: gone.msg_id,
@@ -352,6 +448,13 @@ async fn run<C: WriteConn>(
     let mut replies = Vec::with_capacity(cfg.max_batch);
     let mut notices = Vec::new();
     let mut closing = None;
+    let (sync_tx, sync_task) = match conn.durability() {
+        Some(sync) => {
+            let (tx, rx) = mpsc::unbounded_channel();
+            (Some(tx), Some(tokio::spawn(sync_loop(sync, rx))))
+        }
+        None => (None, None),
+    };
     while let Some(job) = rx.recv().await {
         let mut next = Some(job);
         while let Some(job) = next.take() {
@@ -395,8 +498,20 @@ async fn run<C: WriteConn>(
                             } => listener.delivered(&sender, msg_id, &to, at),
                         }
                     }
-                    for (reply, result) in replies.drain(..).zip(results) {
-                        let _ = reply.send(Ok(result));
+                    let answers = replies.drain(..).zip(results);
+                    match &sync_tx {
+                        Some(sync) => {
+                            if let Err(unsent) = sync.send(answers.collect()) {
+                                for (reply, _) in unsent.0 {
+                                    let _ = reply.send(Err(StoreError::WriterGone));
+                                }
+                            }
+                        }
+                        None => {
+                            for (reply, result) in answers {
+                                let _ = reply.send(Ok(result));
+                            }
+                        }
                     }
                 }
                 Err(e) => {
@@ -410,8 +525,14 @@ async fn run<C: WriteConn>(
         }
         if let Some(done) = closing.take() {
             rx.close();
+            // Everything committed is synced and answered before the close
+            // is.
+            drop(sync_tx);
+            if let Some(task) = sync_task {
+                let _ = task.await;
+            }
             let _ = done.send(());
-            break;
+            return;
         }
     }
 }
