@@ -12,9 +12,9 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::StreamExt;
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use telepound_protocol::codec::{self, DecodeError};
 use telepound_protocol::{ClientMessage, ErrorCode, ServerMessage, UserName};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
@@ -26,6 +26,9 @@ use crate::hub::{Member, Outbound, PushState};
 use crate::limits::Bucket;
 use crate::server::{AddressSlot, Shared};
 use crate::store::{self, EntryKind, StoredEntry};
+
+/// Buffered frames after which a busy connection writes out anyway.
+const FLUSH_EVERY: usize = 64;
 
 /// WebSocket close codes used.
 mod close {
@@ -140,6 +143,8 @@ struct Connection {
     sync: SyncState,
     /// Highest mailbox seq sent to the client since the last `sync`.
     cursor: i64,
+    /// Frames buffered but not yet written out.
+    unflushed: usize,
     in_flight: FuturesOrdered<Pending>,
     last_heard: Instant,
     connected_at: Instant,
@@ -175,6 +180,7 @@ impl Connection {
             kick: CancellationToken::new(),
             sync: SyncState::Idle,
             cursor: 0,
+            unflushed: 0,
             in_flight: FuturesOrdered::new(),
             last_heard: Instant::now(),
         }
@@ -188,18 +194,20 @@ impl Connection {
         ping.tick().await;
         let max_in_flight = self.shared.config.max_in_flight;
         loop {
-            let syncing = matches!(self.sync, SyncState::Fetching { .. });
-            let event = tokio::select! {
-                biased;
-                () = shutdown.cancelled() => Event::Shutdown,
-                () = kick.cancelled() => Event::Kicked,
-                Some(answer) = self.in_flight.next(), if !self.in_flight.is_empty() => Event::Answer(answer),
-                // Frames before pushes: a steady stream of pushes must not
-                // keep a client's requests (or pongs) unread.
-                frame = self.socket.recv(), if self.in_flight.len() < max_in_flight => Event::Frame(frame),
-                Some(out) = self.outbox_rx.recv() => Event::Push(out),
-                page = poll_fetch(&mut self.sync), if syncing => Event::Page(page),
-                _ = ping.tick() => Event::Tick,
+            // Frames are buffered, and written out in one go once nothing
+            // else is ready: many pushes, one system call.
+            let ready = self
+                .next_event(&shutdown, &kick, &mut ping, max_in_flight)
+                .now_or_never();
+            let event = match ready {
+                Some(event) => event,
+                None => {
+                    if self.flush().await.is_err() {
+                        return self.write_failed();
+                    }
+                    self.next_event(&shutdown, &kick, &mut ping, max_in_flight)
+                        .await
+                }
             };
             let step = match event {
                 Event::Shutdown => return self.shut_down().await,
@@ -235,12 +243,42 @@ impl Connection {
                 }
             };
             if step.is_err() {
-                if self.kick.is_cancelled() {
-                    tracing::warn!("outbox full: disconnected a client that is not reading");
-                    return Ending::SlowConsumer;
-                }
-                return Ending::WriteFailed;
+                return self.write_failed();
             }
+        }
+    }
+
+    /// Why a write failed: the client was kicked for not reading, or the
+    /// socket broke.
+    fn write_failed(&self) -> Ending {
+        if self.kick.is_cancelled() {
+            tracing::warn!("outbox full: disconnected a client that is not reading");
+            return Ending::SlowConsumer;
+        }
+        Ending::WriteFailed
+    }
+
+    /// The next thing to do. Every branch is cancel-safe, so a turn that
+    /// finds nothing ready can be dropped and retried.
+    async fn next_event(
+        &mut self,
+        shutdown: &CancellationToken,
+        kick: &CancellationToken,
+        ping: &mut tokio::time::Interval,
+        max_in_flight: usize,
+    ) -> Event {
+        let syncing = matches!(self.sync, SyncState::Fetching { .. });
+        tokio::select! {
+                biased;
+            () = shutdown.cancelled() => Event::Shutdown,
+            () = kick.cancelled() => Event::Kicked,
+            Some(answer) = self.in_flight.next(), if !self.in_flight.is_empty() => Event::Answer(answer),
+            // Frames before pushes: a steady stream of pushes must not
+            // keep a client's requests (or pongs) unread.
+            frame = self.socket.recv(), if self.in_flight.len() < max_in_flight => Event::Frame(frame),
+            Some(out) = self.outbox_rx.recv() => Event::Push(out),
+            page = poll_fetch(&mut self.sync), if syncing => Event::Page(page),
+            _ = ping.tick() => Event::Tick,
         }
     }
 
@@ -578,20 +616,24 @@ impl Connection {
     /// A kick (this connection's outbox overflowed) also ends a write that
     /// is stuck: the connection is being dropped anyway.
     async fn send_frame(&mut self, frame: Message) -> Result<(), axum::Error> {
+        self.unflushed += 1;
+        let flush = self.unflushed >= FLUSH_EVERY || matches!(frame, Message::Close(_));
         let timeout = self.shared.config.idle_timeout;
-        tokio::select! {
-            result = tokio::time::timeout(timeout, self.socket.send(frame)) => match result {
-                Ok(result) => result,
-                Err(_) => {
-                    tracing::warn!("write timed out: the client is not reading");
-                    Err(axum::Error::new(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "write timed out",
-                    )))
-                }
-            },
-            () = self.kick.cancelled() => Err(axum::Error::new(std::io::Error::other("kicked"))),
+        guarded(&self.kick, timeout, self.socket.feed(frame)).await?;
+        if flush {
+            self.flush().await?;
         }
+        Ok(())
+    }
+
+    /// Writes out buffered frames, within the same limits as a write.
+    async fn flush(&mut self) -> Result<(), axum::Error> {
+        if self.unflushed == 0 {
+            return Ok(());
+        }
+        self.unflushed = 0;
+        let timeout = self.shared.config.idle_timeout;
+        guarded(&self.kick, timeout, self.socket.flush()).await
     }
 
     async fn close(&mut self, code: u16, reason: &str) -> Result<(), axum::Error> {
@@ -680,6 +722,24 @@ async fn poll_fetch(sync: &mut SyncState) -> store::Result<Vec<StoredEntry>> {
     match sync {
         SyncState::Fetching { fetch, .. } => fetch.await,
         _ => std::future::pending().await,
+    }
+}
+
+/// A socket write that gives up after `timeout`, or when `kick` fires.
+async fn guarded(
+    kick: &CancellationToken,
+    timeout: std::time::Duration,
+    write: impl Future<Output = Result<(), axum::Error>>,
+) -> Result<(), axum::Error> {
+    tokio::select! {
+        result = tokio::time::timeout(timeout, write) => result.unwrap_or_else(|_| {
+            tracing::warn!("write timed out: the client is not reading");
+            Err(axum::Error::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "write timed out",
+            )))
+        }),
+        () = kick.cancelled() => Err(axum::Error::new(std::io::Error::other("kicked"))),
     }
 }
 

@@ -360,7 +360,9 @@ async fn ws_upgrade(
     ws.max_message_size(max)
         .max_frame_size(max)
         .read_buffer_size(4096)
-        .write_buffer_size(0)
+        // Frames collect up to this much before a write: a burst of pushes
+        // goes out in a few system calls (the connection flushes when idle).
+        .write_buffer_size(16 * 1024)
         .on_upgrade(move |socket| {
             let tracker = shared.tracker.clone();
             tracker.track_future(crate::connection::run(shared, socket, peer, (permit, slot)))
