@@ -44,7 +44,8 @@ pub struct Durable {
 
 // ---------------------------------------------------------------- Telepound
 
-pub type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Argon2 cost for benchmark accounts (logins are measured separately).
 pub const FAST_KSF: &str = "m=64,t=1,p=1";
@@ -98,11 +99,18 @@ pub fn sealed_envelope(from: &UserName, to: &UserName) -> String {
 
 /// A raw, resumed WebSocket session.
 pub async fn tp_connect(addr: std::net::SocketAddr, acct: &TpAccount) -> anyhow::Result<Ws> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/v1/ws")).await?;
+    // Without TCP_NODELAY small frames wait for delayed ACKs (40 ms).
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async_with_config(format!("ws://{addr}/v1/ws"), None, true)
+            .await?;
     use base64::Engine;
     let token = base64::engine::general_purpose::STANDARD.encode(&acct.token);
     ws.send(Message::Text(
-        format!(r#"{{"type":"resume","rid":0,"user":"{}","token":"{token}"}}"#, acct.user).into(),
+        format!(
+            r#"{{"type":"resume","rid":0,"user":"{}","token":"{token}"}}"#,
+            acct.user
+        )
+        .into(),
     ))
     .await?;
     match ws.next().await {
@@ -147,7 +155,20 @@ impl TpTx {
         to: &UserName,
         envelope: Arc<str>,
     ) -> anyhow::Result<(TpTx, mpsc::UnboundedReceiver<u64>)> {
-        let ws = tp_connect(addr, from).await?;
+        let mut ws = tp_connect(addr, from).await?;
+        // Synced like an interactive client, so delivery receipts come live
+        // instead of being stored for later.
+        ws.send(Message::Text(
+            r#"{"type":"sync","rid":0,"after":0,"limit":1024}"#.into(),
+        ))
+        .await?;
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Text(t))) if t.starts_with(r#"{"type":"synced""#) => break,
+                Some(Ok(_)) => {}
+                other => bail!("sync failed: {other:?}"),
+            }
+        }
         let (sink, mut stream) = ws.split();
         let (acks_tx, acks) = mpsc::unbounded_channel();
         tokio::spawn(async move {
@@ -220,7 +241,9 @@ impl TpRx {
             pending: Vec::new(),
         };
         rx.sink
-            .send(Message::Text(r#"{"type":"sync","rid":1,"after":0,"limit":1024}"#.into()))
+            .send(Message::Text(
+                r#"{"type":"sync","rid":1,"after":0,"limit":1024}"#.into(),
+            ))
             .await?;
         loop {
             let Some(Ok(Message::Text(t))) = rx.stream.next().await else {
@@ -243,7 +266,9 @@ impl TpRx {
         }
         let seqs: Vec<String> = self.pending.drain(..).map(|s| s.to_string()).collect();
         self.sink
-            .send(Message::Text(format!(r#"{{"type":"ack","seqs":[{}]}}"#, seqs.join(",")).into()))
+            .send(Message::Text(
+                format!(r#"{{"type":"ack","seqs":[{}]}}"#, seqs.join(",")).into(),
+            ))
             .await?;
         Ok(())
     }
@@ -261,8 +286,18 @@ impl TpRx {
 #[async_trait]
 impl Rx for TpRx {
     async fn recv(&mut self) -> anyhow::Result<Option<u64>> {
+        use futures_util::FutureExt;
         loop {
-            let Some(frame) = self.stream.next().await else {
+            // Like a real client: acknowledge whatever was read once the
+            // socket has nothing more right now (or every 256 under load).
+            let next = match self.stream.next().now_or_never() {
+                Some(next) => next,
+                None => {
+                    self.ack().await?;
+                    self.stream.next().await
+                }
+            };
+            let Some(frame) = next else {
                 return Ok(None);
             };
             if let Message::Text(t) = frame?
@@ -312,7 +347,9 @@ pub async fn nats_tx(addr: std::net::SocketAddr, subject: &str) -> anyhow::Resul
 #[async_trait]
 impl Tx for NatsTx {
     async fn send(&mut self, seq: u64) -> anyhow::Result<()> {
-        self.client.publish(self.subject.clone(), nats_payload(seq)).await?;
+        self.client
+            .publish(self.subject.clone(), nats_payload(seq))
+            .await?;
         Ok(())
     }
 
@@ -332,7 +369,10 @@ pub async fn nats_rx(addr: std::net::SocketAddr, subject: &str) -> anyhow::Resul
     let client = nats_client(addr).await?;
     let sub = client.subscribe(subject.to_owned()).await?;
     client.flush().await?;
-    Ok(NatsRx { sub, _client: client })
+    Ok(NatsRx {
+        sub,
+        _client: client,
+    })
 }
 
 #[async_trait]
@@ -348,7 +388,9 @@ impl Rx for NatsRx {
 // --------------------------------------------------------------- JetStream
 
 /// Creates the benchmark stream (file storage) for `bench.>`.
-pub async fn js_stream(addr: std::net::SocketAddr) -> anyhow::Result<async_nats::jetstream::Context> {
+pub async fn js_stream(
+    addr: std::net::SocketAddr,
+) -> anyhow::Result<async_nats::jetstream::Context> {
     let js = async_nats::jetstream::new(nats_client(addr).await?);
     js.get_or_create_stream(async_nats::jetstream::stream::Config {
         name: "BENCH".into(),
@@ -407,10 +449,17 @@ impl Tx for JsTx {
 
 /// Drains `count` messages of `subject` with a pull consumer, acknowledging
 /// each; returns how many arrived and how long it took.
-pub async fn js_drain(addr: std::net::SocketAddr, subject: &str, count: u64) -> anyhow::Result<(u64, Duration)> {
+pub async fn js_drain(
+    addr: std::net::SocketAddr,
+    subject: &str,
+    count: u64,
+) -> anyhow::Result<(u64, Duration)> {
     use async_nats::jetstream::consumer::{AckPolicy, pull};
     let js = js_stream(addr).await?;
-    let stream = js.get_stream("BENCH").await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let stream = js
+        .get_stream("BENCH")
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let consumer = stream
         .create_consumer(pull::Config {
             durable_name: Some("drain".into()),
@@ -421,7 +470,10 @@ pub async fn js_drain(addr: std::net::SocketAddr, subject: &str, count: u64) -> 
         .await
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let start = std::time::Instant::now();
-    let mut msgs = consumer.messages().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    let mut msgs = consumer
+        .messages()
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let mut got = 0;
     let mut last = None;
     while got < count {
@@ -440,23 +492,30 @@ pub async fn js_drain(addr: std::net::SocketAddr, subject: &str, count: u64) -> 
     Ok((got, start.elapsed()))
 }
 
-
 /// Logs `acct` in (resume) and drains its mailbox page by page the way a
 /// client does (sync, then acknowledge the page), until `count` messages
 /// have been acknowledged. Returns the time from the login to the last
 /// acknowledgement's answer.
-pub async fn tp_drain(addr: std::net::SocketAddr, acct: &TpAccount, count: u64) -> anyhow::Result<Duration> {
+pub async fn tp_drain(
+    addr: std::net::SocketAddr,
+    acct: &TpAccount,
+    count: u64,
+) -> anyhow::Result<Duration> {
     let start = std::time::Instant::now();
     let mut ws = tp_connect(addr, acct).await?;
     let mut after = 0i64;
     let mut acked = 0u64;
     let mut rid = 10u64;
     while acked < count {
-        ws.send(Message::Text(format!(r#"{{"type":"sync","rid":{rid},"after":{after},"limit":1024}}"#).into()))
-            .await?;
+        ws.send(Message::Text(
+            format!(r#"{{"type":"sync","rid":{rid},"after":{after},"limit":1024}}"#).into(),
+        ))
+        .await?;
         let mut seqs = Vec::with_capacity(1024);
         loop {
-            let Some(frame) = ws.next().await else { bail!("connection ended") };
+            let Some(frame) = ws.next().await else {
+                bail!("connection ended")
+            };
             let Message::Text(t) = frame? else { continue };
             if let Some((seq, _)) = TpRx::parse(t.as_str()) {
                 seqs.push(seq);
@@ -464,14 +523,24 @@ pub async fn tp_drain(addr: std::net::SocketAddr, acct: &TpAccount, count: u64) 
                 break;
             }
         }
-        let Some(&last) = seqs.last() else { bail!("mailbox empty after {acked}") };
+        let Some(&last) = seqs.last() else {
+            bail!("mailbox empty after {acked}")
+        };
         after = last;
         rid += 1;
         let list: Vec<String> = seqs.iter().map(i64::to_string).collect();
-        ws.send(Message::Text(format!(r#"{{"type":"ack","rid":{rid},"seqs":[{}]}}"#, list.join(",")).into()))
-            .await?;
+        ws.send(Message::Text(
+            format!(
+                r#"{{"type":"ack","rid":{rid},"seqs":[{}]}}"#,
+                list.join(",")
+            )
+            .into(),
+        ))
+        .await?;
         loop {
-            let Some(frame) = ws.next().await else { bail!("connection ended") };
+            let Some(frame) = ws.next().await else {
+                bail!("connection ended")
+            };
             if let Message::Text(t) = frame?
                 && t.starts_with(r#"{"type":"acked""#)
             {
@@ -486,14 +555,18 @@ pub async fn tp_drain(addr: std::net::SocketAddr, acct: &TpAccount, count: u64) 
 
 /// Opens `n` idle, authenticated NATS connections the light way (raw
 /// CONNECT and PING), kept open while the returned vector lives.
-pub async fn nats_idle(addr: std::net::SocketAddr, n: usize) -> anyhow::Result<Vec<tokio::net::TcpStream>> {
+pub async fn nats_idle(
+    addr: std::net::SocketAddr,
+    n: usize,
+) -> anyhow::Result<Vec<tokio::net::TcpStream>> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut conns = Vec::with_capacity(n);
     for _ in 0..n {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
         let mut buf = vec![0u8; 4096];
         let _ = s.read(&mut buf).await?; // INFO
-        s.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPING\r\n").await?;
+        s.write_all(b"CONNECT {\"verbose\":false,\"pedantic\":false}\r\nPING\r\n")
+            .await?;
         let _ = s.read(&mut buf).await?; // PONG
         conns.push(s);
     }
@@ -507,7 +580,11 @@ mod tests {
     #[test]
     fn numbers_round_trip_through_ids_and_payloads() {
         assert_eq!(seq_of_msg_id(&msg_id(9, 123_456)), Some(123_456));
-        assert!(msg_id(0xffff, 1).parse::<telepound_protocol::MsgId>().is_ok());
+        assert!(
+            msg_id(0xffff, 1)
+                .parse::<telepound_protocol::MsgId>()
+                .is_ok()
+        );
         assert_eq!(nats_seq(&nats_payload(99)), Some(99));
         let frame = telepound_protocol::codec::render_message(
             7,

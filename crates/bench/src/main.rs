@@ -49,10 +49,18 @@ pub enum Scenario {
 #[command(name = "telepound-bench", version)]
 pub struct Args {
     /// Scenarios to run.
-    #[arg(long, value_delimiter = ',', default_value = "routing,durable,latency,backlog,idle,logins,crypto")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "routing,durable,latency,backlog,idle,logins,crypto"
+    )]
     pub scenarios: Vec<Scenario>,
     /// Systems to measure.
-    #[arg(long, value_delimiter = ',', default_value = "telepound,nats,jetstream,prosody")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "telepound,nats,jetstream,prosody"
+    )]
     pub peers: Vec<Peer>,
     /// Pin each server to CPU 0 and the load generator to CPU 1.
     #[arg(long)]
@@ -77,7 +85,11 @@ pub struct Args {
     pub durable_in_flight: Vec<usize>,
     /// Offered rates for the latency scenario, messages per second (the
     /// scenario stops past the knee).
-    #[arg(long, value_delimiter = ',', default_value = "1000,5000,10000,25000,50000,100000")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "1000,5000,10000,25000,50000,100000"
+    )]
     pub rates: Vec<u64>,
     /// Messages queued for the backlog scenario.
     #[arg(long, default_value_t = 100_000)]

@@ -77,7 +77,9 @@ impl Running {
     async fn start(peer: Peer, args: &Args) -> anyhow::Result<Running> {
         let cpu = args.server_cpu();
         Ok(match peer {
-            Peer::Telepound => Running::Tp(Server::telepound(&telepound_bin(args)?, cpu, TELEPOUND_CONFIG).await?),
+            Peer::Telepound => {
+                Running::Tp(Server::telepound(&telepound_bin(args)?, cpu, TELEPOUND_CONFIG).await?)
+            }
             Peer::Nats => Running::Nats(Server::nats(cpu, false).await?),
             Peer::Jetstream => Running::Nats(Server::nats(cpu, true).await?),
             Peer::Prosody => Running::Prosody(crate::xmpp::Prosody::start(cpu).await?),
@@ -143,7 +145,9 @@ pub async fn run_all(args: &Args) -> anyhow::Result<Results> {
             };
             if let Err(e) = outcome {
                 eprintln!("   failed: {e:#}");
-                results.notes.push(format!("{scenario:?} on {} failed: {e:#}", peer.name()));
+                results
+                    .notes
+                    .push(format!("{scenario:?} on {} failed: {e:#}", peer.name()));
             }
         }
     }
@@ -208,7 +212,12 @@ impl Ends {
     }
 
     /// Fresh connections for `n` live pairs (recipients connected first).
-    async fn live(&self, run: &Running, n: usize, round: usize) -> anyhow::Result<Vec<(Box<dyn Tx>, Box<dyn Rx>)>> {
+    async fn live(
+        &self,
+        run: &Running,
+        n: usize,
+        round: usize,
+    ) -> anyhow::Result<Vec<(Box<dyn Tx>, Box<dyn Rx>)>> {
         let addr = run.addr();
         let mut v: Vec<(Box<dyn Tx>, Box<dyn Rx>)> = Vec::with_capacity(n);
         for i in 0..n {
@@ -222,7 +231,10 @@ impl Ends {
                 (Ends::Nats, _) => {
                     let subject = format!("bench.live.{round}.{i}");
                     let rx = links::nats_rx(addr, &subject).await?;
-                    v.push((Box::new(links::nats_tx(addr, &subject).await?), Box::new(rx)));
+                    v.push((
+                        Box::new(links::nats_tx(addr, &subject).await?),
+                        Box::new(rx),
+                    ));
                 }
                 (Ends::Xmpp(p), Running::Prosody(pr)) => {
                     let (s, r) = &p[i];
@@ -243,10 +255,15 @@ impl Ends {
             (Ends::Tp(p), _) => {
                 let (s, r, env) = &p[i];
                 let (tx, acks) = TpTx::open(addr, s, &r.user, env.clone()).await?;
-                Ok(Durable { tx: Box::new(tx), acks })
+                Ok(Durable {
+                    tx: Box::new(tx),
+                    acks,
+                })
             }
             (Ends::Nats, _) => links::js_tx(addr, subject).await,
-            (Ends::Xmpp(p), Running::Prosody(pr)) => crate::xmpp_links::durable(pr, &p[i].0, &p[i].1).await,
+            (Ends::Xmpp(p), Running::Prosody(pr)) => {
+                crate::xmpp_links::durable(pr, &p[i].0, &p[i].1).await
+            }
             (Ends::Xmpp(_), _) => bail!("XMPP ends on a non-XMPP server"),
         }
     }
@@ -264,14 +281,38 @@ async fn routing(args: &Args, peer: Peer, out: &mut Results) -> anyhow::Result<(
     let (mut rate, mut cpu) = (Vec::new(), Vec::new());
     for round in 0..args.repeat {
         let pairs = ends.live(&run, args.pairs, round).await?;
-        let t = scenarios::routing(pairs, args.in_flight, args.warm(), args.measure(), run.pid()).await?;
-        eprintln!("   {:.0} msgs/s, {:.2} µs CPU/msg", t.msgs_per_s, t.cpu_us_per_msg);
+        let t = scenarios::routing(
+            pairs,
+            args.in_flight,
+            args.warm(),
+            args.measure(),
+            run.pid(),
+        )
+        .await?;
+        eprintln!(
+            "   {:.0} msgs/s, {:.2} µs CPU/msg",
+            t.msgs_per_s, t.cpu_us_per_msg
+        );
         rate.push(t.msgs_per_s);
         cpu.push(t.cpu_us_per_msg);
     }
     let setting = format!("{} pairs, {} in flight each", args.pairs, args.in_flight);
-    out.rows.push(Row::new("routing", peer, &setting, "throughput", "msgs/s", rate));
-    out.rows.push(Row::new("routing", peer, &setting, "server CPU", "µs/msg", cpu));
+    out.rows.push(Row::new(
+        "routing",
+        peer,
+        &setting,
+        "throughput",
+        "msgs/s",
+        rate,
+    ));
+    out.rows.push(Row::new(
+        "routing",
+        peer,
+        &setting,
+        "server CPU",
+        "µs/msg",
+        cpu,
+    ));
     Ok(())
 }
 
@@ -281,15 +322,29 @@ async fn durable(args: &Args, peer: Peer, out: &mut Results) -> anyhow::Result<(
     for &k in &args.durable_in_flight {
         let (mut rate, mut cpu) = (Vec::new(), Vec::new());
         for round in 0..args.repeat {
-            let d = ends.durable(&run, 0, &format!("bench.durable.{k}.{round}")).await?;
+            let d = ends
+                .durable(&run, 0, &format!("bench.durable.{k}.{round}"))
+                .await?;
             let t = scenarios::durable(vec![d], k, args.warm(), args.measure(), run.pid()).await?;
-            eprintln!("   K={k}: {:.0} msgs/s, {:.2} µs CPU/msg", t.msgs_per_s, t.cpu_us_per_msg);
+            eprintln!(
+                "   K={k}: {:.0} msgs/s, {:.2} µs CPU/msg",
+                t.msgs_per_s, t.cpu_us_per_msg
+            );
             rate.push(t.msgs_per_s);
             cpu.push(t.cpu_us_per_msg);
         }
         let setting = format!("{k} in flight");
-        out.rows.push(Row::new("durable", peer, &setting, "accepted", "msgs/s", rate));
-        out.rows.push(Row::new("durable", peer, &setting, "server CPU", "µs/msg", cpu));
+        out.rows.push(Row::new(
+            "durable", peer, &setting, "accepted", "msgs/s", rate,
+        ));
+        out.rows.push(Row::new(
+            "durable",
+            peer,
+            &setting,
+            "server CPU",
+            "µs/msg",
+            cpu,
+        ));
     }
     Ok(())
 }
@@ -315,7 +370,10 @@ async fn latency(args: &Args, peer: Peer, out: &mut Results) -> anyhow::Result<(
                     runs.push(l);
                 }
                 Err(e) => {
-                    out.notes.push(format!("latency on {} at {rate} msgs/s: {e:#}", peer.name()));
+                    out.notes.push(format!(
+                        "latency on {} at {rate} msgs/s: {e:#}",
+                        peer.name()
+                    ));
                     eprintln!("   {rate}/s failed: {e:#}");
                     break;
                 }
@@ -352,7 +410,9 @@ async fn backlog(args: &Args, peer: Peer, out: &mut Results) -> anyhow::Result<(
                 }
                 took
             }
-            (Ends::Xmpp(p), Running::Prosody(pr)) => crate::xmpp_links::drain(pr, &p[0].1, args.backlog).await?,
+            (Ends::Xmpp(p), Running::Prosody(pr)) => {
+                crate::xmpp_links::drain(pr, &p[0].1, args.backlog).await?
+            }
             (Ends::Xmpp(_), _) => bail!("XMPP ends on a non-XMPP server"),
         };
         eprintln!(
@@ -365,8 +425,22 @@ async fn backlog(args: &Args, peer: Peer, out: &mut Results) -> anyhow::Result<(
         drain.push(secs(took));
     }
     let setting = format!("{} messages", args.backlog);
-    out.rows.push(Row::new("backlog", peer, &setting, "login to last acknowledged", "s", drain));
-    out.rows.push(Row::new("backlog", peer, &setting, "filling (512 in flight)", "msgs/s", fill_rate));
+    out.rows.push(Row::new(
+        "backlog",
+        peer,
+        &setting,
+        "login to last acknowledged",
+        "s",
+        drain,
+    ));
+    out.rows.push(Row::new(
+        "backlog",
+        peer,
+        &setting,
+        "filling (512 in flight)",
+        "msgs/s",
+        fill_rate,
+    ));
     Ok(())
 }
 
@@ -424,7 +498,10 @@ async fn idle(args: &Args, peer: Peer, out: &mut Results) -> anyhow::Result<()> 
         tokio::time::sleep(Duration::from_secs(1)).await;
         let after = rss_kib(run.pid())?;
         let each = after.saturating_sub(before) as f64 / n as f64;
-        eprintln!("   {} idle connections: RSS {before} → {after} KiB, {each:.2} KiB each", held.len());
+        eprintln!(
+            "   {} idle connections: RSS {before} → {after} KiB, {each:.2} KiB each",
+            held.len()
+        );
         per_conn.push(each);
         drop(held);
     }
@@ -458,7 +535,12 @@ impl LoginTarget {
 
 /// Logs in `total` times over `accounts`, `parallel` at a time; returns
 /// the wall time.
-async fn tp_login_loop(url: &str, users: &[String], total: usize, parallel: usize) -> anyhow::Result<Duration> {
+async fn tp_login_loop(
+    url: &str,
+    users: &[String],
+    total: usize,
+    parallel: usize,
+) -> anyhow::Result<Duration> {
     let start = Instant::now();
     let sem = Arc::new(Semaphore::new(parallel));
     let mut tasks = Vec::with_capacity(total);
@@ -510,7 +592,10 @@ async fn logins(args: &Args, peer: Peer, out: &mut Results) -> anyhow::Result<()
         let took = target.run(args.logins, parallel).await?;
         let (c, _) = meter.stop()?;
         let r = args.logins as f64 / secs(took);
-        eprintln!("   {r:.0} logins/s, {} µs server CPU each", c / args.logins as u64);
+        eprintln!(
+            "   {r:.0} logins/s, {} µs server CPU each",
+            c / args.logins as u64
+        );
         rate.push(r);
         cpu.push(c as f64 / args.logins as f64);
     }
@@ -519,8 +604,16 @@ async fn logins(args: &Args, peer: Peer, out: &mut Results) -> anyhow::Result<()
     } else {
         "SCRAM-SHA-1, stored keys"
     };
-    out.rows.push(Row::new("logins", peer, cheap, "logins", "logins/s", rate));
-    out.rows.push(Row::new("logins", peer, cheap, "server CPU", "µs/login", cpu));
+    out.rows
+        .push(Row::new("logins", peer, cheap, "logins", "logins/s", rate));
+    out.rows.push(Row::new(
+        "logins",
+        peer,
+        cheap,
+        "server CPU",
+        "µs/login",
+        cpu,
+    ));
 
     if peer == Peer::Telepound {
         default_cost_logins(args, &run, out).await?;
@@ -561,8 +654,22 @@ async fn logins(args: &Args, peer: Peer, out: &mut Results) -> anyhow::Result<()
         stormy.push(l.p99 as f64);
     }
     let setting = format!("{storm_rate} msgs/s over 4 pairs");
-    out.rows.push(Row::new("logins", peer, &setting, "routing p99, quiet", "µs", quiet));
-    out.rows.push(Row::new("logins", peer, &setting, "routing p99, login storm", "µs", stormy));
+    out.rows.push(Row::new(
+        "logins",
+        peer,
+        &setting,
+        "routing p99, quiet",
+        "µs",
+        quiet,
+    ));
+    out.rows.push(Row::new(
+        "logins",
+        peer,
+        &setting,
+        "routing p99, login storm",
+        "µs",
+        stormy,
+    ));
     Ok(())
 }
 
@@ -590,7 +697,11 @@ async fn default_cost_logins(args: &Args, run: &Running, out: &mut Results) -> a
         anyhow::Ok(start.elapsed() / 8)
     })
     .await??;
-    let cores = if args.pin { 1 } else { std::thread::available_parallelism().map_or(1, |n| n.get()) };
+    let cores = if args.pin {
+        1
+    } else {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    };
     let bound = cores as f64 / secs(hash);
     let total = (args.logins / 8).max(8);
     let (mut rate, mut share) = (Vec::new(), Vec::new());
@@ -607,7 +718,14 @@ async fn default_cost_logins(args: &Args, run: &Running, out: &mut Results) -> a
         "Argon2 m=19456 t=2 (default; {:.1} ms per hash on the client)",
         hash.as_secs_f64() * 1e3
     );
-    out.rows.push(Row::new("logins", Peer::Telepound, &setting, "logins", "logins/s", rate));
+    out.rows.push(Row::new(
+        "logins",
+        Peer::Telepound,
+        &setting,
+        "logins",
+        "logins/s",
+        rate,
+    ));
     out.rows.push(Row::new(
         "logins",
         Peer::Telepound,
@@ -652,14 +770,33 @@ fn crypto(args: &Args, out: &mut Results) -> anyhow::Result<()> {
         let env = Envelope::parse(&last).context("parse")?;
         let start = Instant::now();
         for _ in 0..n {
-            let m = Envelope::parse(&last).context("parse")?.open(&b, &bn, &a.peer_keys());
+            let m = Envelope::parse(&last)
+                .context("parse")?
+                .open(&b, &bn, &a.peer_keys());
             m.context("open")?;
         }
         drop(env);
         o.push(start.elapsed().as_secs_f64() * 1e6 / f64::from(n));
     }
-    let setting = format!("{}-byte text, 2 recipients, {size}-byte envelope", links::BODY);
-    out.rows.push(Row::new("crypto", Peer::Telepound, &setting, "client seal", "µs", s));
-    out.rows.push(Row::new("crypto", Peer::Telepound, &setting, "client parse+open", "µs", o));
+    let setting = format!(
+        "{}-byte text, 2 recipients, {size}-byte envelope",
+        links::BODY
+    );
+    out.rows.push(Row::new(
+        "crypto",
+        Peer::Telepound,
+        &setting,
+        "client seal",
+        "µs",
+        s,
+    ));
+    out.rows.push(Row::new(
+        "crypto",
+        Peer::Telepound,
+        &setting,
+        "client parse+open",
+        "µs",
+        o,
+    ));
     Ok(())
 }

@@ -18,7 +18,10 @@ pub fn pin_self(cpu: usize) -> anyhow::Result<()> {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(cpu, &mut set);
         if libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) != 0 {
-            bail!("cannot pin the load generator to CPU {cpu}: {}", std::io::Error::last_os_error());
+            bail!(
+                "cannot pin the load generator to CPU {cpu}: {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
     Ok(())
@@ -26,7 +29,8 @@ pub fn pin_self(cpu: usize) -> anyhow::Result<()> {
 
 /// CPU time (user + system) a process has used, in microseconds.
 pub fn cpu_micros(pid: u32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).context("reading /proc/PID/stat")?;
+    let stat =
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).context("reading /proc/PID/stat")?;
     // Fields after the command name (which may contain spaces) start after ')'.
     let rest = stat.rsplit_once(')').map(|x| x.1).unwrap_or_default();
     let f: Vec<&str> = rest.split_whitespace().collect();
@@ -50,7 +54,9 @@ pub fn rss_kib(pid: u32) -> anyhow::Result<u64> {
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 /// Waits until `addr` accepts connections.
@@ -200,6 +206,9 @@ impl Meter {
 
     /// CPU microseconds and wall time since the start.
     pub fn stop(&self) -> anyhow::Result<(u64, Duration)> {
-        Ok((cpu_micros(self.pid)?.saturating_sub(self.cpu0), self.at.elapsed()))
+        Ok((
+            cpu_micros(self.pid)?.saturating_sub(self.cpu0),
+            self.at.elapsed(),
+        ))
     }
 }

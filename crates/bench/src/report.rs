@@ -32,7 +32,14 @@ pub struct Row {
 
 impl Row {
     /// Summarises `runs`.
-    pub fn new(scenario: &'static str, peer: Peer, setting: &str, metric: &'static str, unit: &'static str, runs: Vec<f64>) -> Row {
+    pub fn new(
+        scenario: &'static str,
+        peer: Peer,
+        setting: &str,
+        metric: &'static str,
+        unit: &'static str,
+        runs: Vec<f64>,
+    ) -> Row {
         Row {
             scenario,
             peer,
@@ -83,7 +90,9 @@ pub struct Curve {
 impl Curve {
     /// The median of each percentile over `runs`.
     pub fn median(peer: Peer, rate: u64, runs: &[Latency]) -> Curve {
-        let m = |f: fn(&Latency) -> u64| median(&runs.iter().map(|l| f(l) as f64).collect::<Vec<_>>()) as u64;
+        let m = |f: fn(&Latency) -> u64| {
+            median(&runs.iter().map(|l| f(l) as f64).collect::<Vec<_>>()) as u64
+        };
         Curve {
             peer,
             rate,
@@ -117,8 +126,17 @@ fn first_line(cmd: &str, args: &[&str]) -> String {
         .output()
         .ok()
         .map(|o| {
-            let text = if o.stdout.is_empty() { o.stderr } else { o.stdout };
-            String::from_utf8_lossy(&text).lines().next().unwrap_or_default().trim().to_owned()
+            let text = if o.stdout.is_empty() {
+                o.stderr
+            } else {
+                o.stdout
+            };
+            String::from_utf8_lossy(&text)
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_owned()
         })
         .unwrap_or_else(|| "unknown".into())
 }
@@ -128,7 +146,11 @@ impl Results {
     pub fn new(args: &Args) -> Results {
         let cpu = std::fs::read_to_string("/proc/cpuinfo")
             .ok()
-            .and_then(|c| c.lines().find(|l| l.starts_with("model name")).map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned()))
+            .and_then(|c| {
+                c.lines()
+                    .find(|l| l.starts_with("model name"))
+                    .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_owned())
+            })
             .unwrap_or_default();
         Results {
             context: serde_json::json!({
@@ -154,13 +176,18 @@ impl Results {
     }
 
     fn find(&self, scenario: &str, peer: Peer, setting_prefix: &str, metric: &str) -> Option<&Row> {
-        self.rows
-            .iter()
-            .find(|r| r.scenario == scenario && r.peer == peer && r.setting.starts_with(setting_prefix) && r.metric == metric)
+        self.rows.iter().find(|r| {
+            r.scenario == scenario
+                && r.peer == peer
+                && r.setting.starts_with(setting_prefix)
+                && r.metric == metric
+        })
     }
 
     fn curve(&self, peer: Peer, rate: u64) -> Option<&Curve> {
-        self.curves.iter().find(|c| c.peer == peer && c.rate == rate)
+        self.curves
+            .iter()
+            .find(|c| c.peer == peer && c.rate == rate)
     }
 
     /// The issue's targets as ratios measured in this run.
@@ -168,7 +195,10 @@ impl Results {
         let mut t = Vec::new();
         let tp = Peer::Telepound;
         let ratio = |a: Option<&Row>, b: Option<&Row>| Some(a?.median / b?.median);
-        let mut push = |what: &str, value: Option<f64>, fmt: &dyn Fn(f64) -> String, ok: &dyn Fn(f64) -> bool| {
+        let mut push = |what: &str,
+                        value: Option<f64>,
+                        fmt: &dyn Fn(f64) -> String,
+                        ok: &dyn Fn(f64) -> bool| {
             t.push((
                 what.to_owned(),
                 value.map_or_else(|| "not measured".into(), fmt),
@@ -220,13 +250,15 @@ impl Results {
         );
         push(
             "≤ 4 µs server CPU per durable message (512 in flight)",
-            self.find("durable", tp, "512 ", "server CPU").map(|r| r.median),
+            self.find("durable", tp, "512 ", "server CPU")
+                .map(|r| r.median),
             &|v| format!("{v:.2} µs"),
             &|v| v <= 4.0,
         );
         push(
             "password logins limited only by Argon2 (≥ 90% of the hash-only bound)",
-            self.find("logins", tp, "Argon2 m=19456", "of the Argon2-only bound").map(|r| r.median),
+            self.find("logins", tp, "Argon2 m=19456", "of the Argon2-only bound")
+                .map(|r| r.median),
             &|v| format!("{v:.0}% of the bound"),
             &|v| v >= 90.0,
         );
@@ -270,7 +302,11 @@ pub fn markdown(r: &Results) -> String {
         c["telepound"].as_str().unwrap_or(""),
         c["nats_server"].as_str().unwrap_or(""),
         c["prosody"].as_str().unwrap_or(""),
-        if c["pinned"].as_bool() == Some(true) { "yes" } else { "no" },
+        if c["pinned"].as_bool() == Some(true) {
+            "yes"
+        } else {
+            "no"
+        },
         c["repeat"],
         c["warm_s"],
         c["measure_s"],
@@ -278,7 +314,10 @@ pub fn markdown(r: &Results) -> String {
     let _ = writeln!(md, "Command: `{}`\n", c["command"].as_str().unwrap_or(""));
 
     let targets = r.targets();
-    let _ = writeln!(md, "## Targets\n\n| target | measured | met |\n|---|---|---|");
+    let _ = writeln!(
+        md,
+        "## Targets\n\n| target | measured | met |\n|---|---|---|"
+    );
     for (what, value, ok) in &targets {
         let mark = match ok {
             Some(true) => "yes",
@@ -288,7 +327,10 @@ pub fn markdown(r: &Results) -> String {
         let _ = writeln!(md, "| {what} | {value} | {mark} |");
     }
 
-    let _ = writeln!(md, "\n## Figures\n\n| scenario | system | setting | metric | median | min | max | unit |\n|---|---|---|---|---:|---:|---:|---|");
+    let _ = writeln!(
+        md,
+        "\n## Figures\n\n| scenario | system | setting | metric | median | min | max | unit |\n|---|---|---|---|---:|---:|---:|---|"
+    );
     for row in &r.rows {
         let _ = writeln!(
             md,
@@ -331,7 +373,11 @@ pub fn markdown(r: &Results) -> String {
         for p in peers {
             match r.knee(p) {
                 Some(k) => {
-                    let _ = writeln!(md, "- knee (highest rate with p99 < 5 ms) for {}: {k} msgs/s", p.name());
+                    let _ = writeln!(
+                        md,
+                        "- knee (highest rate with p99 < 5 ms) for {}: {k} msgs/s",
+                        p.name()
+                    );
                 }
                 None => {
                     let _ = writeln!(md, "- {}: p99 ≥ 5 ms at every measured rate", p.name());
@@ -353,7 +399,11 @@ pub fn svg(r: &Results) -> String {
     let (w, h, left, right, top, bottom) = (760.0, 440.0, 70.0, 160.0, 30.0, 50.0);
     let (pw, ph) = (w - left - right, h - top - bottom);
     let rates: Vec<f64> = r.curves.iter().map(|c| c.rate as f64).collect();
-    let lats: Vec<f64> = r.curves.iter().flat_map(|c| [c.p50 as f64, c.p99 as f64]).collect();
+    let lats: Vec<f64> = r
+        .curves
+        .iter()
+        .flat_map(|c| [c.p50 as f64, c.p99 as f64])
+        .collect();
     let (x0, x1) = bounds(&rates);
     let (y0, y1) = bounds(&lats);
     let x = |v: f64| left + (v.log10() - x0) / (x1 - x0) * pw;
@@ -375,8 +425,17 @@ pub fn svg(r: &Results) -> String {
             continue;
         }
         let xv = x(v);
-        let _ = writeln!(s, r##"<line x1="{xv:.1}" y1="{top}" x2="{xv:.1}" y2="{}" stroke="#ddd"/>"##, top + ph);
-        let _ = writeln!(s, r#"<text x="{xv:.1}" y="{}" text-anchor="middle">{}</text>"#, top + ph + 16.0, human(v));
+        let _ = writeln!(
+            s,
+            r##"<line x1="{xv:.1}" y1="{top}" x2="{xv:.1}" y2="{}" stroke="#ddd"/>"##,
+            top + ph
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{xv:.1}" y="{}" text-anchor="middle">{}</text>"#,
+            top + ph + 16.0,
+            human(v)
+        );
     }
     for d in (y0.floor() as i32)..=(y1.ceil() as i32) {
         let v = 10f64.powi(d);
@@ -384,8 +443,18 @@ pub fn svg(r: &Results) -> String {
             continue;
         }
         let yv = y(v);
-        let _ = writeln!(s, r##"<line x1="{left}" y1="{yv:.1}" x2="{}" y2="{yv:.1}" stroke="#ddd"/>"##, left + pw);
-        let _ = writeln!(s, r#"<text x="{}" y="{:.1}" text-anchor="end">{}</text>"#, left - 6.0, yv + 4.0, micros(v));
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" y1="{yv:.1}" x2="{}" y2="{yv:.1}" stroke="#ddd"/>"##,
+            left + pw
+        );
+        let _ = writeln!(
+            s,
+            r#"<text x="{}" y="{:.1}" text-anchor="end">{}</text>"#,
+            left - 6.0,
+            yv + 4.0,
+            micros(v)
+        );
     }
     let knee = y(5_000.0);
     if (top..=top + ph).contains(&knee) {
@@ -421,7 +490,13 @@ pub fn svg(r: &Results) -> String {
         for (field, dash) in [(0, ""), (1, r#" stroke-dasharray="5,4""#)] {
             let path: Vec<String> = pts
                 .iter()
-                .map(|c| format!("{:.1},{:.1}", x(c.rate as f64), y(if field == 0 { c.p99 } else { c.p50 } as f64)))
+                .map(|c| {
+                    format!(
+                        "{:.1},{:.1}",
+                        x(c.rate as f64),
+                        y(if field == 0 { c.p99 } else { c.p50 } as f64)
+                    )
+                })
                 .collect();
             let _ = writeln!(
                 s,
@@ -454,7 +529,11 @@ pub fn svg(r: &Results) -> String {
 
 /// Log10 bounds, widened to whole decades when there is a single point.
 fn bounds(v: &[f64]) -> (f64, f64) {
-    let lo = v.iter().copied().filter(|x| *x > 0.0).fold(f64::INFINITY, f64::min);
+    let lo = v
+        .iter()
+        .copied()
+        .filter(|x| *x > 0.0)
+        .fold(f64::INFINITY, f64::min);
     let hi = v.iter().copied().fold(1.0, f64::max);
     if !lo.is_finite() {
         return (0.0, 1.0);
@@ -485,7 +564,10 @@ fn micros(v: f64) -> String {
 
 /// Writes results.json, results.md and latency.svg into `--out`.
 pub fn write(args: &Args, r: &Results) -> anyhow::Result<()> {
-    std::fs::write(args.out.join("results.json"), serde_json::to_string_pretty(r)? + "\n")?;
+    std::fs::write(
+        args.out.join("results.json"),
+        serde_json::to_string_pretty(r)? + "\n",
+    )?;
     std::fs::write(args.out.join("results.md"), markdown(r))?;
     if !r.curves.is_empty() {
         std::fs::write(args.out.join("latency.svg"), svg(r))?;
@@ -521,9 +603,15 @@ mod tests {
             curves: vec![],
             notes: vec![],
         };
-        r.curves.push(Curve::median(Peer::Telepound, 1000, &[l(1000, 300), l(1000, 500), l(1000, 400)]));
-        r.curves.push(Curve::median(Peer::Telepound, 10_000, &[l(10_000, 900)]));
-        r.curves.push(Curve::median(Peer::Nats, 1000, &[l(1000, 100)]));
+        r.curves.push(Curve::median(
+            Peer::Telepound,
+            1000,
+            &[l(1000, 300), l(1000, 500), l(1000, 400)],
+        ));
+        r.curves
+            .push(Curve::median(Peer::Telepound, 10_000, &[l(10_000, 900)]));
+        r.curves
+            .push(Curve::median(Peer::Nats, 1000, &[l(1000, 100)]));
         assert_eq!(r.curves[0].p99, 400);
         let s = svg(&r);
         assert_eq!(s.matches("<polyline").count(), 4);

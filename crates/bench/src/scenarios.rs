@@ -102,7 +102,13 @@ pub async fn routing(
 
 /// Closed loop on acknowledgements: each sender keeps `k` messages not yet
 /// acknowledged as stored. Every acknowledgement is checked to come once.
-pub async fn durable(senders: Vec<Durable>, k: usize, warm: Duration, measure: Duration, server: u32) -> anyhow::Result<Throughput> {
+pub async fn durable(
+    senders: Vec<Durable>,
+    k: usize,
+    warm: Duration,
+    measure: Duration,
+    server: u32,
+) -> anyhow::Result<Throughput> {
     let acked = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let mut tasks = Vec::new();
@@ -197,7 +203,12 @@ pub struct Latency {
 /// and a message's latency runs from its *scheduled* send time to its
 /// arrival, so a server that falls behind cannot hide the queueing
 /// (coordinated omission).
-pub async fn latency(pairs: Vec<(Box<dyn Tx>, Box<dyn Rx>)>, rate: u64, warm: Duration, measure: Duration) -> anyhow::Result<Latency> {
+pub async fn latency(
+    pairs: Vec<(Box<dyn Tx>, Box<dyn Rx>)>,
+    rate: u64,
+    warm: Duration,
+    measure: Duration,
+) -> anyhow::Result<Latency> {
     let n_pairs = pairs.len() as u64;
     let per_pair = (rate / n_pairs).max(1);
     let total = ((warm + measure).as_secs_f64() * per_pair as f64) as u64;
@@ -238,7 +249,9 @@ pub async fn latency(pairs: Vec<(Box<dyn Tx>, Box<dyn Rx>)>, rate: u64, warm: Du
                 let due = start + interval.mul_f64(n as f64);
                 if n >= skip {
                     first_measured.get_or_insert(now);
-                    h.saturating_record(now.saturating_duration_since(due).as_micros().max(1) as u64);
+                    h.saturating_record(
+                        now.saturating_duration_since(due).as_micros().max(1) as u64
+                    );
                 }
                 expected += 1;
             }

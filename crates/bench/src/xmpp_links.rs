@@ -31,7 +31,13 @@ impl Target {
         }
     }
 
-    async fn connect(&self, user: &str, register: bool, available: bool, stream_management: bool) -> anyhow::Result<(XmppTx, XmppRx)> {
+    async fn connect(
+        &self,
+        user: &str,
+        register: bool,
+        available: bool,
+        stream_management: bool,
+    ) -> anyhow::Result<(XmppTx, XmppRx)> {
         connect(&Login {
             addr: self.addr,
             domain: &self.domain,
@@ -197,7 +203,12 @@ pub async fn idle(p: &Prosody, user: &str) -> anyhow::Result<Idle> {
 
 /// Logs in `total` times over `users` (SASL, resource binding), `parallel`
 /// at a time, closing each session; returns the wall time.
-pub async fn login_loop(t: &Target, users: &[String], total: usize, parallel: usize) -> anyhow::Result<Duration> {
+pub async fn login_loop(
+    t: &Target,
+    users: &[String],
+    total: usize,
+    parallel: usize,
+) -> anyhow::Result<Duration> {
     let start = Instant::now();
     let sem = Arc::new(Semaphore::new(parallel));
     let mut tasks = Vec::with_capacity(total);
