@@ -133,7 +133,8 @@ impl SqliteStore {
                 "wal_autocheckpoint",
                 WRITER_AUTOCHECKPOINT_PAGES.to_string(),
             )
-            .synchronous(SqliteSynchronous::Normal);
+            .synchronous(SqliteSynchronous::Normal)
+            .pragma("temp_store", "MEMORY");
         let conn = opts.connect().await?;
         // The WAL file now exists: make its directory entry durable too.
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
