@@ -82,6 +82,20 @@ fn command(program: &Path, cpu: Option<usize>) -> Command {
     }
 }
 
+/// Where a Telepound server's log goes: the file named by
+/// `TELEPOUND_BENCH_LOG` (appended to), else nowhere.
+fn server_log() -> anyhow::Result<Stdio> {
+    match std::env::var_os("TELEPOUND_BENCH_LOG") {
+        Some(path) => Ok(std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot open {}", path.to_string_lossy()))?
+            .into()),
+        None => Ok(Stdio::null()),
+    }
+}
+
 /// A server process; killed on drop.
 pub struct Server {
     /// Where it listens.
@@ -113,7 +127,7 @@ impl Server {
             .arg(dir.path().join("data"))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(server_log()?)
             .spawn()
             .with_context(|| format!("cannot start {}", bin.display()))?;
         let mut out = BufReader::new(child.stdout.take().context("stdout")?);

@@ -72,6 +72,10 @@ pub struct RawConfig {
     pub blob_ttl_days: Option<u64>,
     /// Most members in a group (default 256).
     pub max_group_members: Option<usize>,
+    /// Milliseconds a message for an online recipient waits for their
+    /// acknowledgement before it is written to disk (default 20; 0 writes
+    /// every message at once). Acknowledged in time, it is never written.
+    pub ack_window_ms: Option<u64>,
     /// PEM certificate chain for TLS (with `tls_key`).
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for TLS (with `tls_cert`).
@@ -104,7 +108,8 @@ impl RawConfig {
             ping_interval_secs, idle_timeout_secs, login_timeout_secs, shutdown_grace_secs,
             min_argon2, tls_cert, tls_key, tls_self_signed, max_connections_per_address,
             messages_per_second, message_burst, auth_timeout_secs, login_attempts_per_user,
-            login_attempts_per_address, max_file_mib, quota_mib, blob_ttl_days, max_group_members)
+            login_attempts_per_address, max_file_mib, quota_mib, blob_ttl_days, max_group_members,
+            ack_window_ms)
     }
 
     /// Validates into a [`Config`], filling defaults.
@@ -253,7 +258,18 @@ impl RawConfig {
                 self.shutdown_grace_secs,
                 10,
             )?),
-            writer: WriterConfig::default(),
+            writer: WriterConfig {
+                ack_window: Duration::from_millis(match self.ack_window_ms {
+                    Some(ms) if ms > 10_000 => {
+                        return Err(format!(
+                            "invalid ack_window_ms {ms}: at most 10000 (and 0 turns it off)"
+                        ));
+                    }
+                    Some(ms) => ms,
+                    None => 20,
+                }),
+                ..WriterConfig::default()
+            },
         })
     }
 }

@@ -25,8 +25,13 @@ impl LabeledCounter {
 
     /// Adds one to the series `label` (which must be one of the labels).
     pub fn inc(&self, label: &str) {
+        self.add(label, 1);
+    }
+
+    /// Adds `n` to the series `label` (which must be one of the labels).
+    pub fn add(&self, label: &str, n: u64) {
         if let Some(i) = self.labels.iter().position(|l| *l == label) {
-            self.values[i].fetch_add(1, Relaxed);
+            self.values[i].fetch_add(n, Relaxed);
         } else {
             debug_assert!(false, "unknown metric label {label}");
         }
@@ -98,6 +103,9 @@ pub struct Metrics {
     pub messages_accepted: AtomicU64,
     /// Messages acknowledged by their recipient (delivered).
     pub messages_delivered: AtomicU64,
+    /// Messages that waited in the ack window, by how it ended: `acked`
+    /// (delivered before any disk write) or `written`.
+    pub ack_window: LabeledCounter,
     /// Requests refused by a limit, by limit.
     pub limited: LabeledCounter,
     /// Connections ended, by reason.
@@ -125,6 +133,7 @@ impl Default for Metrics {
             logins: LabeledCounter::new(&["ok", "failed", "throttled", "resumed"]),
             messages_accepted: AtomicU64::new(0),
             messages_delivered: AtomicU64::new(0),
+            ack_window: LabeledCounter::new(&["acked", "written"]),
             limited: LabeledCounter::new(&["message_rate", "login_user", "login_address"]),
             disconnects: LabeledCounter::new(DISCONNECT_REASONS),
             blob_bytes_in: AtomicU64::new(0),
@@ -215,6 +224,13 @@ impl Metrics {
             "telepound_messages_delivered_total",
             "Messages acknowledged by their recipient.",
             self.messages_delivered.load(Relaxed),
+        );
+        labeled(
+            &mut out,
+            "telepound_ack_window_total",
+            "Messages for online recipients that waited for their acknowledgement: acked (never written to disk) or written.",
+            "outcome",
+            &self.ack_window,
         );
         labeled(
             &mut out,

@@ -324,6 +324,15 @@ impl CommitListener for Announcer {
         self.metrics.commit_batch.observe(ops as f64);
         self.metrics.commit_seconds.observe(elapsed.as_secs_f64());
     }
+
+    fn is_live(&self, recipient: &UserName) -> bool {
+        self.hub.is_live(recipient)
+    }
+
+    fn ack_window(&self, acked: usize, written: usize) {
+        self.metrics.ack_window.add("acked", acked as u64);
+        self.metrics.ack_window.add("written", written as u64);
+    }
 }
 
 async fn ws_upgrade(

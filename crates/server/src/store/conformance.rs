@@ -18,6 +18,11 @@ use super::{CommitListener, EntryKind, NewEntry, NewUser, Store, StoredEntry};
 pub struct Recorder {
     /// Senders without a live connection.
     pub away: Mutex<Vec<UserName>>,
+    /// Recipients with a live connection (their messages may wait in the
+    /// ack window).
+    pub live: Mutex<Vec<UserName>>,
+    /// Ack-window outcomes heard: (acknowledged in time, written).
+    pub window: Mutex<(usize, usize)>,
     /// `(recipient, seq, msg_id)` of stored entries, in announcement order.
     pub stored: Mutex<Vec<(UserName, i64, MsgId)>>,
     /// `(sender, msg_id, to)` of live receipts.
@@ -39,6 +44,35 @@ impl CommitListener for Recorder {
     }
     fn must_store_receipt(&self, sender: &UserName) -> bool {
         self.away.lock().unwrap().contains(sender)
+    }
+    fn is_live(&self, recipient: &UserName) -> bool {
+        self.live.lock().unwrap().contains(recipient)
+    }
+    fn ack_window(&self, acked: usize, written: usize) {
+        let mut w = self.window.lock().unwrap();
+        w.0 += acked;
+        w.1 += written;
+    }
+}
+
+impl Recorder {
+    /// Waits (up to 10 s) until `msg_id` has been announced for
+    /// `recipient`; returns its seq.
+    pub async fn announced(&self, recipient: &str, msg_id: MsgId) -> i64 {
+        for _ in 0..1000 {
+            let found = self
+                .stored
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(r, _, m)| r.as_str() == recipient && *m == msg_id)
+                .map(|x| x.1);
+            if let Some(seq) = found {
+                return seq;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        panic!("{msg_id} was never announced for {recipient}");
     }
 }
 
@@ -705,6 +739,111 @@ pub async fn groups(store: Arc<dyn Store>, rec: Arc<Recorder>) {
     );
 }
 
+/// The ack window (the suite opens stores with a window of half a second):
+/// a message for a live recipient is announced at once and, acknowledged
+/// in time, never written, its sender answered and told `delivered`;
+/// unacknowledged, it is written when the window closes. A fetch sees
+/// waiting messages, a later entry for the same recipient never overtakes
+/// one, a retry is stored once, and an away sender's receipt is stored.
+pub async fn ack_window(store: Arc<dyn Store>, rec: Arc<Recorder>) {
+    let send = |to: &'static str, id: MsgId| {
+        let store = store.clone();
+        tokio::spawn(async move { store.enqueue(vec![entry(to, "alice", id, "{}")]).await })
+    };
+    rec.live.lock().unwrap().push(name("bob"));
+
+    // Acknowledged in time: answered, delivered, never written.
+    let id = MsgId::new();
+    let sending = send("bob", id);
+    let seq = rec.announced("bob", id).await;
+    assert_eq!(store.ack(&name("bob"), vec![seq], 5, 999).await.unwrap(), 1);
+    assert_eq!(sending.await.unwrap().unwrap(), vec![Some(seq)]);
+    assert!(
+        rec.delivered
+            .lock()
+            .unwrap()
+            .contains(&(name("alice"), id, name("bob")))
+    );
+    assert_eq!(*rec.window.lock().unwrap(), (1, 0), "never written");
+    assert_eq!(store.mailbox_depth().await.unwrap(), 0);
+    assert!(store.fetch(&name("bob"), 0, 10).await.unwrap().is_empty());
+
+    // Not acknowledged: written when the window closes, then acknowledged
+    // as usual.
+    let id = MsgId::new();
+    let seq = send("bob", id).await.unwrap().unwrap()[0].unwrap();
+    assert_eq!(*rec.window.lock().unwrap(), (1, 1));
+    let got = store.fetch(&name("bob"), 0, 10).await.unwrap();
+    assert_eq!((got.len(), got[0].seq, got[0].msg_id), (1, seq, id));
+    assert_eq!(store.ack(&name("bob"), vec![seq], 6, 999).await.unwrap(), 1);
+
+    // A fetch writes what waits first, and sees it.
+    let id = MsgId::new();
+    let sending = send("bob", id);
+    let seq = rec.announced("bob", id).await;
+    let got = store.fetch(&name("bob"), 0, 10).await.unwrap();
+    assert_eq!(got.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![seq]);
+    assert_eq!(sending.await.unwrap().unwrap(), vec![Some(seq)]);
+    store.ack(&name("bob"), vec![seq], 7, 999).await.unwrap();
+
+    // bob goes offline with a message waiting: the next one is written
+    // after it, never before.
+    let (first, second) = (MsgId::new(), MsgId::new());
+    let sending = send("bob", first);
+    let first_seq = rec.announced("bob", first).await;
+    rec.live.lock().unwrap().clear();
+    let second_seq = send("bob", second).await.unwrap().unwrap()[0].unwrap();
+    assert_eq!(sending.await.unwrap().unwrap(), vec![Some(first_seq)]);
+    assert!(first_seq < second_seq);
+    let got = store.fetch(&name("bob"), 0, 10).await.unwrap();
+    assert_eq!(
+        got.iter().map(|e| (e.seq, e.msg_id)).collect::<Vec<_>>(),
+        vec![(first_seq, first), (second_seq, second)]
+    );
+    store
+        .ack(&name("bob"), vec![first_seq, second_seq], 8, 999)
+        .await
+        .unwrap();
+
+    // A retry of a waiting message is stored once.
+    rec.live.lock().unwrap().push(name("bob"));
+    let id = MsgId::new();
+    let sending = send("bob", id);
+    let seq = rec.announced("bob", id).await;
+    assert_eq!(send("bob", id).await.unwrap().unwrap(), vec![None]);
+    assert_eq!(sending.await.unwrap().unwrap(), vec![Some(seq)]);
+    assert_eq!(store.fetch(&name("bob"), 0, 10).await.unwrap().len(), 1);
+    store.ack(&name("bob"), vec![seq], 9, 999).await.unwrap();
+
+    // An away sender's receipt is stored even when nothing was written.
+    rec.away.lock().unwrap().push(name("alice"));
+    let id = MsgId::new();
+    let sending = send("bob", id);
+    let seq = rec.announced("bob", id).await;
+    assert_eq!(
+        store.ack(&name("bob"), vec![seq], 10, 999).await.unwrap(),
+        1
+    );
+    sending.await.unwrap().unwrap();
+    let receipts = store.fetch(&name("alice"), 0, 10).await.unwrap();
+    assert_eq!(
+        receipts
+            .iter()
+            .map(|e| (e.kind, e.msg_id))
+            .collect::<Vec<_>>(),
+        vec![(EntryKind::Receipt, id)]
+    );
+
+    // Every announcement for bob, first sightings only, rises.
+    let mut seen = Vec::new();
+    for (r, seq, _) in rec.stored.lock().unwrap().iter() {
+        if r.as_str() == "bob" && !seen.contains(seq) {
+            seen.push(*seq);
+        }
+    }
+    assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
+}
+
 /// Generates one `#[tokio::test]` per behaviour check, each on a fresh store
 /// made by `$make(listener)`, an async fn returning
 /// `Option<(Arc<dyn Store>, guard)>` (`None` skips, after saying why).
@@ -713,7 +852,7 @@ macro_rules! store_conformance_tests {
     ($make:path) => {
         $crate::store_conformance_tests!(@each $make;
             users, server_setup_is_stable, sessions, mailbox, expiry,
-            concurrent_writes_group_commit, receipts, batches, blobs, groups);
+            concurrent_writes_group_commit, receipts, batches, blobs, groups, ack_window);
     };
     (@each $make:path; $($check:ident),*) => {
         $(

@@ -67,6 +67,7 @@ pub const APP_ROLE_GRANTS: &[&str] = &[
     "GRANT SELECT, INSERT, UPDATE ON users TO {role}",
     "GRANT SELECT, INSERT, DELETE ON sessions TO {role}",
     "GRANT SELECT, INSERT, DELETE ON mailbox TO {role}",
+    "GRANT USAGE ON SEQUENCE mailbox_seq_seq TO {role}",
     "GRANT SELECT, INSERT, UPDATE, DELETE ON blobs TO {role}",
     "GRANT SELECT, INSERT, UPDATE, DELETE ON blob_recipients TO {role}",
     "GRANT SELECT, INSERT, DELETE ON groups TO {role}",
@@ -178,6 +179,38 @@ impl WriteConn for PgWriter {
 
     async fn rollback(&mut self) {
         let _ = sqlx::query("ROLLBACK").execute(&mut self.conn).await;
+    }
+
+    async fn reserve_seqs(&mut self, n: usize) -> Result<Vec<i64>> {
+        // From the identity column's own sequence, so they never collide
+        // with the seqs `insert` lets it assign.
+        let mut seqs: Vec<i64> = sqlx::query_scalar(
+            "SELECT nextval('mailbox_seq_seq') FROM generate_series(1, $1::bigint)",
+        )
+        .bind(n as i64)
+        .fetch_all(&mut self.conn)
+        .await?;
+        seqs.sort_unstable();
+        Ok(seqs)
+    }
+
+    async fn insert_at(&mut self, seq: i64, e: &NewEntry) -> Result<bool> {
+        Ok(sqlx::query_scalar::<_, i64>(
+            "INSERT INTO mailbox (seq, recipient, kind, sender, msg_id, server_ts, expires_at, envelope) \
+             OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (recipient, kind, sender, msg_id) DO NOTHING RETURNING seq",
+        )
+        .bind(seq)
+        .bind(e.recipient.as_str())
+        .bind(e.kind.to_i16())
+        .bind(e.sender.as_str())
+        .bind(e.msg_id.to_string())
+        .bind(e.server_ts)
+        .bind(e.expires_at)
+        .bind(&*e.envelope)
+        .fetch_optional(&mut self.conn)
+        .await?
+        .is_some())
     }
 
     async fn insert(&mut self, e: &NewEntry, body: Option<i64>) -> Result<Option<i64>> {
@@ -510,6 +543,9 @@ impl Store for PgStore {
         after_seq: i64,
         limit: u32,
     ) -> Result<Vec<StoredEntry>> {
+        // Messages still in the ack window are written first, so a fetch
+        // sees everything handed a seq so far.
+        self.writer.flush(recipient).await?;
         let rows = sqlx::query(
             "SELECT m.seq, m.kind, m.sender, m.msg_id, m.server_ts, COALESCE(b.envelope, m.envelope) AS envelope \
              FROM mailbox m LEFT JOIN bodies b ON b.id = m.body_id \

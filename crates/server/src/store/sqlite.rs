@@ -148,7 +148,15 @@ impl SqliteStore {
         let checkpointer = tokio::spawn(checkpoint_loop(pool.clone()));
         Ok(Self {
             pool,
-            writer: Writer::spawn(SqliteWriter { opts, conn }, writer, listener),
+            writer: Writer::spawn(
+                SqliteWriter {
+                    opts,
+                    conn,
+                    next_seq: None,
+                },
+                writer,
+                listener,
+            ),
             checkpointer,
         })
     }
@@ -168,21 +176,21 @@ fn chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
     })
 }
 
-/// `INSERT` of `n` mailbox rows, skipping duplicates, returning what was
-/// inserted. Built once per size.
+/// `INSERT` of `n` mailbox rows at given seqs, skipping duplicates,
+/// returning the seqs inserted. Built once per size.
 fn insert_sql(n: usize) -> &'static str {
     static SQL: std::sync::OnceLock<Vec<(usize, String)>> = std::sync::OnceLock::new();
     let all = SQL.get_or_init(|| {
         CHUNK_SIZES
             .iter()
             .map(|&n| {
-                let rows = vec!["(?, ?, ?, ?, ?, ?, ?)"; n].join(", ");
+                let rows = vec!["(?, ?, ?, ?, ?, ?, ?, ?)"; n].join(", ");
                 (
                     n,
                     format!(
-                        "INSERT INTO mailbox (recipient, kind, sender, msg_id, server_ts, expires_at, envelope) \
+                        "INSERT INTO mailbox (seq, recipient, kind, sender, msg_id, server_ts, expires_at, envelope) \
                          VALUES {rows} ON CONFLICT (recipient, kind, sender, msg_id) DO NOTHING \
-                         RETURNING seq, recipient, kind, sender, msg_id"
+                         RETURNING seq"
                     ),
                 )
             })
@@ -221,6 +229,31 @@ fn delete_sql(n: usize) -> &'static str {
 struct SqliteWriter {
     opts: SqliteConnectOptions,
     conn: SqliteConnection,
+    /// The next mailbox seq to hand out: this connection is the only
+    /// writer, so it keeps the counter (read once from the database) and
+    /// every insert takes its seq from here, never from AUTOINCREMENT.
+    next_seq: Option<i64>,
+}
+
+impl SqliteWriter {
+    async fn take_seqs(&mut self, n: usize) -> Result<i64> {
+        let next = match self.next_seq {
+            Some(next) => next,
+            None => {
+                // AUTOINCREMENT's record covers rows since deleted, so a
+                // seq is never reused.
+                let used: i64 = sqlx::query_scalar(
+                    "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'mailbox'), 0), \
+                            COALESCE((SELECT MAX(seq) FROM mailbox), 0))",
+                )
+                .fetch_one(&mut self.conn)
+                .await?;
+                used + 1
+            }
+        };
+        self.next_seq = Some(next + n as i64);
+        Ok(next)
+    }
 }
 
 #[async_trait]
@@ -258,12 +291,23 @@ impl WriteConn for SqliteWriter {
         let _ = sqlx::query("ROLLBACK").execute(&mut self.conn).await;
     }
 
+    async fn reserve_seqs(&mut self, n: usize) -> Result<Vec<i64>> {
+        let first = self.take_seqs(n).await?;
+        Ok((first..first + n as i64).collect())
+    }
+
+    async fn insert_at(&mut self, seq: i64, e: &NewEntry) -> Result<bool> {
+        Ok(self.insert_many(&[(seq, e)]).await?[0])
+    }
+
     async fn insert(&mut self, e: &NewEntry, body: Option<i64>) -> Result<Option<i64>> {
+        let seq = self.take_seqs(1).await?;
         Ok(sqlx::query_scalar(
-            "INSERT INTO mailbox (recipient, kind, sender, msg_id, server_ts, expires_at, envelope, body_id) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+            "INSERT INTO mailbox (seq, recipient, kind, sender, msg_id, server_ts, expires_at, envelope, body_id) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
              ON CONFLICT (recipient, kind, sender, msg_id) DO NOTHING RETURNING seq",
         )
+        .bind(seq)
         .bind(e.recipient.as_str())
         .bind(e.kind.to_i16())
         .bind(e.sender.as_str())
@@ -276,12 +320,13 @@ impl WriteConn for SqliteWriter {
         .await?)
     }
 
-    async fn insert_many(&mut self, entries: &[&NewEntry]) -> Result<Vec<Option<i64>>> {
+    async fn insert_many(&mut self, entries: &[(i64, &NewEntry)]) -> Result<Vec<bool>> {
         let mut out = Vec::with_capacity(entries.len());
         for chunk in chunks(entries) {
             let mut q = sqlx::query(insert_sql(chunk.len()));
-            for e in chunk {
+            for (seq, e) in chunk {
                 q = q
+                    .bind(*seq)
                     .bind(e.recipient.as_str())
                     .bind(e.kind.to_i16())
                     .bind(e.sender.as_str())
@@ -290,37 +335,14 @@ impl WriteConn for SqliteWriter {
                     .bind(e.expires_at)
                     .bind(&*e.envelope);
             }
-            let mut rows = q
+            // An entry whose seq did not come back was a duplicate.
+            let inserted: std::collections::HashSet<i64> = q
                 .fetch_all(&mut self.conn)
                 .await?
                 .into_iter()
-                .map(|r| {
-                    Ok((
-                        r.try_get::<i64, _>(0)?,
-                        r.try_get::<String, _>(1)?,
-                        r.try_get::<i64, _>(2)?,
-                        r.try_get::<String, _>(3)?,
-                        r.try_get::<String, _>(4)?,
-                    ))
-                })
-                .collect::<Result<Vec<_>>>()?;
-            // Rows are inserted in VALUES order, so ascending seqs follow the
-            // chunk's order; an entry without its row was a duplicate.
-            rows.sort_unstable_by_key(|r| r.0);
-            let mut rows = rows.into_iter().peekable();
-            for e in chunk {
-                let matches = rows.peek().is_some_and(|(_, recipient, kind, sender, id)| {
-                    recipient == e.recipient.as_str()
-                        && *kind == i64::from(e.kind.to_i16())
-                        && sender == e.sender.as_str()
-                        && *id == e.msg_id.to_string()
-                });
-                out.push(if matches {
-                    rows.next().map(|r| r.0)
-                } else {
-                    None
-                });
-            }
+                .map(|r| r.try_get::<i64, _>(0))
+                .collect::<std::result::Result<_, _>>()?;
+            out.extend(chunk.iter().map(|(seq, _)| inserted.contains(seq)));
         }
         Ok(out)
     }
@@ -670,6 +692,9 @@ impl Store for SqliteStore {
         after_seq: i64,
         limit: u32,
     ) -> Result<Vec<StoredEntry>> {
+        // Messages still in the ack window are written first, so a fetch
+        // sees everything handed a seq so far.
+        self.writer.flush(recipient).await?;
         let rows = sqlx::query(
             "SELECT m.seq, m.kind, m.sender, m.msg_id, m.server_ts, COALESCE(b.envelope, m.envelope) AS envelope \
              FROM mailbox m LEFT JOIN bodies b ON b.id = m.body_id \

@@ -6,9 +6,27 @@
 //! pushes therefore leave in exactly the order a later fetch would return
 //! them, and a push never depends on the sender's connection still being
 //! there to make it.
+//!
+//! The writer also hands out every mailbox seq itself, which allows its
+//! fast path: a one-to-one message for a recipient who is live is pushed at
+//! once and waits (the *ack window*, [`WriterConfig::ack_window`]) for the
+//! recipient's acknowledgement before it is written. When the
+//! acknowledgement comes first, the message is never written at all: it is
+//! already where it was going, so the sender hears `accepted` (and
+//! `delivered`) without a disk write. Otherwise it is written once the
+//! window closes, and the sender hears `accepted` after that commit, as on
+//! the slow path. Either way `accepted` means "on disk, or acknowledged by
+//! its recipient". Three rules keep the order a recipient sees:
+//! - a recipient's waiting messages are written before any later entry of
+//!   theirs (and whenever their mailbox is fetched, see [`Writer::flush`]);
+//! - within one batch, a message only waits if nothing of its recipient is
+//!   being written in that batch, so live pushes keep ascending seqs;
+//! - a group operation writes everything waiting first.
 
 use async_trait::async_trait;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use telepound_protocol::message::{GroupMember, Role, UnixMillis};
 use telepound_protocol::{GroupName, MsgId, UserName};
 use tokio::sync::{mpsc, oneshot};
@@ -23,6 +41,12 @@ pub struct WriterConfig {
     pub max_batch: usize,
     /// Queue length before callers wait.
     pub queue: usize,
+    /// How long a message for a live recipient waits for the recipient's
+    /// acknowledgement before it is written; zero writes every message.
+    pub ack_window: Duration,
+    /// Most messages waiting in the window at once; past it, messages are
+    /// written at once.
+    pub max_waiting: usize,
 }
 
 impl Default for WriterConfig {
@@ -30,6 +54,8 @@ impl Default for WriterConfig {
         Self {
             max_batch: 1024,
             queue: 8192,
+            ack_window: Duration::from_millis(20),
+            max_waiting: 8192,
         }
     }
 }
@@ -50,6 +76,15 @@ pub trait CommitListener: Send + Sync + 'static {
     fn must_store_receipt(&self, sender: &UserName) -> bool;
     /// A batch of `ops` operations committed in `elapsed`.
     fn batch_committed(&self, _ops: usize, _elapsed: std::time::Duration) {}
+    /// Whether `recipient` has a connection taking live pushes (and none
+    /// paging through its mailbox): a message for them may wait in the ack
+    /// window instead of being written at once.
+    fn is_live(&self, _recipient: &UserName) -> bool {
+        false
+    }
+    /// Of the messages that waited in the ack window, `acked` were
+    /// acknowledged before they had to be written and `written` were not.
+    fn ack_window(&self, _acked: usize, _written: usize) {}
 }
 
 /// A listener that hears nothing and stores no receipts (store tests).
@@ -66,12 +101,20 @@ impl CommitListener for Quiet {
 /// One queued write.
 pub(crate) enum WriteOp {
     Insert(Vec<NewEntry>),
+    /// Entries whose seqs the writer has already handed out (every insert
+    /// becomes one of these before it reaches the database).
+    InsertAt(Vec<(i64, NewEntry)>),
     Ack {
         recipient: UserName,
         seqs: Vec<i64>,
+        /// Entries acknowledged while still in the ack window (never
+        /// written): they count and make receipts like deleted rows.
+        waited: Vec<AckedEntry>,
         now: UnixMillis,
         receipt_expires_at: UnixMillis,
     },
+    /// Writes whatever of `recipient` waits in the ack window.
+    Flush(UserName),
     Expire {
         now: UnixMillis,
     },
@@ -88,6 +131,7 @@ pub(crate) enum WriteResult {
     Acked(u64),
     Expired(u64),
     Group(GroupResult),
+    Flushed,
 }
 
 /// The statements a backend offers on its single write connection. The
@@ -100,17 +144,23 @@ pub(crate) trait WriteConn: Send + 'static {
     async fn commit(&mut self) -> Result<()>;
     /// Abandons it (best effort).
     async fn rollback(&mut self);
-    /// Inserts unless the same (recipient, kind, sender, msg_id) exists;
-    /// with `body`, the row points at that stored body instead of holding
-    /// the envelope itself.
+    /// Hands out `n` new mailbox seqs, ascending, above every seq used so
+    /// far, including those [`WriteConn::insert`] assigns.
+    async fn reserve_seqs(&mut self, n: usize) -> Result<Vec<i64>>;
+    /// Inserts unless the same (recipient, kind, sender, msg_id) exists,
+    /// with a seq of its own; with `body`, the row points at that stored
+    /// body instead of holding the envelope itself.
     async fn insert(&mut self, e: &NewEntry, body: Option<i64>) -> Result<Option<i64>>;
-    /// Inserts `entries` (no shared bodies) in order, as [`WriteConn::insert`]
-    /// would one by one; one result per entry. Backends override it to
-    /// write many rows per statement.
-    async fn insert_many(&mut self, entries: &[&NewEntry]) -> Result<Vec<Option<i64>>> {
+    /// Inserts `e` at `seq` (from [`WriteConn::reserve_seqs`]) unless the
+    /// same (recipient, kind, sender, msg_id) exists; whether it did.
+    async fn insert_at(&mut self, seq: i64, e: &NewEntry) -> Result<bool>;
+    /// Inserts `entries` (no shared bodies) in order, as
+    /// [`WriteConn::insert_at`] would one by one; one result per entry.
+    /// Backends override it to write many rows per statement.
+    async fn insert_many(&mut self, entries: &[(i64, &NewEntry)]) -> Result<Vec<bool>> {
         let mut out = Vec::with_capacity(entries.len());
-        for e in entries {
-            out.push(self.insert(e, None).await?);
+        for (seq, e) in entries {
+            out.push(self.insert_at(*seq, e).await?);
         }
         Ok(out)
     }
@@ -215,13 +265,18 @@ enum Notice {
 #[derive(Clone)]
 pub(crate) struct Writer {
     tx: mpsc::Sender<Job>,
+    /// Recipients with messages in the ack window. A std Mutex: a set
+    /// lookup or update, never held across an await.
+    waiting: Arc<Mutex<HashSet<UserName>>>,
 }
 
 /// An op, or the request to stop after everything queued before it.
 enum Job {
-    Op(WriteOp, oneshot::Sender<Result<WriteResult>>),
+    Op(WriteOp, Reply),
     Close(oneshot::Sender<()>),
 }
+
+type Reply = oneshot::Sender<Result<WriteResult>>;
 
 impl Writer {
     pub(crate) fn spawn<C: WriteConn>(
@@ -230,8 +285,9 @@ impl Writer {
         listener: Arc<dyn CommitListener>,
     ) -> Self {
         let (tx, rx) = mpsc::channel::<Job>(cfg.queue.max(1));
-        tokio::spawn(run(conn, cfg, listener, rx));
-        Self { tx }
+        let waiting = Arc::new(Mutex::new(HashSet::new()));
+        tokio::spawn(run(conn, cfg, listener, rx, waiting.clone()));
+        Self { tx, waiting }
     }
 
     async fn submit(&self, op: WriteOp) -> Result<WriteResult> {
@@ -260,6 +316,7 @@ impl Writer {
         let op = WriteOp::Ack {
             recipient,
             seqs,
+            waited: Vec::new(),
             now,
             receipt_expires_at,
         };
@@ -267,6 +324,22 @@ impl Writer {
             WriteResult::Acked(n) => Ok(n),
             _ => unreachable!("ack yields Acked"),
         }
+    }
+
+    /// Writes whatever of `recipient`'s messages waits in the ack window,
+    /// so that a fetch of their mailbox finds it; returns at once when
+    /// nothing waits.
+    pub(crate) async fn flush(&self, recipient: &UserName) -> Result<()> {
+        if !self
+            .waiting
+            .lock()
+            .expect("waiting lock")
+            .contains(recipient)
+        {
+            return Ok(());
+        }
+        self.submit(WriteOp::Flush(recipient.clone())).await?;
+        Ok(())
     }
 
     pub(crate) async fn expire(&self, now: UnixMillis) -> Result<u64> {
@@ -288,8 +361,9 @@ impl Writer {
         }
     }
 
-    /// Commits everything queued so far, then stops the task; later writes
-    /// fail with [`StoreError::WriterGone`].
+    /// Commits everything queued so far (and everything in the ack
+    /// window), then stops the task; later writes fail with
+    /// [`StoreError::WriterGone`].
     pub(crate) async fn close(&self) {
         let (done, rx) = oneshot::channel();
         if self.tx.send(Job::Close(done)).await.is_ok() {
@@ -298,10 +372,30 @@ impl Writer {
     }
 }
 
+/// Seqs handed out but not used yet. Refilled from the backend in blocks;
+/// emptied after a group operation, whose inserts take seqs of their own
+/// (above these), so that a recipient's seqs keep rising.
+struct Seqs {
+    free: VecDeque<i64>,
+}
+
+impl Seqs {
+    const BLOCK: usize = 256;
+
+    async fn take<C: WriteConn>(&mut self, conn: &mut C, n: usize) -> Result<Vec<i64>> {
+        if self.free.len() < n {
+            let more = conn.reserve_seqs(n.max(Self::BLOCK)).await?;
+            self.free.extend(more);
+        }
+        Ok(self.free.drain(..n).collect())
+    }
+}
+
 /// Applies `ops` in one transaction; on success returns one result per op
 /// and fills `notices`.
 async fn apply<C: WriteConn>(
     conn: &mut C,
+    seqs: &mut Seqs,
     ops: &[WriteOp],
     listener: &dyn CommitListener,
     notices: &mut Vec<Notice>,
@@ -316,26 +410,28 @@ async fn apply<C: WriteConn>(
             // connections) goes to the backend as one batch.
             let run = ops[i..]
                 .iter()
-                .take_while(|op| matches!(op, WriteOp::Insert(_)))
+                .take_while(|op| matches!(op, WriteOp::InsertAt(_)))
                 .count();
             if run > 0 {
-                let entries: Vec<&NewEntry> = ops[i..i + run]
+                let entries: Vec<(i64, &NewEntry)> = ops[i..i + run]
                     .iter()
                     .flat_map(|op| match op {
-                        WriteOp::Insert(entries) => entries.as_slice(),
+                        WriteOp::InsertAt(entries) => entries.as_slice(),
                         _ => &[],
                     })
+                    .map(|(seq, e)| (*seq, e))
                     .collect();
-                let mut seqs = conn.insert_many(&entries).await?.into_iter();
+                let mut done = conn.insert_many(&entries).await?.into_iter();
                 for op in &ops[i..i + run] {
-                    let WriteOp::Insert(entries) = op else {
+                    let WriteOp::InsertAt(entries) = op else {
                         unreachable!("a run of inserts")
                     };
-                    let mine: Vec<Option<i64>> = seqs.by_ref().take(entries.len()).collect();
-                    for (e, seq) in entries.iter().zip(&mine) {
-                        if let Some(seq) = seq {
+                    let mut mine = Vec::with_capacity(entries.len());
+                    for ((seq, e), inserted) in entries.iter().zip(done.by_ref()) {
+                        if inserted {
                             notices.push(Notice::Stored(e.recipient.clone(), stored(e, *seq)));
                         }
+                        mine.push(inserted.then_some(*seq));
                     }
                     out.push(WriteResult::Inserted(mine));
                 }
@@ -345,14 +441,19 @@ async fn apply<C: WriteConn>(
             let op = &ops[i];
             i += 1;
             out.push(match op {
-                WriteOp::Insert(_) => unreachable!("runs of inserts are handled above"),
+                WriteOp::Insert(_) | WriteOp::InsertAt(_) => {
+                    unreachable!("inserts get their seqs first and come in runs")
+                }
+                WriteOp::Flush(_) => WriteResult::Flushed,
                 WriteOp::Ack {
                     recipient,
-                    seqs,
+                    seqs: acked,
+                    waited,
                     now,
                     receipt_expires_at,
                 } => {
-                    let gone_all = conn.delete_many(recipient, seqs).await?;
+                    let mut gone_all = conn.delete_many(recipient, acked).await?;
+                    gone_all.extend(waited.iter().cloned());
                     let count = gone_all.len() as u64;
                     // Receipts are for one-to-one messages only: a group of
                     // 256 would send its sender 255 of them.
@@ -363,24 +464,17 @@ async fn apply<C: WriteConn>(
                     let receipts: Vec<NewEntry> = gone_all
                         .iter()
                         .filter(|gone| listener.must_store_receipt(&gone.sender))
-                        .map(|gone| NewEntry {
-                            recipient: gone.sender.clone(),
-                            kind: EntryKind::Receipt,
-                            sender: recipient.clone(),
-                            msg_id: gone.msg_id,
-                            server_ts: *now,
-                            expires_at: *receipt_expires_at,
-                            envelope: Arc::from(""),
-                        })
+                        .map(|gone| receipt(recipient, gone, *now, *receipt_expires_at))
                         .collect();
                     if !receipts.is_empty() {
-                        let refs: Vec<&NewEntry> = receipts.iter().collect();
-                        let seqs = conn.insert_many(&refs).await?;
-                        for (receipt, seq) in receipts.iter().zip(seqs) {
-                            if let Some(seq) = seq {
+                        let at = seqs.take(conn, receipts.len()).await?;
+                        let refs: Vec<(i64, &NewEntry)> = at.into_iter().zip(&receipts).collect();
+                        let done = conn.insert_many(&refs).await?;
+                        for ((seq, receipt), inserted) in refs.iter().zip(done) {
+                            if inserted {
                                 notices.push(Notice::Stored(
                                     receipt.recipient.clone(),
-                                    stored(receipt, seq),
+                                    stored(receipt, *seq),
                                 ));
                             }
                         }
@@ -398,6 +492,8 @@ async fn apply<C: WriteConn>(
                 WriteOp::Expire { now } => WriteResult::Expired(conn.expire(*now).await?),
                 WriteOp::Group { op, max, now } => {
                     let result = super::groups::apply(conn, op, *max, *now).await?;
+                    // Its inserts took seqs above the ones set aside.
+                    seqs.free.clear();
                     if let (Ok(GroupDone::Sent(seqs)), GroupOp::Send { entries, .. }) =
                         (&result, op)
                     {
@@ -425,6 +521,24 @@ async fn apply<C: WriteConn>(
     }
 }
 
+/// The stored receipt telling `gone`'s sender that `recipient` has it.
+fn receipt(
+    recipient: &UserName,
+    gone: &AckedEntry,
+    now: UnixMillis,
+    expires_at: UnixMillis,
+) -> NewEntry {
+    NewEntry {
+        recipient: gone.sender.clone(),
+        kind: EntryKind::Receipt,
+        sender: recipient.clone(),
+        msg_id: gone.msg_id,
+        server_ts: now,
+        expires_at,
+        envelope: Arc::from(""),
+    }
+}
+
 fn stored(e: &NewEntry, seq: i64) -> StoredEntry {
     StoredEntry {
         seq,
@@ -436,18 +550,317 @@ fn stored(e: &NewEntry, seq: i64) -> StoredEntry {
     }
 }
 
+/// A message pushed live and waiting for its recipient's acknowledgement.
+struct Waiting {
+    seq: i64,
+    entry: NewEntry,
+    reply: Reply,
+}
+
+/// The ack window: per recipient, their waiting messages in seq order.
+struct Window {
+    by_recipient: HashMap<UserName, VecDeque<Waiting>>,
+    /// (due, recipient, seq) in arrival order, which is due order too.
+    due: VecDeque<(Instant, UserName, i64)>,
+    len: usize,
+    /// Mirror of `by_recipient`'s keys for [`Writer::flush`].
+    shared: Arc<Mutex<HashSet<UserName>>>,
+}
+
+impl Window {
+    fn new(shared: Arc<Mutex<HashSet<UserName>>>) -> Self {
+        Self {
+            by_recipient: HashMap::new(),
+            due: VecDeque::new(),
+            len: 0,
+            shared,
+        }
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.due.front().map(|d| d.0)
+    }
+
+    fn add(&mut self, seq: i64, entry: NewEntry, reply: Reply, due: Instant) {
+        self.due.push_back((due, entry.recipient.clone(), seq));
+        let list = self
+            .by_recipient
+            .entry(entry.recipient.clone())
+            .or_default();
+        if list.is_empty() {
+            self.shared
+                .lock()
+                .expect("waiting lock")
+                .insert(entry.recipient.clone());
+        }
+        list.push_back(Waiting { seq, entry, reply });
+        self.len += 1;
+    }
+
+    /// Whether `e` (same recipient, kind, sender and msg_id) is waiting.
+    fn holds(&self, e: &NewEntry) -> bool {
+        self.by_recipient.get(&e.recipient).is_some_and(|l| {
+            l.iter().any(|w| {
+                w.entry.msg_id == e.msg_id && w.entry.sender == e.sender && w.entry.kind == e.kind
+            })
+        })
+    }
+
+    /// Takes all of `recipient`'s waiting messages, in seq order.
+    fn take_all(&mut self, recipient: &UserName) -> VecDeque<Waiting> {
+        let list = self.by_recipient.remove(recipient).unwrap_or_default();
+        if !list.is_empty() {
+            self.shared.lock().expect("waiting lock").remove(recipient);
+        }
+        self.len -= list.len();
+        list
+    }
+
+    /// Takes those of `seqs` that wait for `recipient`; returns them and
+    /// the seqs that do not.
+    fn take_acked(&mut self, recipient: &UserName, seqs: &[i64]) -> (Vec<Waiting>, Vec<i64>) {
+        let Some(list) = self.by_recipient.get_mut(recipient) else {
+            return (Vec::new(), seqs.to_vec());
+        };
+        let (mut hits, mut misses) = (Vec::new(), Vec::new());
+        for &seq in seqs {
+            match list.binary_search_by_key(&seq, |w| w.seq) {
+                Ok(i) => hits.extend(list.remove(i)),
+                Err(_) => misses.push(seq),
+            }
+        }
+        self.len -= hits.len();
+        if list.is_empty() {
+            self.by_recipient.remove(recipient);
+            self.shared.lock().expect("waiting lock").remove(recipient);
+        }
+        (hits, misses)
+    }
+
+    /// Recipients with a message whose window has closed by `now`.
+    fn expired(&mut self, now: Instant) -> Vec<UserName> {
+        let mut out = Vec::new();
+        while let Some((due, recipient, seq)) = self.due.front() {
+            if *due > now {
+                break;
+            }
+            let still_waiting = self
+                .by_recipient
+                .get(recipient)
+                .and_then(|l| l.front())
+                .is_some_and(|w| w.seq <= *seq);
+            if still_waiting && !out.contains(recipient) {
+                out.push(recipient.clone());
+            }
+            self.due.pop_front();
+        }
+        out
+    }
+
+    /// Everyone with waiting messages.
+    fn recipients(&self) -> Vec<UserName> {
+        self.by_recipient.keys().cloned().collect()
+    }
+}
+
+/// One turn's operations on their way to the database, in order, with the
+/// replies that wait for them (none for an internal write).
+struct Batch {
+    ops: Vec<WriteOp>,
+    replies: Vec<Option<Reply>>,
+    /// Recipients with an entry written in this batch.
+    touched: HashSet<UserName>,
+    /// Waiting messages written in this batch (for the window's metric).
+    from_window: usize,
+}
+
+impl Batch {
+    fn new() -> Self {
+        Self {
+            ops: Vec::new(),
+            replies: Vec::new(),
+            touched: HashSet::new(),
+            from_window: 0,
+        }
+    }
+
+    fn push(&mut self, op: WriteOp, reply: Option<Reply>) {
+        self.ops.push(op);
+        self.replies.push(reply);
+    }
+
+    /// Moves `recipient`'s waiting messages into the batch, as inserts at
+    /// the seqs they were pushed with.
+    fn write_waiting(&mut self, window: &mut Window, recipient: &UserName) {
+        for w in window.take_all(recipient) {
+            self.from_window += 1;
+            self.touched.insert(recipient.clone());
+            self.push(WriteOp::InsertAt(vec![(w.seq, w.entry)]), Some(w.reply));
+        }
+    }
+
+    fn write_all_waiting(&mut self, window: &mut Window) {
+        for r in window.recipients() {
+            self.write_waiting(window, &r);
+        }
+    }
+}
+
+/// Sorts one turn's jobs: what can be answered from the ack window at once
+/// is answered (and its notices collected in `now_notices`), the rest goes
+/// to `batch` with its seqs handed out in arrival order.
+#[allow(clippy::too_many_arguments)]
+async fn sort_jobs<C: WriteConn>(
+    conn: &mut C,
+    seqs: &mut Seqs,
+    cfg: &WriterConfig,
+    listener: &dyn CommitListener,
+    window: &mut Window,
+    jobs: Vec<(WriteOp, Reply)>,
+    batch: &mut Batch,
+    now_notices: &mut Vec<Notice>,
+) -> Result<(), (StoreError, Vec<Reply>)> {
+    let now = Instant::now();
+    for r in window.expired(now) {
+        batch.write_waiting(window, &r);
+    }
+    let mut jobs = jobs.into_iter();
+    while let Some((op, reply)) = jobs.next() {
+        let fail = |e: StoreError, reply: Reply, jobs: std::vec::IntoIter<(WriteOp, Reply)>| {
+            (e, std::iter::once(reply).chain(jobs.map(|j| j.1)).collect())
+        };
+        match op {
+            WriteOp::Insert(entries) => {
+                let at = match seqs.take(conn, entries.len()).await {
+                    Ok(at) => at,
+                    Err(e) => return Err(fail(e, reply, jobs)),
+                };
+                let may_wait = !cfg.ack_window.is_zero()
+                    && entries.len() == 1
+                    && entries[0].kind == EntryKind::Message
+                    && window.len < cfg.max_waiting
+                    && !batch.touched.contains(&entries[0].recipient)
+                    && !window.holds(&entries[0])
+                    && listener.is_live(&entries[0].recipient);
+                if may_wait {
+                    let (seq, entry) = (at[0], entries.into_iter().next().expect("one entry"));
+                    now_notices.push(Notice::Stored(entry.recipient.clone(), stored(&entry, seq)));
+                    window.add(seq, entry, reply, now + cfg.ack_window);
+                    continue;
+                }
+                for e in &entries {
+                    // Waiting messages of theirs go first (a retry of one
+                    // is then dropped as a duplicate).
+                    batch.write_waiting(window, &e.recipient);
+                    batch.touched.insert(e.recipient.clone());
+                }
+                batch.push(
+                    WriteOp::InsertAt(at.into_iter().zip(entries).collect()),
+                    Some(reply),
+                );
+            }
+            WriteOp::Ack {
+                recipient,
+                seqs: acked,
+                now: at,
+                receipt_expires_at,
+                ..
+            } => {
+                let (hits, misses) = window.take_acked(&recipient, &acked);
+                let waited: Vec<AckedEntry> = hits
+                    .iter()
+                    .map(|w| AckedEntry {
+                        kind: w.entry.kind,
+                        sender: w.entry.sender.clone(),
+                        msg_id: w.entry.msg_id,
+                    })
+                    .collect();
+                if !hits.is_empty() {
+                    listener.ack_window(hits.len(), 0);
+                }
+                // Delivered before it had to be written: it is where it
+                // was going, which is what `accepted` promises.
+                for w in hits {
+                    let _ = w.reply.send(Ok(WriteResult::Inserted(vec![Some(w.seq)])));
+                }
+                let needs_disk = !misses.is_empty()
+                    || waited.iter().any(|g| {
+                        g.kind == EntryKind::Message && listener.must_store_receipt(&g.sender)
+                    });
+                if needs_disk {
+                    batch.push(
+                        WriteOp::Ack {
+                            recipient,
+                            seqs: misses,
+                            waited,
+                            now: at,
+                            receipt_expires_at,
+                        },
+                        Some(reply),
+                    );
+                } else {
+                    for gone in &waited {
+                        now_notices.push(Notice::Delivered {
+                            sender: gone.sender.clone(),
+                            msg_id: gone.msg_id,
+                            to: recipient.clone(),
+                            at,
+                        });
+                    }
+                    let _ = reply.send(Ok(WriteResult::Acked(waited.len() as u64)));
+                }
+            }
+            WriteOp::Flush(recipient) => {
+                batch.write_waiting(window, &recipient);
+                if batch.touched.contains(&recipient) {
+                    batch.push(WriteOp::Flush(recipient), Some(reply));
+                } else {
+                    // Nothing of theirs waits or is being written.
+                    let _ = reply.send(Ok(WriteResult::Flushed));
+                }
+            }
+            op @ WriteOp::Group { .. } => {
+                batch.write_all_waiting(window);
+                batch.push(op, Some(reply));
+            }
+            op @ (WriteOp::Expire { .. } | WriteOp::InsertAt(_)) => batch.push(op, Some(reply)),
+        }
+    }
+    Ok(())
+}
+
+fn announce(listener: &dyn CommitListener, notices: &mut Vec<Notice>) {
+    for notice in notices.drain(..) {
+        match notice {
+            Notice::Stored(recipient, entry) => listener.stored(&recipient, entry),
+            Notice::Delivered {
+                sender,
+                msg_id,
+                to,
+                at,
+            } => listener.delivered(&sender, msg_id, &to, at),
+        }
+    }
+}
+
 /// The writer loop: take one job, then everything else already queued (up to
-/// the batch limit), commit it as one transaction, announce, answer.
+/// the batch limit); answer what the ack window can, commit the rest as one
+/// transaction, announce, answer.
 async fn run<C: WriteConn>(
     mut conn: C,
     cfg: WriterConfig,
     listener: Arc<dyn CommitListener>,
     mut rx: mpsc::Receiver<Job>,
+    waiting: Arc<Mutex<HashSet<UserName>>>,
 ) {
-    let mut ops = Vec::with_capacity(cfg.max_batch);
-    let mut replies = Vec::with_capacity(cfg.max_batch);
+    let mut seqs = Seqs {
+        free: VecDeque::new(),
+    };
+    let mut window = Window::new(waiting);
     let mut notices = Vec::new();
+    let mut now_notices = Vec::new();
     let mut closing = None;
+    let mut ended = false;
     let (sync_tx, sync_task) = match conn.durability() {
         Some(sync) => {
             let (tx, rx) = mpsc::unbounded_channel();
@@ -455,75 +868,75 @@ async fn run<C: WriteConn>(
         }
         None => (None, None),
     };
-    while let Some(job) = rx.recv().await {
-        let mut next = Some(job);
-        while let Some(job) = next.take() {
-            match job {
-                Job::Op(op, reply) => {
-                    ops.push(op);
-                    replies.push(reply);
+    loop {
+        // The next job, or the ack window's next deadline.
+        let first = match window.next_due() {
+            Some(due) => match tokio::time::timeout_at(due.into(), rx.recv()).await {
+                Ok(job) => job.map(Some),
+                Err(_) => Some(None),
+            },
+            None => rx.recv().await.map(Some),
+        };
+        let mut jobs = Vec::new();
+        match first {
+            None => ended = true,
+            Some(None) => {}
+            Some(Some(job)) => {
+                let mut next = Some(job);
+                while let Some(job) = next.take() {
+                    match job {
+                        Job::Op(op, reply) => jobs.push((op, reply)),
+                        Job::Close(done) => {
+                            closing = Some(done);
+                            break;
+                        }
+                    }
+                    if jobs.len() < cfg.max_batch {
+                        next = rx.try_recv().ok();
+                    }
                 }
-                Job::Close(done) => {
-                    closing = Some(done);
-                    break;
-                }
-            }
-            if ops.len() < cfg.max_batch {
-                next = rx.try_recv().ok();
             }
         }
-        if !ops.is_empty() {
-            let started = std::time::Instant::now();
-            let mut result = apply(&mut conn, &ops, &*listener, &mut notices).await;
-            if let Err(e) = &result {
-                // The connection may be broken (database restarted): get a
-                // new one and try the batch once more before giving up.
-                tracing::warn!(cause = %e, batch = ops.len(), "mailbox batch failed; reconnecting and retrying once");
-                match conn.reconnect().await {
-                    Ok(()) => result = apply(&mut conn, &ops, &*listener, &mut notices).await,
-                    Err(e) => tracing::error!(cause = %e, "cannot reconnect the writer"),
-                }
-            }
-            match result {
-                Ok(results) => {
-                    listener.batch_committed(ops.len(), started.elapsed());
-                    for notice in notices.drain(..) {
-                        match notice {
-                            Notice::Stored(recipient, entry) => listener.stored(&recipient, entry),
-                            Notice::Delivered {
-                                sender,
-                                msg_id,
-                                to,
-                                at,
-                            } => listener.delivered(&sender, msg_id, &to, at),
-                        }
-                    }
-                    let answers = replies.drain(..).zip(results);
-                    match &sync_tx {
-                        Some(sync) => {
-                            if let Err(unsent) = sync.send(answers.collect()) {
-                                for (reply, _) in unsent.0 {
-                                    let _ = reply.send(Err(StoreError::WriterGone));
-                                }
-                            }
-                        }
-                        None => {
-                            for (reply, result) in answers {
-                                let _ = reply.send(Ok(result));
-                            }
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(cause = %e, batch = ops.len(), "mailbox batch failed; nothing in it was committed");
-                    for reply in replies.drain(..) {
-                        let _ = reply.send(Err(StoreError::BatchFailed));
-                    }
-                }
-            }
-            ops.clear();
+        let mut batch = Batch::new();
+        let sorted = sort_jobs(
+            &mut conn,
+            &mut seqs,
+            &cfg,
+            &*listener,
+            &mut window,
+            jobs,
+            &mut batch,
+            &mut now_notices,
+        )
+        .await;
+        if closing.is_some() || ended {
+            batch.write_all_waiting(&mut window);
         }
-        if let Some(done) = closing.take() {
+        // Pushes of messages entering the window, and receipts of those
+        // acknowledged in it: their recipients have nothing in this batch,
+        // so these never overtake a lower seq.
+        announce(&*listener, &mut now_notices);
+        if let Err((e, replies)) = sorted {
+            tracing::error!(cause = %e, "cannot hand out mailbox seqs; the writes are refused");
+            for reply in replies {
+                let _ = reply.send(Err(StoreError::BatchFailed));
+            }
+        }
+        if batch.from_window > 0 {
+            listener.ack_window(0, batch.from_window);
+        }
+        if !batch.ops.is_empty() {
+            commit(
+                &mut conn,
+                &mut seqs,
+                &*listener,
+                batch,
+                &mut notices,
+                sync_tx.as_ref(),
+            )
+            .await;
+        }
+        if closing.is_some() || ended {
             rx.close();
             // Everything committed is synced and answered before the close
             // is.
@@ -531,8 +944,71 @@ async fn run<C: WriteConn>(
             if let Some(task) = sync_task {
                 let _ = task.await;
             }
-            let _ = done.send(());
+            if let Some(done) = closing.take() {
+                let _ = done.send(());
+            }
             return;
+        }
+    }
+}
+
+/// Commits `batch` (retrying once on a fresh connection), announces its
+/// notices and hands its answers to the sync step.
+async fn commit<C: WriteConn>(
+    conn: &mut C,
+    seqs: &mut Seqs,
+    listener: &dyn CommitListener,
+    batch: Batch,
+    notices: &mut Vec<Notice>,
+    sync_tx: Option<&mpsc::UnboundedSender<Answers>>,
+) {
+    let Batch { ops, replies, .. } = batch;
+    let started = Instant::now();
+    let mut result = apply(conn, seqs, &ops, listener, notices).await;
+    if let Err(e) = &result {
+        // The connection may be broken (database restarted): get a new one
+        // and try the batch once more before giving up.
+        tracing::warn!(cause = %e, batch = ops.len(), "mailbox batch failed; reconnecting and retrying once");
+        match conn.reconnect().await {
+            Ok(()) => result = apply(conn, seqs, &ops, listener, notices).await,
+            Err(e) => tracing::error!(cause = %e, "cannot reconnect the writer"),
+        }
+    }
+    match result {
+        Ok(results) => {
+            listener.batch_committed(ops.len(), started.elapsed());
+            announce(listener, notices);
+            let mut answers = Answers::new();
+            for (reply, result) in replies.into_iter().zip(results) {
+                let Some(reply) = reply else { continue };
+                match result {
+                    // A fetch only needs the rows committed, not synced.
+                    WriteResult::Flushed => {
+                        let _ = reply.send(Ok(WriteResult::Flushed));
+                    }
+                    result => answers.push((reply, result)),
+                }
+            }
+            match sync_tx {
+                Some(sync) => {
+                    if let Err(unsent) = sync.send(answers) {
+                        for (reply, _) in unsent.0 {
+                            let _ = reply.send(Err(StoreError::WriterGone));
+                        }
+                    }
+                }
+                None => {
+                    for (reply, result) in answers {
+                        let _ = reply.send(Ok(result));
+                    }
+                }
+            }
+        }
+        Err(e) => {
+            tracing::error!(cause = %e, batch = ops.len(), "mailbox batch failed; nothing in it was committed");
+            for reply in replies.into_iter().flatten() {
+                let _ = reply.send(Err(StoreError::BatchFailed));
+            }
         }
     }
 }

@@ -5,15 +5,22 @@ use std::sync::Arc;
 use telepound_server::store::conformance::Recorder;
 use telepound_server::store::{self, DatabaseUrl, Store, WriterConfig};
 
+/// The suite's writer: an ack window long enough that a test acknowledging
+/// a message "in time" does so even on a loaded machine.
+fn writer() -> WriterConfig {
+    WriterConfig {
+        ack_window: std::time::Duration::from_millis(500),
+        ..WriterConfig::default()
+    }
+}
+
 mod sqlite {
     use super::*;
 
     async fn make(rec: Arc<Recorder>) -> Option<(Arc<dyn Store>, tempfile::TempDir)> {
         let dir = tempfile::tempdir().unwrap();
         let url = DatabaseUrl::Sqlite(dir.path().join("t.sqlite3"));
-        let store = store::open(&url, true, WriterConfig::default(), rec)
-            .await
-            .unwrap();
+        let store = store::open(&url, true, super::writer(), rec).await.unwrap();
         Some((store, dir))
     }
 
@@ -27,9 +34,7 @@ mod postgres {
     async fn make(rec: Arc<Recorder>) -> Option<(Arc<dyn Store>, PgDb)> {
         let db = PgDb::create().await?;
         let url = DatabaseUrl::Postgres(db.url.clone());
-        let store = store::open(&url, true, WriterConfig::default(), rec)
-            .await
-            .unwrap();
+        let store = store::open(&url, true, super::writer(), rec).await.unwrap();
         Some((store, db))
     }
 
