@@ -8,7 +8,7 @@ use std::path::Path;
 
 use telepound_crypto::Attachment;
 
-use crate::output::sanitize;
+use crate::output::one_line;
 
 /// Inline-image protocols a terminal speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,8 +93,8 @@ pub fn describe(a: &Attachment) -> String {
         .unwrap_or_default();
     format!(
         "{} ({}{dims}, {})",
-        sanitize(&a.name).replace('\n', " "),
-        sanitize(&a.media_type),
+        one_line(&a.name),
+        one_line(&a.media_type),
         human(a.size)
     )
 }
