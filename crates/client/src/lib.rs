@@ -30,6 +30,7 @@ pub mod link;
 pub mod outbox;
 pub mod pins;
 pub mod session;
+pub mod state;
 
 pub use backoff::Backoff;
 pub use connection::{Client, ConnectOptions, Event, Events};
