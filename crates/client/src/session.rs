@@ -791,7 +791,7 @@ impl Session {
     ) -> Result<Vec<Attachment>> {
         let mut prepared = Vec::with_capacity(files.len());
         for f in files {
-            prepared.push(self.uploads.prepare(f).await?);
+            prepared.push(self.uploads.prepare(f, recipients).await?);
         }
         let http = self.http()?;
         let mut attachments = Vec::with_capacity(files.len());
