@@ -10,7 +10,8 @@ use tokio::time::Instant;
 use super::{connect_options, login_keeping_password};
 use crate::args::ClientArgs;
 use crate::output;
-use telepound_client::is_transient;
+use telepound_client::outbox::Pending;
+use telepound_client::{is_refusal, is_transient};
 use telepound_protocol::{GroupName, UserName};
 
 /// How long `send` waits for an online recipient's delivery receipt.
@@ -31,6 +32,14 @@ fn transient(e: &anyhow::Error) -> bool {
     e.chain()
         .filter_map(|c| c.downcast_ref::<ClientError>())
         .any(is_transient)
+}
+
+/// Who a queued message is for, as shown.
+fn queued_to(p: &Pending) -> String {
+    match &p.group {
+        Some(g) => format!("#{g}"),
+        None => p.to.to_string(),
+    }
 }
 
 /// Whom a message goes to.
@@ -142,15 +151,38 @@ pub async fn run(
         match session.flush_outbox().await {
             Ok(flushed) => {
                 let mut mine = None;
+                let mut blocked = None;
                 for (pending, result) in flushed {
                     if pending.msg_id == msg_id {
                         mine = Some(result);
-                    } else if result.is_ok() {
-                        println!("Sent a message to {} queued earlier.", pending.to);
+                        continue;
+                    }
+                    let to = queued_to(&pending);
+                    match result {
+                        Ok(_) => println!("Sent a message to {to} queued earlier."),
+                        Err(e) if is_refusal(&e) => eprintln!(
+                            "telepound: warning: a message to {to} queued earlier was not sent and is dropped: {}",
+                            output::one_line(&e.to_string())
+                        ),
+                        // It stays queued, and ours behind it.
+                        Err(e) => blocked = Some((to, e)),
                     }
                 }
-                if let Some(result) = mine {
-                    break result?;
+                match (mine, blocked) {
+                    (Some(Ok(outcome)), _) => break outcome,
+                    (Some(Err(e)), _) if is_refusal(&e) => return Err(e.into()),
+                    (Some(Err(e)), _) => {
+                        return Err(anyhow::Error::new(e).context(
+                            "the server could not take the message; it stays queued and is sent (once) the next time telepound connects",
+                        ));
+                    }
+                    (None, Some((to, e))) => {
+                        return Err(anyhow::Error::new(e).context(format!(
+                            "a message to {to} queued earlier could not be sent, so yours waits behind it; both stay queued and are sent (once) the next time telepound connects"
+                        )));
+                    }
+                    // Cut off after sending some: go round again.
+                    (None, None) => {}
                 }
             }
             Err(e) if is_transient(&e) => {
