@@ -97,11 +97,22 @@ pub async fn run(cli: crate::args::Cli) -> anyhow::Result<()> {
 }
 
 /// The TLS and safety options given.
+/// `TELEPOUND_IDLE_TIMEOUT_SECS` sets how long a silent server is waited
+/// for before the connection counts as lost (default 30 s; tests shorten it).
 pub fn connect_options(c: &ClientArgs) -> telepound_client::ConnectOptions {
-    telepound_client::ConnectOptions {
+    let mut o = telepound_client::ConnectOptions {
         ca_file: c.ca_file.clone(),
         allow_insecure: c.allow_insecure,
+        ..Default::default()
+    };
+    if let Some(secs) = std::env::var("TELEPOUND_IDLE_TIMEOUT_SECS")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+    {
+        o.idle_timeout = std::time::Duration::from_secs_f64(secs.min(86_400.0));
     }
+    o
 }
 
 /// Connects to the server with the TLS options given.
