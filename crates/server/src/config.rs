@@ -254,6 +254,7 @@ impl RawConfig {
                 10,
             )?),
             writer: WriterConfig::default(),
+            expiry_interval: Duration::from_secs(3600),
         })
     }
 }
@@ -319,6 +320,9 @@ pub struct Config {
     pub blob_ttl: Duration,
     /// Most members in a group.
     pub max_group_members: usize,
+    /// How often expired messages and files are deleted (an hour; not a
+    /// setting in the file, tests shorten it).
+    pub expiry_interval: Duration,
 }
 
 /// Abuse limits; each violation is refused with `rate_limited` or

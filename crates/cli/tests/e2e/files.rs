@@ -152,3 +152,63 @@ fn classic_attaches_files_and_asks_before_downloading() {
     );
     assert!(a.contains("is a folder, not a file"), "{a}");
 }
+
+#[test]
+fn inbox_download_without_a_folder_uses_the_documented_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&dir.path().join("data"));
+    let url = server.url.clone();
+    let (ha, hb) = (dir.path().join("a"), dir.path().join("b"));
+    ok(run(tp(&url, &ha, "alice").arg("signup")));
+    ok(run(tp(&url, &hb, "bob").arg("signup")));
+    let report = dir.path().join("report.bin");
+    let body: Vec<u8> = (0..3000u32).map(|i| (i % 249) as u8).collect();
+    std::fs::write(&report, &body).unwrap();
+    let send = || {
+        ok(run(tp(&url, &ha, "alice")
+            .args(["send", "bob", "the report", "--file"])
+            .arg(&report)));
+    };
+    // bob's environment: a home of his own, so the real one never counts.
+    let home = dir.path().join("bob-home");
+    std::fs::create_dir_all(home.join(".config")).unwrap();
+    let inbox = || {
+        let mut c = tp(&url, &hb, "bob");
+        c.args(["inbox", "--download"])
+            .env("HOME", &home)
+            .env("XDG_CONFIG_HOME", home.join(".config"))
+            .env_remove("TELEPOUND_DOWNLOAD_DIR");
+        c
+    };
+
+    // 1. TELEPOUND_DOWNLOAD_DIR.
+    send();
+    let chosen = dir.path().join("chosen");
+    let out = ok(run(inbox().env("TELEPOUND_DOWNLOAD_DIR", &chosen)));
+    assert!(out.contains("saved report.bin"), "{out}");
+    assert_eq!(std::fs::read(chosen.join("report.bin")).unwrap(), body);
+
+    // 2. Else the XDG download folder, in a telepound folder.
+    std::fs::write(
+        home.join(".config/user-dirs.dirs"),
+        "XDG_DOWNLOAD_DIR=\"$HOME/Fetched\"\n",
+    )
+    .unwrap();
+    send();
+    let out = ok(run(&mut inbox()));
+    assert!(out.contains("saved report.bin"), "{out}");
+    assert_eq!(
+        std::fs::read(home.join("Fetched/telepound/report.bin")).unwrap(),
+        body
+    );
+
+    // 3. Else TELEPOUND_HOME/USER/downloads.
+    std::fs::remove_file(home.join(".config/user-dirs.dirs")).unwrap();
+    send();
+    let out = ok(run(&mut inbox()));
+    assert!(out.contains("saved report.bin"), "{out}");
+    assert_eq!(
+        std::fs::read(hb.join("bob/downloads/report.bin")).unwrap(),
+        body
+    );
+}

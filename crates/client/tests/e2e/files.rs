@@ -606,3 +606,38 @@ async fn an_unfinished_upload_is_resumed_only_for_the_same_file_and_recipients()
     assert_ne!(att.blob_id, for_bob.blob_id);
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfetched_file_is_deleted_by_the_expiry_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.blob_ttl = std::time::Duration::from_secs(1);
+    config.expiry_interval = std::time::Duration::from_millis(200);
+    let server = spawn_server_with(config).await;
+    let url = server.url();
+    let (ha, hb, files, down) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let (alice, _ae) = user(&url, "alice", ha.path()).await;
+    let (bob, _be) = user(&url, "bob", hb.path()).await;
+    let a = uploaded(&alice, "bob", files.path(), 5000).await;
+    assert_eq!(blob_files(&server), 1);
+    // Nobody fetches it: the loop deletes the file and its record.
+    let start = std::time::Instant::now();
+    while blob_files(&server) > 0 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "the expired file is still on disk"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let e = bob
+        .download(&a, down.path(), Arc::new(NoProgress))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NotFound), "{e}");
+    server.stop().await;
+}
