@@ -19,7 +19,10 @@ mod tests {
         let e = crate::args::Cli::try_parse_from(["telepound", "--user", "a", "send"]).unwrap_err();
         let line = super::usage_line(&e.to_string());
         assert!(!line.contains('\n'), "{line}");
-        assert!(line.contains("<TO TEXT>") && line.contains("usage: telepound send"), "{line}");
+        assert!(
+            line.contains("<TO TEXT>") && line.contains("usage: telepound send"),
+            "{line}"
+        );
         let e = crate::args::Cli::try_parse_from(["telepound", "frob"]).unwrap_err();
         let line = super::usage_line(&e.to_string());
         assert!(line.starts_with("unrecognized subcommand 'frob'"), "{line}");

@@ -180,9 +180,15 @@ impl Picture {
         let h = (self.height * side / longer).max(1);
         let mut pixels = Vec::with_capacity(w * h);
         for y in 0..h {
-            let (y0, y1) = (y * self.height / h, ((y + 1) * self.height / h).max(y * self.height / h + 1));
+            let (y0, y1) = (
+                y * self.height / h,
+                ((y + 1) * self.height / h).max(y * self.height / h + 1),
+            );
             for x in 0..w {
-                let (x0, x1) = (x * self.width / w, ((x + 1) * self.width / w).max(x * self.width / w + 1));
+                let (x0, x1) = (
+                    x * self.width / w,
+                    ((x + 1) * self.width / w).max(x * self.width / w + 1),
+                );
                 let (mut sum, mut seen, mut all) = ([0u64; 3], 0u64, 0u64);
                 for sy in y0..y1 {
                     for sx in x0..x1 {
@@ -275,7 +281,12 @@ pub fn sixel(picture: &Picture) -> String {
     }
     for (i, _) in used.iter().enumerate().filter(|(_, u)| **u) {
         let pct = |l: usize| l * 100 / 5;
-        out.push_str(&format!("#{i};2;{};{};{}", pct(i / 36), pct(i / 6 % 6), pct(i % 6)));
+        out.push_str(&format!(
+            "#{i};2;{};{};{}",
+            pct(i / 36),
+            pct(i / 6 % 6),
+            pct(i % 6)
+        ));
     }
     let bands = h.div_ceil(6);
     for band in 0..bands {
@@ -414,10 +425,16 @@ mod tests {
         let kitty = inline(Graphics::Kitty, &png).unwrap();
         assert!(kitty.starts_with("\x1b_Gf=100,a=T,") && kitty.contains("m=0;"));
         let sixel = inline(Graphics::Sixel, &png).unwrap();
-        assert!(sixel.starts_with("\x1bP") && sixel.ends_with("\x1b\\\n"), "{sixel:?}");
+        assert!(
+            sixel.starts_with("\x1bP") && sixel.ends_with("\x1b\\\n"),
+            "{sixel:?}"
+        );
         assert!(inline(Graphics::None, &png).is_none());
         let jpeg_magic = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00rest";
-        assert!(inline(Graphics::Kitty, jpeg_magic).is_none(), "kitty gets PNG only");
+        assert!(
+            inline(Graphics::Kitty, jpeg_magic).is_none(),
+            "kitty gets PNG only"
+        );
         let mut big = png.clone();
         big.resize(10_000, 0);
         let k = inline(Graphics::Kitty, &big).unwrap();
@@ -441,23 +458,49 @@ mod tests {
     #[test]
     fn terminals_are_recognised_from_their_environment() {
         let env = |pairs: &'static [(&'static str, &'static str)]| {
-            move |k: &str| pairs.iter().find(|(n, _)| *n == k).map(|(_, v)| v.to_string())
+            move |k: &str| {
+                pairs
+                    .iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
         };
-        assert_eq!(detect_from(env(&[("TERM", "xterm-kitty")])), Graphics::Kitty);
-        assert_eq!(detect_from(env(&[("KITTY_WINDOW_ID", "3")])), Graphics::Kitty);
-        assert_eq!(detect_from(env(&[("TERM_PROGRAM", "WezTerm")])), Graphics::ITerm);
+        assert_eq!(
+            detect_from(env(&[("TERM", "xterm-kitty")])),
+            Graphics::Kitty
+        );
+        assert_eq!(
+            detect_from(env(&[("KITTY_WINDOW_ID", "3")])),
+            Graphics::Kitty
+        );
+        assert_eq!(
+            detect_from(env(&[("TERM_PROGRAM", "WezTerm")])),
+            Graphics::ITerm
+        );
         assert_eq!(detect_from(env(&[("TERM", "foot")])), Graphics::Sixel);
         assert_eq!(detect_from(env(&[("TERM", "foot-extra")])), Graphics::Sixel);
         assert_eq!(detect_from(env(&[("TERM", "mlterm")])), Graphics::Sixel);
-        assert_eq!(detect_from(env(&[("TERM", "xterm-sixel")])), Graphics::Sixel);
-        assert_eq!(detect_from(env(&[("TERM", "xterm-256color")])), Graphics::None);
-        assert_eq!(detect_from(env(&[])), Graphics::None);
         assert_eq!(
-            detect_from(env(&[("TERM", "xterm-256color"), ("TELEPOUND_GRAPHICS", "Sixel")])),
+            detect_from(env(&[("TERM", "xterm-sixel")])),
             Graphics::Sixel
         );
         assert_eq!(
-            detect_from(env(&[("TERM", "xterm-kitty"), ("TELEPOUND_GRAPHICS", "none")])),
+            detect_from(env(&[("TERM", "xterm-256color")])),
+            Graphics::None
+        );
+        assert_eq!(detect_from(env(&[])), Graphics::None);
+        assert_eq!(
+            detect_from(env(&[
+                ("TERM", "xterm-256color"),
+                ("TELEPOUND_GRAPHICS", "Sixel")
+            ])),
+            Graphics::Sixel
+        );
+        assert_eq!(
+            detect_from(env(&[
+                ("TERM", "xterm-kitty"),
+                ("TELEPOUND_GRAPHICS", "none")
+            ])),
             Graphics::None
         );
     }
@@ -479,7 +522,11 @@ mod tests {
                 });
             }
         }
-        let p = Picture { width: 5, height: 7, pixels };
+        let p = Picture {
+            width: 5,
+            height: 7,
+            pixels,
+        };
         // red = cube 5*36 = 180, blue = 5. Band one: blue's pass is four
         // empty columns (`!4?`) then a full one (`~`), red's four full
         // columns; band two: red in row 0 of column 0 (`@`, bit 0).
@@ -499,10 +546,20 @@ mod tests {
         let s = p.fit(SIXEL_BOX);
         assert_eq!((s.width, s.height), (240, 2));
         assert!(s.pixels.iter().all(|p| *p == Some([9, 9, 9])));
-        let tiny = Picture { width: 3, height: 3, pixels: vec![None; 9] };
+        let tiny = Picture {
+            width: 3,
+            height: 3,
+            pixels: vec![None; 9],
+        };
         assert_eq!(tiny.fit(SIXEL_BOX), tiny, "never scaled up");
         // Decoded from a real PNG, checked against its header first.
-        let png = png_of(300, 150, |x, _| if x < 150 { [255, 255, 255, 255] } else { [0, 0, 0, 0] });
+        let png = png_of(300, 150, |x, _| {
+            if x < 150 {
+                [255, 255, 255, 255]
+            } else {
+                [0, 0, 0, 0]
+            }
+        });
         let pic = decode("image/png", &png).unwrap();
         assert_eq!((pic.width, pic.height), (300, 150));
         assert_eq!(pic.pixels[0], Some([255, 255, 255]));

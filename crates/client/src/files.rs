@@ -244,7 +244,10 @@ impl Uploads {
         let recipients = recipient_set(recipients);
         self.items = read_uploads(&self.path)?;
         if let Some(o) = self.items.iter().find(|o| {
-            o.path == path && o.len == fresh.len && o.sha256 == fresh.sha256 && o.recipients == recipients
+            o.path == path
+                && o.len == fresh.len
+                && o.sha256 == fresh.sha256
+                && o.recipients == recipients
         }) {
             return Ok(o.clone());
         }
@@ -320,6 +323,11 @@ impl Uploads {
                     created.blob_id
                 }
             };
+            // The id goes into a request path: it must be one (a server's
+            // odd answer must not reach the request builder's panic).
+            if !telepound_protocol::blob::valid_id(&id) {
+                return Err(Error::Protocol("the server gave an invalid file id".into()));
+            }
             let path = format!("/v1/blobs/{id}");
             let head = http
                 .send(
@@ -484,7 +492,10 @@ pub async fn download(
     progress: Arc<dyn Progress>,
 ) -> Result<PathBuf> {
     if !telepound_protocol::blob::valid_id(&att.blob_id) {
-        return Err(file_err(Path::new(&safe_name(&att.name)), "invalid file id"));
+        return Err(file_err(
+            Path::new(&safe_name(&att.name)),
+            "invalid file id",
+        ));
     }
     std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
     let part = dir.join(format!(".telepound-{}.part", att.blob_id));
@@ -506,7 +517,10 @@ pub async fn download(
             .inspect_err(|_| progress.finish())?;
         let append = answer.resp.status() == hyper::StatusCode::PARTIAL_CONTENT;
         let mut out = std::fs::OpenOptions::new();
-        out.create(true).append(append).write(true).truncate(!append);
+        out.create(true)
+            .append(append)
+            .write(true)
+            .truncate(!append);
         #[cfg(unix)]
         {
             use std::os::unix::fs::OpenOptionsExt;
@@ -775,8 +789,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let att = sealed_part(dir.path(), b"from the future", 9);
         let part = dir.path().join(format!(".telepound-{}.part", att.blob_id));
-        let e = open_and_save(&part, dir.path(), &att).unwrap_err().to_string();
-        assert!(e.contains("newer Telepound") && e.contains("upgrade"), "{e}");
+        let e = open_and_save(&part, dir.path(), &att)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("newer Telepound") && e.contains("upgrade"),
+            "{e}"
+        );
         assert!(!e.contains('\x1b') && !e.contains('\n'), "{e:?}");
         assert!(e.starts_with("evil[2Jname.txt: "), "{e}");
         // A broken chunk names the file safely too.
@@ -785,8 +804,13 @@ mod tests {
         let last = bad.len() - 1;
         bad[last] ^= 1;
         std::fs::write(&part, bad).unwrap();
-        let e = open_and_save(&part, dir.path(), &att).unwrap_err().to_string();
-        assert!(e.starts_with("evil[2Jname.txt: failed verification"), "{e:?}");
+        let e = open_and_save(&part, dir.path(), &att)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("evil[2Jname.txt: failed verification"),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -90,7 +90,8 @@ impl History {
             return Ok(false);
         }
         let ctx = || format!("cannot write {}", self.path.display());
-        let mut line = serde_json::to_vec(record).map_err(|e| Error::io(ctx(), std::io::Error::other(e)))?;
+        let mut line =
+            serde_json::to_vec(record).map_err(|e| Error::io(ctx(), std::io::Error::other(e)))?;
         line.push(b'\n');
         // Under the lock, so lines from two processes never interleave.
         let _lock = state::lock(&self.path)?;
@@ -154,7 +155,10 @@ mod tests {
         // A folder where the file should be: every write fails.
         std::fs::create_dir(dir.path().join("history.jsonl")).unwrap();
         assert!(h.append(&rec).is_err());
-        assert!(!h.contains(&rec.from, &rec.msg_id), "marked seen before it was written");
+        assert!(
+            !h.contains(&rec.from, &rec.msg_id),
+            "marked seen before it was written"
+        );
         std::fs::remove_dir(dir.path().join("history.jsonl")).unwrap();
         assert!(h.append(&rec).unwrap(), "recorded when it comes again");
         assert!(h.contains(&rec.from, &rec.msg_id));

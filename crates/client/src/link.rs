@@ -187,7 +187,10 @@ mod tests {
             server(C::UnknownGroup),
             Error::UnknownUser(telepound_protocol::UserName::new("nobody").unwrap()),
         ] {
-            assert!(is_refusal(&dropped) && !is_transient(&dropped), "{dropped:?}");
+            assert!(
+                is_refusal(&dropped) && !is_transient(&dropped),
+                "{dropped:?}"
+            );
         }
     }
 }

@@ -72,7 +72,11 @@ impl PinStore {
     /// # Errors
     /// When a new pin cannot be saved.
     pub fn check(&mut self, user: &UserName, key: &[u8; 32]) -> Result<PinCheck> {
-        if self.pins.get(user.as_str()).is_some_and(|p| p.identity.0 == key) {
+        if self
+            .pins
+            .get(user.as_str())
+            .is_some_and(|p| p.identity.0 == key)
+        {
             return Ok(PinCheck::Match);
         }
         // Anything else is decided on the file as it is now: another

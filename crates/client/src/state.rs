@@ -184,7 +184,9 @@ mod tests {
         }
         let mut all: Vec<u32> = read_json(&path).unwrap();
         all.sort_unstable();
-        let want: Vec<u32> = (0..4).flat_map(|t| (0..25).map(move |i| t * 100 + i)).collect();
+        let want: Vec<u32> = (0..4)
+            .flat_map(|t| (0..25).map(move |i| t * 100 + i))
+            .collect();
         assert_eq!(all, want);
         let leftovers: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
@@ -206,6 +208,10 @@ mod tests {
         std::fs::write(blocked.join("y.json").join("keep"), b"").unwrap();
         assert!(write_atomic(&blocked.join("y.json"), b"[2]").is_err());
         assert_eq!(std::fs::read(&path).unwrap(), b"[1]");
-        assert_eq!(std::fs::read_dir(&blocked).unwrap().count(), 1, "no temp left");
+        assert_eq!(
+            std::fs::read_dir(&blocked).unwrap().count(),
+            1,
+            "no temp left"
+        );
     }
 }

@@ -244,7 +244,10 @@ fn hostile_text_and_file_names_cannot_forge_lines_or_reach_the_terminal() {
         );
         for line in out.lines() {
             assert!(!line.starts_with(forged), "forged line: {out}");
-            assert!(!line.starts_with("  attached: invoice"), "forged line: {out}");
+            assert!(
+                !line.starts_with("  attached: invoice"),
+                "forged line: {out}"
+            );
         }
     };
 
@@ -253,7 +256,11 @@ fn hostile_text_and_file_names_cannot_forge_lines_or_reach_the_terminal() {
         .arg(&evil))));
     let out = ok(run(tp(&url, &hb, "bob").arg("inbox")));
     clean(&out);
-    assert_eq!(out.lines().filter(|l| l.starts_with('[')).count(), 1, "{out}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with('[')).count(),
+        1,
+        "{out}"
+    );
     assert!(out.contains(&format!("\n  | {forged}")), "{out}");
 
     // A file that fails verification names the sender's file in the

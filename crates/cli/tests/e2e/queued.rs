@@ -39,7 +39,8 @@ fn send_reports_an_earlier_queued_message_the_server_could_not_store() {
 
     let e = fails(run(tp(&url, &ha, "alice").args(["send", "bob", "now"])), 1);
     assert!(
-        e.contains("a message to bob queued earlier could not be sent") && e.contains("stay queued"),
+        e.contains("a message to bob queued earlier could not be sent")
+            && e.contains("stay queued"),
         "{e}"
     );
 

@@ -202,7 +202,11 @@ fn follow_notices_a_server_that_goes_silent_and_reconnects() {
     assert!(err.contains("no answer from the server"), "{err}");
     proxy.thaw();
     wait_for(&bob_err, "reconnected", 30);
-    ok(run(tp(&url, &ha, "alice").args(["send", "bob", "after the silence"])));
+    ok(run(tp(&url, &ha, "alice").args([
+        "send",
+        "bob",
+        "after the silence",
+    ])));
     wait_for(&bob_out, "alice: after the silence", 15);
     bob.kill().unwrap();
     bob.wait().unwrap();

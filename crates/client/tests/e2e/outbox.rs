@@ -71,7 +71,16 @@ async fn a_message_the_server_failed_to_store_stays_queued() {
     assert_eq!(alice.queued(), 2, "both still queued");
     // send_text reports what stopped it rather than a made-up disconnect.
     let e = alice.send_text(&bob_name, "third").await.unwrap_err();
-    assert!(matches!(e, Error::Server { code: ErrorCode::Internal, .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            Error::Server {
+                code: ErrorCode::Internal,
+                ..
+            }
+        ),
+        "{e}"
+    );
 
     // The disk is mended: everything goes, in order, once.
     c.execute("DROP TRIGGER broken_disk").await.unwrap();
