@@ -81,7 +81,9 @@ pub enum Command {
         #[arg(long, value_name = "NAME")]
         group: Option<String>,
         /// The recipient, then the message (words are joined with spaces).
-        #[arg(num_args = 1.., value_name = "TO TEXT")]
+        /// With --group, only the message.
+        // A Vec positional is optional to clap unless told otherwise.
+        #[arg(num_args = 1.., value_name = "TO TEXT", required_unless_present = "group")]
         words: Vec<String>,
         /// Attach a file (repeat for several); encrypted before it leaves.
         #[arg(long = "file", value_name = "PATH")]
@@ -179,7 +181,7 @@ pub enum GroupCommand {
     Create {
         /// The group's name.
         name: String,
-        /// Its first members.
+        /// Its first members (none: a group of one, to add to later).
         users: Vec<String>,
     },
     /// Add members (owners and admins).

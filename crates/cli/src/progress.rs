@@ -24,7 +24,7 @@ impl Progress for Bar {
             .unwrap_or_else(|_| ProgressStyle::default_bar())
             .progress_chars("=> "),
         );
-        bar.set_message(format!("{} {}", self.verb, crate::output::sanitize(name)));
+        bar.set_message(format!("{} {}", self.verb, crate::output::one_line(name)));
         bar.set_position(done);
         *self.bar.lock().expect("bar lock") = Some(bar);
     }

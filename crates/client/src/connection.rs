@@ -1,6 +1,7 @@
 //! The connection task and the [`Client`] handle to it.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::value::RawValue;
@@ -92,9 +93,11 @@ impl Client {
     /// [`Client::connect`] with TLS and safety options.
     ///
     /// # Errors
-    /// [`Error::Connect`] when the server cannot be reached, the URL is not
-    /// `ws://` or `wss://`, TLS fails, or the URL is plain `ws://` to a host
-    /// other than this machine without [`ConnectOptions::allow_insecure`].
+    /// [`Error::Connect`] when the server cannot be reached (or does not
+    /// finish the handshake within [`ConnectOptions::connect_timeout`]),
+    /// the URL is not `ws://` or `wss://`, TLS fails, or the URL is plain
+    /// `ws://` to a host other than this machine without
+    /// [`ConnectOptions::allow_insecure`].
     pub async fn connect_with(url: &str, options: &ConnectOptions) -> Result<(Client, Events)> {
         let fail = |reason: String| Error::Connect {
             url: url.to_owned(),
@@ -119,13 +122,23 @@ impl Client {
             .max_message_size(Some(MAX_FRAME))
             .max_frame_size(Some(MAX_FRAME))
             .read_buffer_size(16 * 1024);
-        let (ws, _) =
-            tokio_tungstenite::connect_async_tls_with_config(&full, Some(config), true, connector)
-                .await
-                .map_err(|e| fail(connect_reason(&e)))?;
+        // A server that accepts the TCP connection and then says nothing
+        // must not hold the caller forever.
+        let (ws, _) = tokio::time::timeout(
+            options.connect_timeout,
+            tokio_tungstenite::connect_async_tls_with_config(&full, Some(config), true, connector),
+        )
+        .await
+        .map_err(|_| {
+            fail(format!(
+                "no answer within {} s",
+                options.connect_timeout.as_secs_f32()
+            ))
+        })?
+        .map_err(|e| fail(connect_reason(&e)))?;
         let (tx, rx) = mpsc::channel(64);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(ws, rx, events_tx));
+        tokio::spawn(run(ws, rx, events_tx, options.idle_timeout));
         Ok((
             Client {
                 tx,
@@ -150,19 +163,22 @@ impl Client {
     /// [`Error::Server`].
     ///
     /// # Errors
-    /// [`Error::Server`], or [`Error::Disconnected`] when the connection ends
-    /// first.
+    /// [`Error::Server`], [`Error::Disconnected`] when the connection ends
+    /// first, or [`Error::Timeout`] after [`ConnectOptions::request_timeout`].
     pub async fn request(&self, msg: ClientMessage) -> Result<ServerMessage> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Command::Request { msg, reply })
             .await
             .map_err(|_| Error::Disconnected(None))?;
-        let answer = tokio::time::timeout(REQUEST_TIMEOUT, rx)
+        let answer = tokio::time::timeout(self.options.request_timeout, rx)
             .await
             .map_err(|_| Error::Timeout)?;
         match answer.map_err(|_| Error::Disconnected(None))?? {
-            ServerMessage::Error { code, message, .. } => Err(Error::Server { code, message }),
+            ServerMessage::Error { code, message, .. } => Err(Error::Server {
+                code,
+                message: crate::error::printable(&message),
+            }),
             other => Ok(other),
         }
     }
@@ -180,13 +196,34 @@ impl Client {
 }
 
 /// How to connect.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ConnectOptions {
     /// A PEM file of extra certificate authorities to trust for `wss://`
     /// (e.g. a server's self-signed certificate), besides the usual roots.
     pub ca_file: Option<std::path::PathBuf>,
     /// Allow unencrypted `ws://` to a host other than this machine.
     pub allow_insecure: bool,
+    /// How long connecting (TCP, TLS, the WebSocket handshake) may take.
+    pub connect_timeout: Duration,
+    /// How long a request waits for its answer.
+    pub request_timeout: Duration,
+    /// Silence after which the server counts as gone although the
+    /// connection is still open (a half-open TCP connection: the server's
+    /// machine vanished, a NAT forgot the mapping). The client pings every
+    /// third of it, so a live server always has something to answer.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        Self {
+            ca_file: None,
+            allow_insecure: false,
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+            idle_timeout: Duration::from_secs(30),
+        }
+    }
 }
 
 pub(crate) fn scheme_and_host(url: &str) -> Option<(&str, &str)> {
@@ -270,15 +307,21 @@ fn connect_reason(e: &tokio_tungstenite::tungstenite::Error) -> String {
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-/// How long a request waits for its answer.
-const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
-
 /// The connection task: the only owner of the socket.
 ///
 /// Writing happens in a sibling task fed by an unbounded queue, so this
 /// task always keeps reading: a client and a server that both send large
 /// frames at once can never each wait for the other to read.
-async fn run(ws: Ws, mut commands: mpsc::Receiver<Command>, events: mpsc::UnboundedSender<Event>) {
+///
+/// It pings the server every third of `idle`, and ends the connection
+/// (as lost, with a reason) when nothing at all arrived for `idle`: TCP
+/// alone never notices a peer that vanished without closing.
+async fn run(
+    ws: Ws,
+    mut commands: mpsc::Receiver<Command>,
+    events: mpsc::UnboundedSender<Event>,
+    idle: Duration,
+) {
     let (mut sink, mut stream) = ws.split();
     let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Message>();
     let writer = tokio::spawn(async move {
@@ -295,6 +338,11 @@ async fn run(ws: Ws, mut commands: mpsc::Receiver<Command>, events: mpsc::Unboun
     let mut closed: Option<oneshot::Sender<()>> = None;
     let mut pending: HashMap<u64, oneshot::Sender<Result<ServerMessage>>> = HashMap::new();
     let mut next_rid: u64 = 1;
+    let every = (idle / 3).max(Duration::from_millis(10));
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let silence = tokio::time::sleep(idle);
+    tokio::pin!(silence);
     let reason = loop {
         tokio::select! {
             cmd = commands.recv(), if out_tx.is_some() => {
@@ -319,10 +367,21 @@ async fn run(ws: Ws, mut commands: mpsc::Receiver<Command>, events: mpsc::Unboun
                     None => out_tx = None,
                 }
             }
-            () = tokio::time::sleep(std::time::Duration::from_secs(2)), if out_tx.is_none() => {
+            () = tokio::time::sleep(Duration::from_secs(2)), if out_tx.is_none() => {
                 break None;
             }
+            () = &mut silence => {
+                tracing::info!(idle_secs = idle.as_secs_f32(), "no answer from the server; counting the connection as lost");
+                break Some(format!("no answer from the server for {} s", idle.as_secs_f32()));
+            }
+            _ = ping.tick(), if out_tx.is_some() => {
+                if let Some(tx) = &out_tx {
+                    let _ = tx.send(Message::Ping(Default::default()));
+                }
+            }
             frame = stream.next() => {
+                // Anything at all, a pong included, shows the server is there.
+                silence.as_mut().reset(tokio::time::Instant::now() + idle);
                 let text = match frame {
                     Some(Ok(Message::Text(t))) => t,
                     Some(Ok(Message::Close(c))) => break c.map(|c| c.reason.to_string()).filter(|r| !r.is_empty()),

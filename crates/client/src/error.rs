@@ -79,5 +79,14 @@ impl Error {
     }
 }
 
+/// Text from the server (an error's sentence) with control characters
+/// replaced, so it cannot carry escape sequences or extra lines into
+/// whatever shows it.
+pub(crate) fn printable(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect()
+}
+
 /// This crate's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -3,9 +3,14 @@
 //!
 //! Upload: the file is hashed and its type recognised from its content;
 //! a fresh [`FileKey`] seals it chunk by chunk as it streams to the server.
-//! The key, blob id and hash are remembered in `uploads.json` until the
-//! message goes out, so an upload cut off resumes from the server's offset
-//! (the ciphertext is deterministic given the key), even in a later run.
+//! The key, blob id, hash and recipients are remembered in `uploads.json`
+//! until the message goes out, so an upload cut off resumes from the
+//! server's offset (the ciphertext is deterministic given the key), even in
+//! a later run. A remembered upload is resumed only for the same
+//! recipients (the blob is readable by them alone) and only when the file
+//! still hashes the same: resuming re-encrypts from the cut under the same
+//! key and nonces, which is safe only for the very same plaintext, so a
+//! changed file starts over with a fresh key.
 //!
 //! Download: the ciphertext streams into a hidden `.part` file in the
 //! download folder, resuming with `Range` after a cut. Only when all of it
@@ -25,7 +30,7 @@ use hyper::Method;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use telepound_crypto::stream::{CHUNK, FileKey, HEADER, TAG, blob_len, chunk_span, chunks};
-use telepound_crypto::{Attachment, ImageSize};
+use telepound_crypto::{Attachment, ImageSize, SecretBytes};
 use telepound_protocol::UserName;
 use telepound_protocol::blob::{CreateBlob, CreatedBlob};
 use telepound_protocol::message::B64;
@@ -72,16 +77,29 @@ pub struct Outgoing {
     /// SHA-256 of the content.
     pub sha256: B64,
     /// The file key (secret; this file is readable only by its owner).
-    key: B64,
+    key: SecretBytes,
     /// The blob header (version and nonce prefix).
     header: B64,
     /// The server's blob id, once created.
     pub blob_id: Option<String>,
+    /// Who the blob is for (sorted), as told to the server at creation.
+    #[serde(default)]
+    pub recipients: Vec<UserName>,
 }
 
 impl Outgoing {
     fn file_key(&self) -> Result<FileKey> {
         Ok(FileKey::from_parts(&self.key.0, &self.header.0)?)
+    }
+
+    /// Forgets the blob and takes a fresh key: what was sent under the old
+    /// key is never continued with other plaintext or for other readers.
+    fn start_over(&mut self) {
+        let key = FileKey::generate();
+        self.key = SecretBytes::new(key.key_bytes().to_vec());
+        self.header = B64(key.header().to_vec());
+        self.blob_id = None;
+        self.recipients = Vec::new();
     }
 
     /// The descriptor that travels inside the encrypted message.
@@ -158,10 +176,19 @@ fn inspect(path: &Path) -> Result<Outgoing> {
         media_type: media_type.to_owned(),
         image,
         sha256: B64(hasher.finalize().to_vec()),
-        key: B64(key.key_bytes().to_vec()),
+        key: SecretBytes::new(key.key_bytes().to_vec()),
         header: B64(key.header().to_vec()),
         blob_id: None,
+        recipients: Vec::new(),
     })
+}
+
+/// `recipients` sorted and without repeats, as remembered.
+fn recipient_set(recipients: &[UserName]) -> Vec<UserName> {
+    let mut r = recipients.to_vec();
+    r.sort();
+    r.dedup();
+    r
 }
 
 /// Uploads in progress, remembered so they resume in a later run.
@@ -178,55 +205,61 @@ impl Uploads {
     /// When it exists but cannot be read.
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("uploads.json");
-        let items = match std::fs::read(&path) {
-            Ok(b) => serde_json::from_slice(&b).unwrap_or_default(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => return Err(Error::io(format!("cannot read {}", path.display()), e)),
-        };
+        let items = read_uploads(&path)?;
         Ok(Self { path, items })
     }
 
-    fn save(&self) -> Result<()> {
-        crate::history::write_atomic(
-            &self.path,
-            &serde_json::to_vec(&self.items).expect("serialises"),
-        )
+    /// Changes the file under its lock, from its current content (another
+    /// process of this user may be uploading too).
+    fn update(&mut self, change: impl FnOnce(&mut Vec<Outgoing>)) -> Result<()> {
+        let _lock = crate::state::lock(&self.path)?;
+        let mut items = read_uploads(&self.path)?;
+        change(&mut items);
+        let json = serde_json::to_vec(&items).map_err(|e| {
+            Error::io(
+                format!("cannot write {}", self.path.display()),
+                std::io::Error::other(e),
+            )
+        })?;
+        crate::state::write_atomic(&self.path, &json)?;
+        self.items = items;
+        Ok(())
     }
 
-    /// Prepares `file`, reusing an earlier unfinished upload of the same
-    /// unchanged file.
+    /// Prepares `file` for `recipients`, resuming an earlier unfinished
+    /// upload only if it was for the same recipients and the file still
+    /// has the same content (hashed again now); otherwise a fresh key.
     ///
     /// # Errors
     /// [`Error::File`] for a missing file, a folder, an unreadable file.
-    pub async fn prepare(&mut self, file: &Path) -> Result<Outgoing> {
+    pub async fn prepare(&mut self, file: &Path, recipients: &[UserName]) -> Result<Outgoing> {
         let path = std::fs::canonicalize(file).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => file_err(file, "no such file"),
             _ => file_err(file, e),
         })?;
-        let meta = std::fs::metadata(&path).map_err(|e| file_err(file, e))?;
-        let modified = meta
-            .modified()
-            .ok()
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_nanos());
-        if let Some(o) = self
-            .items
-            .iter()
-            .find(|o| o.path == path && o.len == meta.len() && o.modified == modified)
-        {
-            return Ok(o.clone());
-        }
         let p = path.clone();
-        let o = tokio::task::spawn_blocking(move || inspect(&p))
+        let mut fresh = tokio::task::spawn_blocking(move || inspect(&p))
             .await
             .map_err(|e| file_err(file, e))??;
-        Ok(o)
+        let recipients = recipient_set(recipients);
+        self.items = read_uploads(&self.path)?;
+        if let Some(o) = self.items.iter().find(|o| {
+            o.path == path
+                && o.len == fresh.len
+                && o.sha256 == fresh.sha256
+                && o.recipients == recipients
+        }) {
+            return Ok(o.clone());
+        }
+        fresh.recipients = recipients;
+        Ok(fresh)
     }
 
     fn remember(&mut self, o: &Outgoing) -> Result<()> {
-        self.items.retain(|x| x.path != o.path);
-        self.items.push(o.clone());
-        self.save()
+        self.update(|items| {
+            items.retain(|x| !(x.path == o.path && x.recipients == o.recipients));
+            items.push(o.clone());
+        })
     }
 
     /// Forgets an upload once its message is accepted.
@@ -234,8 +267,7 @@ impl Uploads {
     /// # Errors
     /// When the file cannot be written.
     pub fn forget(&mut self, blob_id: &str) -> Result<()> {
-        self.items.retain(|x| x.blob_id.as_deref() != Some(blob_id));
-        self.save()
+        self.update(|items| items.retain(|x| x.blob_id.as_deref() != Some(blob_id)))
     }
 
     /// Uploads `o` for `recipients` (creating the blob, or continuing it
@@ -255,15 +287,20 @@ impl Uploads {
     ) -> Result<Attachment> {
         let size = blob_len(o.len);
         let mut created_now = false;
+        let recipients = recipient_set(recipients);
+        if o.blob_id.is_some() && o.recipients != recipients {
+            // A blob only its first recipients may read: never reused.
+            o.start_over();
+        }
         loop {
             let id = match &o.blob_id {
                 Some(id) => id.clone(),
                 None => {
                     let body = serde_json::to_vec(&CreateBlob {
                         size,
-                        recipients: recipients.to_vec(),
+                        recipients: recipients.clone(),
                     })
-                    .expect("serialises");
+                    .map_err(|e| Error::Protocol(format!("blob creation request: {e}")))?;
                     let req = http
                         .request(Method::POST, "/v1/blobs", token)
                         .header(hyper::header::CONTENT_TYPE, "application/json")
@@ -280,11 +317,17 @@ impl Uploads {
                     let created: CreatedBlob = serde_json::from_slice(&bytes)
                         .map_err(|e| Error::Protocol(format!("blob creation answer: {e}")))?;
                     o.blob_id = Some(created.blob_id.clone());
+                    o.recipients = recipients.clone();
                     self.remember(o)?;
                     created_now = true;
                     created.blob_id
                 }
             };
+            // The id goes into a request path: it must be one (a server's
+            // odd answer must not reach the request builder's panic).
+            if !telepound_protocol::blob::valid_id(&id) {
+                return Err(Error::Protocol("the server gave an invalid file id".into()));
+            }
             let path = format!("/v1/blobs/{id}");
             let head = http
                 .send(
@@ -295,7 +338,7 @@ impl Uploads {
                 .await?;
             if head.resp.status() == hyper::StatusCode::NOT_FOUND && !created_now {
                 // Expired or withdrawn since the last try: start over.
-                o.blob_id = None;
+                o.start_over();
                 continue;
             }
             let mut offset = offset_of(&http::check(head).await?.resp)?;
@@ -330,6 +373,17 @@ impl Uploads {
                 .attachment()
                 .ok_or_else(|| Error::Protocol("upload without a blob id".into()));
         }
+    }
+}
+
+/// Reads `uploads.json`; a file that does not parse (it only remembers
+/// unfinished uploads) counts as empty.
+fn read_uploads(path: &Path) -> Result<Vec<Outgoing>> {
+    match crate::state::read_json(path) {
+        Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::InvalidData => {
+            Ok(Vec::new())
+        }
+        other => other,
     }
 }
 
@@ -438,7 +492,10 @@ pub async fn download(
     progress: Arc<dyn Progress>,
 ) -> Result<PathBuf> {
     if !telepound_protocol::blob::valid_id(&att.blob_id) {
-        return Err(file_err(Path::new(&att.name), "invalid file id"));
+        return Err(file_err(
+            Path::new(&safe_name(&att.name)),
+            "invalid file id",
+        ));
     }
     std::fs::create_dir_all(dir).map_err(|e| file_err(dir, e))?;
     let part = dir.join(format!(".telepound-{}.part", att.blob_id));
@@ -459,13 +516,17 @@ pub async fn download(
             .await
             .inspect_err(|_| progress.finish())?;
         let append = answer.resp.status() == hyper::StatusCode::PARTIAL_CONTENT;
-        let mut out = std::fs::OpenOptions::new()
-            .create(true)
+        let mut out = std::fs::OpenOptions::new();
+        out.create(true)
             .append(append)
             .write(true)
-            .truncate(!append)
-            .open(&part)
-            .map_err(|e| file_err(&part, e))?;
+            .truncate(!append);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            out.mode(0o600);
+        }
+        let mut out = out.open(&part).map_err(|e| file_err(&part, e))?;
         if !append {
             have = 0;
         }
@@ -517,10 +578,12 @@ pub async fn download(
 /// links it under a safe, unused name. Removes both on any failure.
 fn open_and_save(part: &Path, dir: &Path, att: &Attachment) -> Result<PathBuf> {
     let tmp = dir.join(format!(".telepound-{}.tmp", att.blob_id));
+    // The sender chose the name: only its safe form goes into errors.
+    let shown = safe_name(&att.name);
     let result = (|| -> Result<PathBuf> {
         let fail = |why: &str| {
             file_err(
-                Path::new(&att.name),
+                Path::new(&shown),
                 format!("failed verification ({why}); nothing was saved"),
             )
         };
@@ -532,13 +595,13 @@ fn open_and_save(part: &Path, dir: &Path, att: &Attachment) -> Result<PathBuf> {
         input
             .read_exact(&mut header)
             .map_err(|_| fail("truncated"))?;
-        let key = FileKey::from_parts(&att.key.0, &header).map_err(|_| fail("bad header"))?;
-        let mut out = std::fs::OpenOptions::new()
-            .create(true)
-            .write(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(|e| file_err(&tmp, e))?;
+        let key = FileKey::from_parts(&att.key.0, &header).map_err(|e| match e {
+            telepound_crypto::Error::NewerFileFormat(_) => {
+                file_err(Path::new(&shown), format!("{e}; nothing was saved"))
+            }
+            _ => fail("bad header"),
+        })?;
+        let mut out = create_private(&tmp).map_err(|e| file_err(&tmp, e))?;
         let mut hasher = Sha256::new();
         let mut sealed = vec![0u8; CHUNK + TAG];
         for i in 0..chunks(att.size) {
@@ -563,6 +626,29 @@ fn open_and_save(part: &Path, dir: &Path, att: &Attachment) -> Result<PathBuf> {
         let _ = std::fs::remove_file(part);
     }
     result
+}
+
+/// Creates `path` anew, readable only by the owner: never an existing file
+/// or whatever a planted link points to. A leftover of an earlier run (or
+/// anything else in its place) is removed first, once.
+fn create_private(path: &Path) -> std::io::Result<std::fs::File> {
+    let open = || {
+        let mut o = std::fs::OpenOptions::new();
+        o.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            o.mode(0o600);
+        }
+        o.open(path)
+    };
+    match open() {
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            std::fs::remove_file(path)?;
+            open()
+        }
+        other => other,
+    }
 }
 
 /// Links `tmp` into `dir` as `name`, or `name (1)`, `name (2)`, … : a hard
@@ -652,6 +738,79 @@ mod tests {
         let long = format!("{}.jpeg", "é".repeat(300));
         let s = safe_name(&long);
         assert!(s.len() <= MAX_NAME && s.ends_with(".jpeg"), "{s}");
+    }
+
+    /// `data` sealed as a complete `.part` in `dir`, and its descriptor.
+    fn sealed_part(dir: &Path, data: &[u8], version: u8) -> Attachment {
+        let key = FileKey::generate();
+        let blob_id = "AAAAAAAAAAAAAAAAAAAAAA".to_owned();
+        let mut blob = key.header().to_vec();
+        blob[0] = version;
+        let n = chunks(data.len() as u64);
+        for i in 0..n {
+            let start = i as usize * CHUNK;
+            let end = (start + CHUNK).min(data.len());
+            blob.extend(key.seal_chunk(i, &data[start..end], i + 1 == n).unwrap());
+        }
+        std::fs::write(dir.join(format!(".telepound-{blob_id}.part")), blob).unwrap();
+        Attachment {
+            blob_id,
+            key: SecretBytes::new(key.key_bytes().to_vec()),
+            size: data.len() as u64,
+            name: "evil\x1b[2J\nname.txt".into(),
+            media_type: "text/plain".into(),
+            sha256: B64(Sha256::digest(data).to_vec()),
+            image: None,
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn the_decrypted_file_is_private_and_never_follows_a_planted_link() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let att = sealed_part(dir.path(), b"secret text", 1);
+        let part = dir.path().join(format!(".telepound-{}.part", att.blob_id));
+        // Someone with write access to the folder plants the temporary name.
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        let tmp = dir.path().join(format!(".telepound-{}.tmp", att.blob_id));
+        std::os::unix::fs::symlink(&victim, &tmp).unwrap();
+        let saved = open_and_save(&part, dir.path(), &att).unwrap();
+        assert_eq!(std::fs::read(&saved).unwrap(), b"secret text");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+        let mode = std::fs::metadata(&saved).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        assert!(!tmp.exists() && !part.exists());
+    }
+
+    #[test]
+    fn a_newer_format_is_a_clear_error_with_a_safe_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let att = sealed_part(dir.path(), b"from the future", 9);
+        let part = dir.path().join(format!(".telepound-{}.part", att.blob_id));
+        let e = open_and_save(&part, dir.path(), &att)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("newer Telepound") && e.contains("upgrade"),
+            "{e}"
+        );
+        assert!(!e.contains('\x1b') && !e.contains('\n'), "{e:?}");
+        assert!(e.starts_with("evil[2Jname.txt: "), "{e}");
+        // A broken chunk names the file safely too.
+        let att = sealed_part(dir.path(), b"x", 1);
+        let mut bad = std::fs::read(&part).unwrap();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        std::fs::write(&part, bad).unwrap();
+        let e = open_and_save(&part, dir.path(), &att)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("evil[2Jname.txt: failed verification"),
+            "{e:?}"
+        );
     }
 
     #[test]

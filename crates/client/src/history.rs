@@ -11,7 +11,10 @@ use serde::{Deserialize, Serialize};
 use telepound_protocol::message::UnixMillis;
 use telepound_protocol::{MsgId, UserName};
 
+use crate::state::{self, OpenMode, open_private};
 use crate::{Error, Result};
+
+pub use crate::state::write_atomic;
 
 /// One history line.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,17 +81,25 @@ impl History {
     ///
     /// # Errors
     /// When the file cannot be written.
+    /// Only a record that was written counts as seen: after a failed write
+    /// the message is neither in history nor treated as a duplicate, so it
+    /// is shown (and recorded) when it comes again.
     pub fn append(&mut self, record: &Record) -> Result<bool> {
-        if !self.seen.insert((record.from.clone(), record.msg_id)) {
+        let key = (record.from.clone(), record.msg_id);
+        if self.seen.contains(&key) {
             return Ok(false);
         }
-        let mut line = serde_json::to_vec(record).expect("record serialises");
+        let ctx = || format!("cannot write {}", self.path.display());
+        let mut line =
+            serde_json::to_vec(record).map_err(|e| Error::io(ctx(), std::io::Error::other(e)))?;
         line.push(b'\n');
-        let mut f = open_private(&self.path, true)
-            .map_err(|e| Error::io(format!("cannot write {}", self.path.display()), e))?;
+        // Under the lock, so lines from two processes never interleave.
+        let _lock = state::lock(&self.path)?;
+        let mut f = open_private(&self.path, OpenMode::Append).map_err(|e| Error::io(ctx(), e))?;
         f.write_all(&line)
             .and_then(|()| f.sync_data())
-            .map_err(|e| Error::io(format!("cannot write {}", self.path.display()), e))?;
+            .map_err(|e| Error::io(ctx(), e))?;
+        self.seen.insert(key);
         Ok(true)
     }
 
@@ -106,37 +117,6 @@ impl History {
             Err(e) => Err(Error::io(format!("cannot read {}", self.path.display()), e)),
         }
     }
-}
-
-/// Opens a file readable only by its owner (mode 0600 on Unix).
-fn open_private(path: &Path, append: bool) -> std::io::Result<std::fs::File> {
-    let mut o = std::fs::OpenOptions::new();
-    o.create(true).write(true);
-    if append {
-        o.append(true);
-    } else {
-        o.truncate(true);
-    }
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        o.mode(0o600);
-    }
-    o.open(path)
-}
-
-/// Writes `bytes` to `path` atomically (temporary file, fsync, rename).
-///
-/// # Errors
-/// When any step fails.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let ctx = || format!("cannot write {}", path.display());
-    let mut f = open_private(&tmp, false).map_err(|e| Error::io(ctx(), e))?;
-    f.write_all(bytes)
-        .and_then(|()| f.sync_all())
-        .map_err(|e| Error::io(ctx(), e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(ctx(), e))
 }
 
 #[cfg(test)]
@@ -159,5 +139,28 @@ mod tests {
         let h = History::open(dir.path()).unwrap();
         assert!(h.contains(&rec.from, &rec.msg_id));
         assert_eq!(h.records().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_record_that_was_not_written_is_not_seen() {
+        let dir = tempfile::tempdir().unwrap();
+        let rec = Record {
+            dir: Direction::In,
+            msg_id: MsgId::new(),
+            from: UserName::new("alice").unwrap(),
+            server_ts: 1,
+            envelope: "{}".into(),
+        };
+        let mut h = History::open(dir.path()).unwrap();
+        // A folder where the file should be: every write fails.
+        std::fs::create_dir(dir.path().join("history.jsonl")).unwrap();
+        assert!(h.append(&rec).is_err());
+        assert!(
+            !h.contains(&rec.from, &rec.msg_id),
+            "marked seen before it was written"
+        );
+        std::fs::remove_dir(dir.path().join("history.jsonl")).unwrap();
+        assert!(h.append(&rec).unwrap(), "recorded when it comes again");
+        assert!(h.contains(&rec.from, &rec.msg_id));
     }
 }

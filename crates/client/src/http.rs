@@ -26,6 +26,7 @@ pub struct Http {
     port: u16,
     tls: Option<Arc<rustls::ClientConfig>>,
     authority: String,
+    connect_timeout: std::time::Duration,
 }
 
 impl std::fmt::Debug for Http {
@@ -66,6 +67,7 @@ impl Http {
             port,
             tls,
             authority,
+            connect_timeout: options.connect_timeout,
         })
     }
 
@@ -87,9 +89,13 @@ impl Http {
                 .parse()
                 .map_err(|_| fail("bad host".into()))?,
         );
-        let tcp = tokio::net::TcpStream::connect((self.host.as_str(), self.port))
-            .await
-            .map_err(|e| fail(e.to_string()))?;
+        let tcp = tokio::time::timeout(
+            self.connect_timeout,
+            tokio::net::TcpStream::connect((self.host.as_str(), self.port)),
+        )
+        .await
+        .map_err(|_| fail("no answer in time".into()))?
+        .map_err(|e| fail(e.to_string()))?;
         let _ = tcp.set_nodelay(true);
         let lost = |e: hyper::Error| Error::Disconnected(Some(e.to_string()));
         match &self.tls {
@@ -106,10 +112,13 @@ impl Http {
             Some(config) => {
                 let name = rustls::pki_types::ServerName::try_from(self.host.clone())
                     .map_err(|e| fail(e.to_string()))?;
-                let stream = tokio_rustls::TlsConnector::from(config.clone())
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| fail(e.to_string()))?;
+                let stream = tokio::time::timeout(
+                    self.connect_timeout,
+                    tokio_rustls::TlsConnector::from(config.clone()).connect(name, tcp),
+                )
+                .await
+                .map_err(|_| fail("no TLS handshake in time".into()))?
+                .map_err(|e| fail(e.to_string()))?;
                 let (mut sender, conn) =
                     hyper::client::conn::http1::handshake(TokioIo::new(stream))
                         .await
@@ -192,7 +201,7 @@ pub async fn check(answer: Answer) -> Result<Answer> {
     match serde_json::from_slice::<BlobError>(&body) {
         Ok(e) => Err(Error::Server {
             code: e.code,
-            message: e.message,
+            message: crate::error::printable(&e.message),
         }),
         Err(_) => Err(Error::Protocol(format!("HTTP {status}"))),
     }

@@ -30,12 +30,13 @@ pub mod link;
 pub mod outbox;
 pub mod pins;
 pub mod session;
+pub mod state;
 
 pub use backoff::Backoff;
 pub use connection::{Client, ConnectOptions, Event, Events};
 pub use error::{Error, Result};
 pub use files::{NoProgress, Progress};
-pub use link::{Link, Step, is_transient};
+pub use link::{Link, Step, is_refusal, is_transient};
 pub use session::{
     Inbound, Incoming, KeyStatus, Received, SendOutcome, Session, SyncPage, Verification,
 };

@@ -140,3 +140,57 @@ pub fn is_transient(e: &Error) -> bool {
         Some(ErrorCode::ShuttingDown | ErrorCode::RateLimited)
     )
 }
+
+/// Errors that mean a queued message can never be sent as it is, however
+/// often it is tried: the recipient has no account, the sender is not in
+/// the group, the server cannot read the request, or this user's own copy
+/// does not open. The outbox drops such a message (reporting it); every
+/// other error keeps it queued. Not transient errors ([`is_transient`])
+/// either: those are retried.
+pub fn is_refusal(e: &Error) -> bool {
+    use telepound_protocol::ErrorCode as C;
+    match e {
+        Error::UnknownUser(_) | Error::Crypto(_) => true,
+        Error::Server { code, .. } => matches!(
+            code,
+            C::UnknownUser | C::UnknownGroup | C::Malformed | C::SenderMismatch | C::BadKey
+        ),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use telepound_protocol::ErrorCode as C;
+
+    #[test]
+    fn only_definitive_refusals_drop_a_queued_message() {
+        let server = |code| Error::Server {
+            code,
+            message: String::new(),
+        };
+        for kept in [
+            server(C::Internal),
+            server(C::ShuttingDown),
+            server(C::RateLimited),
+            server(C::NotAuthenticated),
+            Error::Timeout,
+            Error::Disconnected(None),
+            Error::Protocol("odd answer".into()),
+            Error::io("history", std::io::Error::other("disk full")),
+        ] {
+            assert!(!is_refusal(&kept), "{kept:?}");
+        }
+        for dropped in [
+            server(C::UnknownUser),
+            server(C::UnknownGroup),
+            Error::UnknownUser(telepound_protocol::UserName::new("nobody").unwrap()),
+        ] {
+            assert!(
+                is_refusal(&dropped) && !is_transient(&dropped),
+                "{dropped:?}"
+            );
+        }
+    }
+}

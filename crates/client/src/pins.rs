@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use telepound_protocol::UserName;
 use telepound_protocol::message::{B64, PublicKeys};
 
-use crate::{Error, Result};
+use crate::Result;
 
 /// One pinned peer.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -50,17 +50,16 @@ impl PinStore {
     /// When the file exists but cannot be read or parsed.
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("pins.json");
-        let pins = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                Error::io(
-                    format!("cannot parse {}", path.display()),
-                    std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-                )
-            })?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-            Err(e) => return Err(Error::io(format!("cannot read {}", path.display()), e)),
-        };
+        let pins = crate::state::read_json(&path)?;
         Ok(Self { path, pins })
+    }
+
+    /// Changes the file under its lock, from its current content (another
+    /// process of this user may have pinned or accepted keys since).
+    fn update<R>(&mut self, change: impl FnOnce(&mut BTreeMap<String, Pin>) -> R) -> Result<R> {
+        let (pins, r) = crate::state::update_json(&self.path, change)?;
+        self.pins = pins;
+        Ok(r)
     }
 
     /// The pin of `user`, if any.
@@ -73,14 +72,23 @@ impl PinStore {
     /// # Errors
     /// When a new pin cannot be saved.
     pub fn check(&mut self, user: &UserName, key: &[u8; 32]) -> Result<PinCheck> {
-        match self.pins.get(user.as_str()) {
-            Some(p) if p.identity.0 == key => Ok(PinCheck::Match),
-            Some(_) => Ok(PinCheck::Changed),
-            None => {
-                self.set(user, key, false)?;
-                Ok(PinCheck::New)
-            }
+        if self
+            .pins
+            .get(user.as_str())
+            .is_some_and(|p| p.identity.0 == key)
+        {
+            return Ok(PinCheck::Match);
         }
+        // Anything else is decided on the file as it is now: another
+        // process may have pinned this peer, or accepted a new key.
+        self.update(|pins| match pins.get(user.as_str()) {
+            Some(p) if p.identity.0 == key => PinCheck::Match,
+            Some(_) => PinCheck::Changed,
+            None => {
+                pins.insert(user.as_str().to_owned(), new_pin(key, false));
+                PinCheck::New
+            }
+        })
     }
 
     /// Pins `key` for `user` (replacing any earlier pin) and saves.
@@ -88,16 +96,9 @@ impl PinStore {
     /// # Errors
     /// When the file cannot be written.
     pub fn set(&mut self, user: &UserName, key: &[u8; 32], verified: bool) -> Result<()> {
-        self.pins.insert(
-            user.as_str().to_owned(),
-            Pin {
-                identity: B64(key.to_vec()),
-                keys: None,
-                verified,
-                pinned_at: crate::session::now_ms(),
-            },
-        );
-        self.save()
+        self.update(|pins| {
+            pins.insert(user.as_str().to_owned(), new_pin(key, verified));
+        })
     }
 
     /// Remembers the full keys of a pinned peer (when they match the pin).
@@ -105,18 +106,26 @@ impl PinStore {
     /// # Errors
     /// When the file cannot be written.
     pub fn remember_keys(&mut self, user: &UserName, keys: &PublicKeys) -> Result<()> {
-        match self.pins.get_mut(user.as_str()) {
-            Some(p) if p.identity == keys.identity && p.keys.as_ref() != Some(keys) => {
-                p.keys = Some(keys.clone());
-                self.save()
-            }
-            _ => Ok(()),
+        let stale = |p: &Pin| p.identity == keys.identity && p.keys.as_ref() != Some(keys);
+        if !self.pins.get(user.as_str()).is_some_and(stale) {
+            return Ok(());
         }
+        self.update(|pins| {
+            if let Some(p) = pins.get_mut(user.as_str())
+                && stale(p)
+            {
+                p.keys = Some(keys.clone());
+            }
+        })
     }
+}
 
-    fn save(&self) -> Result<()> {
-        let json = serde_json::to_vec_pretty(&self.pins).expect("pins serialise");
-        crate::history::write_atomic(&self.path, &json)
+fn new_pin(key: &[u8; 32], verified: bool) -> Pin {
+    Pin {
+        identity: B64(key.to_vec()),
+        keys: None,
+        verified,
+        pinned_at: crate::session::now_ms(),
     }
 }
 

@@ -543,13 +543,7 @@ impl Session {
 
     /// Flushes the outbox and returns the outcome of `msg_id`.
     async fn flush_for(&mut self, msg_id: MsgId) -> Result<SendOutcome> {
-        let mut outcome = None;
-        for (pending, result) in self.flush_outbox().await? {
-            if pending.msg_id == msg_id {
-                outcome = Some(result?);
-            }
-        }
-        outcome.ok_or(Error::Disconnected(None))
+        outcome_in(self.flush_outbox().await?, msg_id)
     }
 
     async fn group_request(&self, msg: ClientMessage) -> Result<GroupInfo> {
@@ -726,13 +720,7 @@ impl Session {
     /// error the message is still in the outbox.
     pub async fn send_text(&mut self, to: &UserName, text: &str) -> Result<SendOutcome> {
         let msg_id = self.queue_text(to, text).await?;
-        let mut outcome = None;
-        for (pending, result) in self.flush_outbox().await? {
-            if pending.msg_id == msg_id {
-                outcome = Some(result?);
-            }
-        }
-        outcome.ok_or(Error::Disconnected(None))
+        outcome_in(self.flush_outbox().await?, msg_id)
     }
 
     /// Seals a text message and puts it in the outbox on disk; it is sent
@@ -791,7 +779,7 @@ impl Session {
     ) -> Result<Vec<Attachment>> {
         let mut prepared = Vec::with_capacity(files.len());
         for f in files {
-            prepared.push(self.uploads.prepare(f).await?);
+            prepared.push(self.uploads.prepare(f, recipients).await?);
         }
         let http = self.http()?;
         let mut attachments = Vec::with_capacity(files.len());
@@ -841,13 +829,7 @@ impl Session {
             .upload_files(std::slice::from_ref(to), files, progress)
             .await?;
         let msg_id = self.queue_with_files(to, text, attachments).await?;
-        let mut outcome = None;
-        for (pending, result) in self.flush_outbox().await? {
-            if pending.msg_id == msg_id {
-                outcome = Some(result?);
-            }
-        }
-        outcome.ok_or(Error::Disconnected(None))
+        outcome_in(self.flush_outbox().await?, msg_id)
     }
 
     /// Downloads, verifies and saves an attachment into `dir` (resuming an
@@ -869,14 +851,23 @@ impl Session {
         self.outbox.len()
     }
 
-    /// Sends the outbox oldest first. A message the server refuses (an
-    /// unknown recipient) leaves the outbox with its error; a connection
-    /// error stops the flush, keeping the rest, and is returned.
+    /// Sends the outbox oldest first, including what other processes of
+    /// this user queued meanwhile (the file is read again first).
+    ///
+    /// - A message refused for good ([`crate::is_refusal`]: an unknown
+    ///   recipient, a group this user is no longer in) leaves the outbox
+    ///   and is listed with its error: tell the user.
+    /// - Any other failure keeps the message queued, to go out (once, same
+    ///   msg_id) on a later flush, and stops this one so that messages stay
+    ///   in order. A connection error ([`crate::is_transient`]) is returned
+    ///   as the `Err` when nothing was sent before it; anything else (the
+    ///   server failed to store it: `internal`) is the list's last entry,
+    ///   with the message still in the outbox.
     ///
     /// # Errors
-    /// A connection error; what was sent before it is in the `Ok` list of
-    /// a later flush no longer.
+    /// A connection error before anything was sent; the outbox file.
     pub async fn flush_outbox(&mut self) -> Result<Vec<(Pending, Result<SendOutcome>)>> {
+        self.outbox.reload()?;
         let mut done = Vec::new();
         while let Some(p) = self.outbox.first().cloned() {
             let sent = match &p.group {
@@ -886,6 +877,11 @@ impl Session {
             match sent {
                 Err(e) if crate::is_transient(&e) => {
                     return if done.is_empty() { Err(e) } else { Ok(done) };
+                }
+                Err(e) if !crate::is_refusal(&e) => {
+                    // Still queued; tried again by the next flush.
+                    done.push((p, Err(e)));
+                    return Ok(done);
                 }
                 result => {
                     self.outbox.remove(&p.msg_id)?;
@@ -1209,6 +1205,24 @@ impl Session {
         self.keys.insert(peer.clone(), keys);
         Ok(())
     }
+}
+
+/// The outcome of `msg_id` in a flush's list: its own result, or, when the
+/// flush stopped before it, the error that stopped it (the message is then
+/// still queued behind the one that failed).
+fn outcome_in(flushed: Vec<(Pending, Result<SendOutcome>)>, msg_id: MsgId) -> Result<SendOutcome> {
+    let mut stopped = None;
+    for (pending, result) in flushed {
+        if pending.msg_id == msg_id {
+            return result;
+        }
+        if let Err(e) = result
+            && !crate::is_refusal(&e)
+        {
+            stopped = Some(e);
+        }
+    }
+    Err(stopped.unwrap_or(Error::Disconnected(None)))
 }
 
 /// A safety number and what it was computed from.

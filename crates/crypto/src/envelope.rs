@@ -46,8 +46,8 @@ const SIG_LEN: usize = 64;
 pub struct Attachment {
     /// The server's id for the encrypted blob.
     pub blob_id: String,
-    /// The file's content key (32 bytes).
-    pub key: B64,
+    /// The file's content key (32 bytes); wiped from memory on drop.
+    pub key: SecretBytes,
     /// Plaintext size in bytes.
     pub size: u64,
     /// The name the sender gave it (untrusted; reduce before saving).
@@ -59,6 +59,43 @@ pub struct Attachment {
     /// Width and height, when the sender recognised an image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageSize>,
+}
+
+/// Secret bytes (a file key): base64 in JSON like [`B64`], wiped from
+/// memory when dropped, and never shown by `Debug`.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct SecretBytes(pub Zeroizing<Vec<u8>>);
+
+impl SecretBytes {
+    /// Wraps `bytes` (moved, not copied).
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Self(Zeroizing::new(bytes))
+    }
+}
+
+impl std::fmt::Debug for SecretBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SecretBytes(<{} bytes>)", self.0.len())
+    }
+}
+
+impl Serialize for SecretBytes {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use base64::Engine;
+        let text = Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(&*self.0));
+        s.serialize_str(&text)
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use base64::Engine;
+        let text = Zeroizing::new(String::deserialize(d)?);
+        base64::engine::general_purpose::STANDARD
+            .decode(text.as_bytes())
+            .map(Self::new)
+            .map_err(serde::de::Error::custom)
+    }
 }
 
 /// An image's dimensions in pixels.
@@ -396,6 +433,16 @@ impl Envelope {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_keys_travel_as_base64_and_never_show() {
+        let key = SecretBytes::new(vec![7u8; 32]);
+        let json = serde_json::to_string(&key).unwrap();
+        assert_eq!(json, serde_json::to_string(&B64(vec![7u8; 32])).unwrap());
+        let back: SecretBytes = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, key);
+        assert_eq!(format!("{key:?}"), "SecretBytes(<32 bytes>)");
+    }
 
     fn name(s: &str) -> UserName {
         UserName::new(s).unwrap()

@@ -22,7 +22,9 @@ pub mod opaque;
 pub mod safety;
 pub mod stream;
 
-pub use envelope::{Attachment, GroupEvent, GroupEventKind, ImageSize, OpenedMessage, Payload};
+pub use envelope::{
+    Attachment, GroupEvent, GroupEventKind, ImageSize, OpenedMessage, Payload, SecretBytes,
+};
 pub use identity::{Identity, PeerKeys};
 
 /// Everything that can go wrong in this crate.
@@ -48,6 +50,11 @@ pub enum Error {
         "message uses encryption suite {0:?}, which this client does not support; upgrade telepound"
     )]
     UnknownSuite(String),
+    /// A file blob in a format version newer than this client's.
+    #[error(
+        "the file was encrypted by a newer Telepound (file format {0}); upgrade telepound to open it"
+    )]
+    NewerFileFormat(u8),
     /// Decryption or signature verification failed.
     #[error("message failed authentication: {0}")]
     Tampered(&'static str),

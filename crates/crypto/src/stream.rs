@@ -56,13 +56,18 @@ impl FileKey {
     /// Rebuilds a key from its 32 bytes and a blob header.
     ///
     /// # Errors
-    /// [`Error::InvalidKey`] for a wrong length or an unknown version.
+    /// [`Error::NewerFileFormat`] for a version above this one's (made by a
+    /// newer client: upgrading helps), [`Error::InvalidKey`] for a wrong
+    /// length or a version that never existed.
     pub fn from_parts(key: &[u8], header: &[u8]) -> Result<Self> {
         let key: [u8; 32] = key
             .try_into()
             .map_err(|_| Error::InvalidKey("file key length"))?;
-        if header.len() != HEADER || header[0] != VERSION {
-            return Err(Error::InvalidKey("blob header"));
+        match header.first() {
+            _ if header.len() != HEADER => return Err(Error::InvalidKey("blob header")),
+            Some(&v) if v > VERSION => return Err(Error::NewerFileFormat(v)),
+            Some(&VERSION) => {}
+            _ => return Err(Error::InvalidKey("blob header")),
         }
         let mut prefix = [0u8; PREFIX];
         prefix.copy_from_slice(&header[1..]);
@@ -186,6 +191,20 @@ mod tests {
                 "{len}"
             );
         }
+    }
+
+    #[test]
+    fn a_newer_format_says_to_upgrade() {
+        let key = FileKey::generate();
+        let mut header = key.header();
+        header[0] = VERSION + 1;
+        let e = FileKey::from_parts(key.key_bytes(), &header).unwrap_err();
+        assert!(matches!(e, Error::NewerFileFormat(2)), "{e:?}");
+        assert!(e.to_string().contains("newer Telepound") && e.to_string().contains("upgrade"));
+        header[0] = 0;
+        let e = FileKey::from_parts(key.key_bytes(), &header).unwrap_err();
+        assert!(matches!(e, Error::InvalidKey(_)), "{e:?}");
+        assert!(FileKey::from_parts(key.key_bytes(), &header[..5]).is_err());
     }
 
     #[test]

@@ -270,6 +270,7 @@ impl RawConfig {
                 }),
                 ..WriterConfig::default()
             },
+            expiry_interval: Duration::from_secs(3600),
         })
     }
 }
@@ -335,6 +336,9 @@ pub struct Config {
     pub blob_ttl: Duration,
     /// Most members in a group.
     pub max_group_members: usize,
+    /// How often expired messages and files are deleted (an hour; not a
+    /// setting in the file, tests shorten it).
+    pub expiry_interval: Duration,
 }
 
 /// Abuse limits; each violation is refused with `rate_limited` or

@@ -249,7 +249,7 @@ impl<T> Drop for AbortOnDrop<T> {
 }
 
 async fn expire_loop(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(3600));
+    let mut tick = tokio::time::interval(shared.config.expiry_interval);
     loop {
         tick.tick().await;
         let now = crate::now_ms();

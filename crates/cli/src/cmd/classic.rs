@@ -14,6 +14,7 @@ use zeroize::Zeroizing;
 use super::inbox::{self, Style};
 use super::lines::Lines;
 use crate::args::ClientArgs;
+use crate::output::one_line;
 use telepound_client::{Link, Step, is_transient};
 
 fn prompt(text: &str) {
@@ -85,7 +86,9 @@ async fn on_step(link: &mut Link, step: Step) -> anyhow::Result<Vec<Received>> {
             }
         }
         Step::Lost(reason) => {
-            let why = reason.map(|r| format!(" ({r})")).unwrap_or_default();
+            let why = reason
+                .map(|r| format!(" ({})", one_line(&r)))
+                .unwrap_or_default();
             println!(
                 "Connection to the server lost{why}; reconnecting. Messages you type are kept and sent when it is back."
             );
@@ -133,7 +136,7 @@ pub async fn run(c: &ClientArgs) -> anyhow::Result<()> {
         };
         match UserName::new(name.trim()) {
             Ok(u) => break u,
-            Err(e) => println!("{e}"),
+            Err(e) => println!("{}", one_line(&e.to_string())),
         }
     };
     let password = if signup {
@@ -249,7 +252,7 @@ async fn chat(link: &mut Link, lines: &mut Lines, downloads: &Path) -> anyhow::R
                         continue;
                     }
                     Err(e) => {
-                        println!("Not sent: {e}");
+                        println!("Not sent: {}", one_line(&e.to_string()));
                         continue;
                     }
                 }
@@ -262,7 +265,7 @@ async fn chat(link: &mut Link, lines: &mut Lines, downloads: &Path) -> anyhow::R
                 continue;
             }
             Err(e @ ClientError::KeyChanged { .. }) => {
-                println!("Not sent. {e}");
+                println!("Not sent. {}", one_line(&e.to_string()));
                 continue;
             }
             Err(e) if is_transient(&e) => {
@@ -318,7 +321,7 @@ async fn send_to_group(
                     .filter(|u| *u != me)
                     .collect(),
                 Err(e) => {
-                    println!("Not sent: {e}");
+                    println!("Not sent: {}", one_line(&e.to_string()));
                     return Ok(());
                 }
             };
@@ -329,7 +332,7 @@ async fn send_to_group(
             {
                 Ok(a) => attachments = a,
                 Err(e) => {
-                    println!("Not sent: {e}");
+                    println!("Not sent: {}", one_line(&e.to_string()));
                     return Ok(());
                 }
             }
@@ -346,7 +349,7 @@ async fn send_to_group(
             return Ok(());
         }
         Err(e) => {
-            println!("Not sent: {e}");
+            println!("Not sent: {}", one_line(&e.to_string()));
             return Ok(());
         }
     }

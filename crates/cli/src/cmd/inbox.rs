@@ -10,8 +10,8 @@ use telepound_client::{Error as ClientError, Events, Inbound, Received, Session}
 
 use super::login_keeping_password;
 use crate::args::ClientArgs;
-use crate::output::{self, sanitize};
-use telepound_client::{Link, Step, is_transient};
+use crate::output::{self, one_line, sanitize};
+use telepound_client::{Link, Step, is_refusal, is_transient};
 
 /// How incoming messages are printed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,9 +96,10 @@ pub async fn download_all(session: &Session, r: &Received, dir: &Path, style: St
             }
             Ok(path) => crate::preview::show_saved(a, &path),
             Err(e) => eprintln!(
-                "telepound: warning: {} from {} was not saved: {e}",
-                sanitize(&a.name),
-                r.payload.sender
+                "telepound: warning: {} from {} was not saved: {}",
+                one_line(&a.name),
+                r.payload.sender,
+                one_line(&e.to_string())
             ),
         }
     }
@@ -135,7 +136,9 @@ pub async fn follow_live(
                 }
             }
             Step::Lost(reason) => {
-                let why = reason.map(|r| format!(" ({r})")).unwrap_or_default();
+                let why = reason
+                    .map(|r| format!(" ({})", one_line(&r)))
+                    .unwrap_or_default();
                 eprintln!("telepound: connection to the server lost{why}; reconnecting...");
             }
             Step::Restored => {
@@ -165,9 +168,8 @@ pub async fn follow_live(
 /// Sends what waits in the outbox (typed while disconnected, or left by
 /// an earlier run), saying what became of each.
 pub async fn report_flush(session: &mut Session, style: Style) -> anyhow::Result<()> {
-    if session.queued() == 0 {
-        return Ok(());
-    }
+    // Not skipped when this process's count says none: another process of
+    // this user (a `send`, a second `classic`) may have queued some.
     let flushed = session.flush_outbox().await?;
     for (pending, result) in flushed {
         let to = match &pending.group {
@@ -181,7 +183,13 @@ pub async fn report_flush(session: &mut Session, style: Style) -> anyhow::Result
                 "{to} is offline: the message is queued and will be delivered when they log in."
             ),
             Err(ClientError::UnknownUser(_)) => format!("Message to {to} not sent: User Not Found"),
-            Err(e) => format!("Message to {to} not sent: {e}"),
+            Err(e) if is_refusal(&e) => {
+                format!("Message to {to} not sent: {}", one_line(&e.to_string()))
+            }
+            Err(e) => format!(
+                "Message to {to} not sent yet ({}); it stays queued and is tried again.",
+                one_line(&e.to_string())
+            ),
         };
         if style == Style::Json {
             eprintln!("telepound: {line}");
@@ -318,7 +326,10 @@ pub fn show(inbound: &Inbound, style: Style) {
             } else {
                 "discarded"
             };
-            eprintln!("telepound: warning: a message from {from} was not shown ({what}): {reason}");
+            eprintln!(
+                "telepound: warning: a message from {from} was not shown ({what}): {}",
+                one_line(reason)
+            );
         }
     }
     let _ = out.flush();

@@ -20,6 +20,19 @@ mod serve;
 mod verify;
 mod who;
 
+/// A command line that makes no sense, found after clap parsed it: exits
+/// with the usage code (2), like clap's own errors.
+#[derive(Debug)]
+pub struct Usage(pub String);
+
+impl std::fmt::Display for Usage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Usage {}
+
 /// Runs the chosen command.
 pub async fn run(cli: crate::args::Cli) -> anyhow::Result<()> {
     let c = cli.client;
@@ -46,12 +59,16 @@ pub async fn run(cli: crate::args::Cli) -> anyhow::Result<()> {
             let (to, text) = match group {
                 Some(g) => (send::Target::Group(parse_group(&g)?), words.join(" ")),
                 None => {
-                    let (to, text) = words.split_first().expect("clap requires one word");
+                    // clap requires a word without --group; this is the
+                    // belt to its braces.
+                    let Some((to, text)) = words.split_first() else {
+                        return Err(Usage("send needs a recipient: send USER TEXT…".into()).into());
+                    };
                     (send::Target::User(parse_user(to)?), text.join(" "))
                 }
             };
             if text.is_empty() && files.is_empty() {
-                anyhow::bail!("nothing to send: give a message or --file");
+                return Err(Usage("nothing to send: give a message or --file".into()).into());
             }
             send::run(&c, to, &text, &files).await
         }
@@ -80,11 +97,22 @@ pub async fn run(cli: crate::args::Cli) -> anyhow::Result<()> {
 }
 
 /// The TLS and safety options given.
+/// `TELEPOUND_IDLE_TIMEOUT_SECS` sets how long a silent server is waited
+/// for before the connection counts as lost (default 30 s; tests shorten it).
 pub fn connect_options(c: &ClientArgs) -> telepound_client::ConnectOptions {
-    telepound_client::ConnectOptions {
+    let mut o = telepound_client::ConnectOptions {
         ca_file: c.ca_file.clone(),
         allow_insecure: c.allow_insecure,
+        ..Default::default()
+    };
+    if let Some(secs) = std::env::var("TELEPOUND_IDLE_TIMEOUT_SECS")
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s > 0.0)
+    {
+        o.idle_timeout = std::time::Duration::from_secs_f64(secs.min(86_400.0));
     }
+    o
 }
 
 /// Connects to the server with the TLS options given.

@@ -4,13 +4,16 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use telepound_client::{Backoff, Error as ClientError, Event};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use telepound_client::{Backoff, Error as ClientError, Event, Events, SendOutcome, Session};
 use tokio::time::Instant;
 
 use super::{connect_options, login_keeping_password};
 use crate::args::ClientArgs;
 use crate::output;
-use telepound_client::is_transient;
+use telepound_client::outbox::Pending;
+use telepound_client::{is_refusal, is_transient};
 use telepound_protocol::{GroupName, UserName};
 
 /// How long `send` waits for an online recipient's delivery receipt.
@@ -31,6 +34,14 @@ fn transient(e: &anyhow::Error) -> bool {
     e.chain()
         .filter_map(|c| c.downcast_ref::<ClientError>())
         .any(is_transient)
+}
+
+/// Who a queued message is for, as shown.
+fn queued_to(p: &Pending) -> String {
+    match &p.group {
+        Some(g) => format!("#{g}"),
+        None => p.to.to_string(),
+    }
 }
 
 /// Whom a message goes to.
@@ -56,10 +67,78 @@ pub async fn run(
     text: &str,
     files: &[std::path::PathBuf],
 ) -> anyhow::Result<()> {
-    let deadline = Instant::now() + retry_for();
-
-    let mut backoff = Backoff::default();
     let limit = retry_for();
+    let deadline = Instant::now() + limit;
+    let queued = AtomicBool::new(false);
+    // Everything up to the server's `accepted` is under the deadline:
+    // connecting, logging in, uploading, each request and every retry, so
+    // a server that accepts connections and never answers cannot hold a
+    // one-shot send (and a script waiting on it) for ever.
+    let sent = tokio::time::timeout_at(
+        deadline,
+        deliver(c, &to, text, files, deadline, limit, &queued),
+    )
+    .await;
+    let (session, mut events, outcome) = match sent {
+        Ok(r) => r?,
+        Err(_) => {
+            let what = if queued.load(Ordering::SeqCst) {
+                "the message stays queued and is sent (once) the next time telepound connects"
+            } else {
+                "nothing was sent"
+            };
+            return Err(anyhow::Error::new(ClientError::Timeout).context(format!(
+                "could not send within {} s (TELEPOUND_SEND_TIMEOUT_SECS); {what}",
+                limit.as_secs()
+            )));
+        }
+    };
+    println!(
+        "Sent to {to}: stored by the server at {} (id {}).",
+        output::stamp(outcome.server_ts),
+        outcome.msg_id
+    );
+    if matches!(to, Target::Group(_)) {
+        session.client().close().await;
+        return Ok(());
+    }
+    if !outcome.recipient_online {
+        println!("{to} is offline; the message waits in their mailbox until they log in.");
+        session.client().close().await;
+        return Ok(());
+    }
+    let delivered = tokio::time::timeout(DELIVERY_WAIT, async {
+        while let Some(ev) = events.recv().await {
+            if matches!(ev, Event::Delivered { msg_id, .. } if msg_id == outcome.msg_id) {
+                return true;
+            }
+        }
+        false
+    })
+    .await
+    .unwrap_or(false);
+    if delivered {
+        println!("Message Delivered");
+    } else {
+        println!("{to} has not confirmed it yet; it stays in their mailbox until they do.");
+    }
+    session.client().close().await;
+    Ok(())
+}
+
+/// Logs in, uploads the files, queues the message and sends it (with
+/// anything queued earlier), retrying connection failures until
+/// `deadline`; sets `queued` once the message is in the outbox.
+async fn deliver(
+    c: &ClientArgs,
+    to: &Target,
+    text: &str,
+    files: &[std::path::PathBuf],
+    deadline: Instant,
+    limit: Duration,
+    queued: &AtomicBool,
+) -> anyhow::Result<(Session, Events, SendOutcome)> {
+    let mut backoff = Backoff::default();
     let wait = |backoff: &mut Backoff, e: anyhow::Error| {
         let delay = backoff.next_delay();
         if Instant::now() + delay > deadline {
@@ -85,7 +164,7 @@ pub async fn run(
     // sent); an upload cut off resumes where it stopped on the next try.
     let mut attachments = Vec::new();
     if !files.is_empty() {
-        let recipients = match &to {
+        let recipients = match to {
             Target::User(u) => {
                 session.peer_keys(u).await?;
                 vec![u.clone()]
@@ -134,23 +213,47 @@ pub async fn run(
     }
     // Sealed once, with one msg_id, and kept on disk until the server has
     // it: every retry is the same message, stored once.
-    let msg_id = match &to {
+    let msg_id = match to {
         Target::User(u) => session.queue_with_files(u, text, attachments).await?,
         Target::Group(g) => session.queue_group(g, text, attachments, None).await?,
     };
+    queued.store(true, Ordering::SeqCst);
     let outcome = loop {
         match session.flush_outbox().await {
             Ok(flushed) => {
                 let mut mine = None;
+                let mut blocked = None;
                 for (pending, result) in flushed {
                     if pending.msg_id == msg_id {
                         mine = Some(result);
-                    } else if result.is_ok() {
-                        println!("Sent a message to {} queued earlier.", pending.to);
+                        continue;
+                    }
+                    let to = queued_to(&pending);
+                    match result {
+                        Ok(_) => println!("Sent a message to {to} queued earlier."),
+                        Err(e) if is_refusal(&e) => eprintln!(
+                            "telepound: warning: a message to {to} queued earlier was not sent and is dropped: {}",
+                            output::one_line(&e.to_string())
+                        ),
+                        // It stays queued, and ours behind it.
+                        Err(e) => blocked = Some((to, e)),
                     }
                 }
-                if let Some(result) = mine {
-                    break result?;
+                match (mine, blocked) {
+                    (Some(Ok(outcome)), _) => break outcome,
+                    (Some(Err(e)), _) if is_refusal(&e) => return Err(e.into()),
+                    (Some(Err(e)), _) => {
+                        return Err(anyhow::Error::new(e).context(
+                            "the server could not take the message; it stays queued and is sent (once) the next time telepound connects",
+                        ));
+                    }
+                    (None, Some((to, e))) => {
+                        return Err(anyhow::Error::new(e).context(format!(
+                            "a message to {to} queued earlier could not be sent, so yours waits behind it; both stay queued and are sent (once) the next time telepound connects"
+                        )));
+                    }
+                    // Cut off after sending some: go round again.
+                    (None, None) => {}
                 }
             }
             Err(e) if is_transient(&e) => {
@@ -173,35 +276,5 @@ pub async fn run(
             Err(e) => return Err(e.into()),
         }
     };
-    println!(
-        "Sent to {to}: stored by the server at {} (id {}).",
-        output::stamp(outcome.server_ts),
-        outcome.msg_id
-    );
-    if matches!(to, Target::Group(_)) {
-        session.client().close().await;
-        return Ok(());
-    }
-    if !outcome.recipient_online {
-        println!("{to} is offline; the message waits in their mailbox until they log in.");
-        session.client().close().await;
-        return Ok(());
-    }
-    let delivered = tokio::time::timeout(DELIVERY_WAIT, async {
-        while let Some(ev) = events.recv().await {
-            if matches!(ev, Event::Delivered { msg_id, .. } if msg_id == outcome.msg_id) {
-                return true;
-            }
-        }
-        false
-    })
-    .await
-    .unwrap_or(false);
-    if delivered {
-        println!("Message Delivered");
-    } else {
-        println!("{to} has not confirmed it yet; it stays in their mailbox until they do.");
-    }
-    session.client().close().await;
-    Ok(())
+    Ok((session, events, outcome))
 }

@@ -152,3 +152,139 @@ fn classic_attaches_files_and_asks_before_downloading() {
     );
     assert!(a.contains("is a folder, not a file"), "{a}");
 }
+
+#[test]
+fn inbox_download_without_a_folder_uses_the_documented_default() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&dir.path().join("data"));
+    let url = server.url.clone();
+    let (ha, hb) = (dir.path().join("a"), dir.path().join("b"));
+    ok(run(tp(&url, &ha, "alice").arg("signup")));
+    ok(run(tp(&url, &hb, "bob").arg("signup")));
+    let report = dir.path().join("report.bin");
+    let body: Vec<u8> = (0..3000u32).map(|i| (i % 249) as u8).collect();
+    std::fs::write(&report, &body).unwrap();
+    let send = || {
+        ok(run(tp(&url, &ha, "alice")
+            .args(["send", "bob", "the report", "--file"])
+            .arg(&report)));
+    };
+    // bob's environment: a home of his own, so the real one never counts.
+    let home = dir.path().join("bob-home");
+    std::fs::create_dir_all(home.join(".config")).unwrap();
+    let inbox = || {
+        let mut c = tp(&url, &hb, "bob");
+        c.args(["inbox", "--download"])
+            .env("HOME", &home)
+            .env("XDG_CONFIG_HOME", home.join(".config"))
+            .env_remove("TELEPOUND_DOWNLOAD_DIR");
+        c
+    };
+
+    // 1. TELEPOUND_DOWNLOAD_DIR.
+    send();
+    let chosen = dir.path().join("chosen");
+    let out = ok(run(inbox().env("TELEPOUND_DOWNLOAD_DIR", &chosen)));
+    assert!(out.contains("saved report.bin"), "{out}");
+    assert_eq!(std::fs::read(chosen.join("report.bin")).unwrap(), body);
+
+    // 2. Else the XDG download folder, in a telepound folder.
+    std::fs::write(
+        home.join(".config/user-dirs.dirs"),
+        "XDG_DOWNLOAD_DIR=\"$HOME/Fetched\"\n",
+    )
+    .unwrap();
+    send();
+    let out = ok(run(&mut inbox()));
+    assert!(out.contains("saved report.bin"), "{out}");
+    assert_eq!(
+        std::fs::read(home.join("Fetched/telepound/report.bin")).unwrap(),
+        body
+    );
+
+    // 3. Else TELEPOUND_HOME/USER/downloads.
+    std::fs::remove_file(home.join(".config/user-dirs.dirs")).unwrap();
+    send();
+    let out = ok(run(&mut inbox()));
+    assert!(out.contains("saved report.bin"), "{out}");
+    assert_eq!(
+        std::fs::read(hb.join("bob/downloads/report.bin")).unwrap(),
+        body
+    );
+}
+
+fn blob_paths(data: &std::path::Path) -> std::collections::BTreeSet<std::path::PathBuf> {
+    std::fs::read_dir(data.join("blobs"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|d| std::fs::read_dir(d.path()).into_iter().flatten().flatten())
+        .map(|e| e.path())
+        .collect()
+}
+
+#[test]
+fn hostile_text_and_file_names_cannot_forge_lines_or_reach_the_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = ServerProc::start(&data);
+    let url = server.url.clone();
+    let (ha, hb) = (dir.path().join("a"), dir.path().join("b"));
+    ok(run(tp(&url, &ha, "alice").arg("signup")));
+    ok(run(tp(&url, &hb, "bob").arg("signup")));
+    let forged = "[2026-01-01 00:00:00] mallory: wire me money";
+    let text = format!("hi\n{forged}\n  attached: invoice.pdf\x1b[2J\x1b]0;owned\x07\r\x08");
+    // Linux file names may hold escape sequences and newlines.
+    let evil = dir.path().join(format!("evil\x1b[31m\n{forged}.png"));
+    std::fs::write(&evil, PNG).unwrap();
+    let clean = |out: &str| {
+        assert!(
+            !out.contains(['\x1b', '\x07', '\r', '\x08']),
+            "control characters got through: {out:?}"
+        );
+        for line in out.lines() {
+            assert!(!line.starts_with(forged), "forged line: {out}");
+            assert!(
+                !line.starts_with("  attached: invoice"),
+                "forged line: {out}"
+            );
+        }
+    };
+
+    clean(&ok(run(tp(&url, &ha, "alice")
+        .args(["send", "bob", &text, "--file"])
+        .arg(&evil))));
+    let out = ok(run(tp(&url, &hb, "bob").arg("inbox")));
+    clean(&out);
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with('[')).count(),
+        1,
+        "{out}"
+    );
+    assert!(out.contains(&format!("\n  | {forged}")), "{out}");
+
+    // A file that fails verification names the sender's file in the
+    // warning: safely, on one line.
+    let before = blob_paths(&data);
+    ok(run(tp(&url, &ha, "alice")
+        .args(["send", "bob", "again", "--file"])
+        .arg(&evil)));
+    let new: Vec<_> = blob_paths(&data).difference(&before).cloned().collect();
+    assert_eq!(new.len(), 1);
+    let mut blob = std::fs::read(&new[0]).unwrap();
+    let last = blob.len() - 1;
+    blob[last] ^= 1;
+    std::fs::write(&new[0], blob).unwrap();
+    let o = run(tp(&url, &hb, "bob")
+        .args(["inbox", "--download-dir"])
+        .arg(dir.path().join("down")));
+    assert!(o.status.success(), "{}", stderr(&o));
+    clean(&stdout(&o));
+    let err = stderr(&o);
+    clean(&err);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains("was not saved") && err.contains("failed verification"),
+        "{err}"
+    );
+}

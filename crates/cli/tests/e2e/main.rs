@@ -6,6 +6,7 @@ mod crash;
 mod files;
 mod groups;
 mod load_crash;
+mod queued;
 mod reconnect;
 mod tls;
 mod util;

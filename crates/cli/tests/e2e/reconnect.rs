@@ -146,3 +146,68 @@ fn send_retries_within_its_limit_then_fails_clearly() {
     assert_eq!(out.matches("alice: eventually").count(), 1, "{out}");
     assert_eq!(out.matches("alice: first").count(), 1, "{out}");
 }
+
+#[test]
+fn send_gives_up_on_a_server_that_accepts_and_never_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    // A real listener that takes the connection and reads nothing: the
+    // WebSocket handshake never completes, no error ever comes.
+    let hole = Proxy::black_hole();
+    let start = Instant::now();
+    let e = fails(
+        run(tp(&hole.url(), &dir.path().join("a"), "alice")
+            .args(["send", "bob", "hello?"])
+            .env("TELEPOUND_SEND_TIMEOUT_SECS", "2")),
+        3,
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "took {:?}",
+        start.elapsed()
+    );
+    assert!(
+        e.contains("could not send within 2 s") && e.contains("nothing was sent"),
+        "{e}"
+    );
+}
+
+#[test]
+fn follow_notices_a_server_that_goes_silent_and_reconnects() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = ServerProc::start(&dir.path().join("data"));
+    let url = server.url.clone();
+    let (ha, hb) = (dir.path().join("a"), dir.path().join("b"));
+    ok(run(tp(&url, &ha, "alice").arg("signup")));
+    ok(run(tp(&url, &hb, "bob").arg("signup")));
+
+    // bob follows through a proxy that will stop forwarding without
+    // closing anything, as when the server's machine vanishes.
+    let proxy = Proxy::start(server.port());
+    let (bob_out, bob_err) = (dir.path().join("bob.out"), dir.path().join("bob.err"));
+    let mut bob = tp(&proxy.url(), &hb, "bob")
+        .args(["inbox", "--follow"])
+        .env("TELEPOUND_IDLE_TIMEOUT_SECS", "3")
+        .stdout(std::fs::File::create(&bob_out).unwrap())
+        .stderr(std::fs::File::create(&bob_err).unwrap())
+        .spawn()
+        .unwrap();
+    wait_for(&bob_out, "Waiting for messages", 10);
+    // A live server answers the client's pings: no false alarm meanwhile.
+    std::thread::sleep(Duration::from_secs(5));
+    let err = std::fs::read_to_string(&bob_err).unwrap();
+    assert!(!err.contains("lost"), "{err}");
+
+    proxy.freeze();
+    let err = wait_for(&bob_err, "connection to the server lost", 20);
+    assert!(err.contains("no answer from the server"), "{err}");
+    proxy.thaw();
+    wait_for(&bob_err, "reconnected", 30);
+    ok(run(tp(&url, &ha, "alice").args([
+        "send",
+        "bob",
+        "after the silence",
+    ])));
+    wait_for(&bob_out, "alice: after the silence", 15);
+    bob.kill().unwrap();
+    bob.wait().unwrap();
+}

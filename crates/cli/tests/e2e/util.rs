@@ -191,3 +191,129 @@ pub fn fails(o: Output, code: i32) -> String {
     assert!(err.starts_with("telepound: error: "), "{err}");
     err.trim_end().to_owned()
 }
+
+/// A TCP proxy on `127.0.0.1:0` in front of a server, that can go silent
+/// the way a vanished machine does: [`Proxy::freeze`] stops forwarding on
+/// every open connection for good while keeping them open (no FIN, no
+/// RST), and holds new ones unanswered until [`Proxy::thaw`]. Without a
+/// target it is a black hole: it accepts and never reads a byte.
+pub struct Proxy {
+    pub port: u16,
+    shared: std::sync::Arc<ProxyState>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    stop: std::sync::atomic::AtomicBool,
+    frozen: std::sync::atomic::AtomicBool,
+    /// The number the next accepted connection gets.
+    next_id: std::sync::atomic::AtomicU64,
+    /// Connections numbered below this were open at the last freeze.
+    dead_below: std::sync::atomic::AtomicU64,
+}
+
+impl Proxy {
+    /// Forwards to `127.0.0.1:target`.
+    pub fn start(target: u16) -> Proxy {
+        Self::spawn(Some(target))
+    }
+
+    /// Accepts connections and never reads from them.
+    pub fn black_hole() -> Proxy {
+        Self::spawn(None)
+    }
+
+    fn spawn(target: Option<u16>) -> Proxy {
+        use std::sync::atomic::Ordering::SeqCst;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let shared = std::sync::Arc::new(ProxyState::default());
+        let state = shared.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            while !state.stop.load(SeqCst) {
+                let Ok((client, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(10));
+                    continue;
+                };
+                let _ = client.set_nonblocking(false);
+                let id = state.next_id.fetch_add(1, SeqCst);
+                let Some(target) = target else {
+                    held.push(client);
+                    continue;
+                };
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target)) else {
+                    continue;
+                };
+                for (from, to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server, client),
+                ] {
+                    let state = state.clone();
+                    std::thread::spawn(move || pump(from, to, id, &state));
+                }
+            }
+        });
+        Proxy { port, shared }
+    }
+
+    pub fn url(&self) -> String {
+        format!("ws://127.0.0.1:{}", self.port)
+    }
+
+    /// Silences every connection open now, for good, and holds new ones.
+    pub fn freeze(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.shared.frozen.store(true, SeqCst);
+        let open = self.shared.next_id.load(SeqCst);
+        self.shared.dead_below.store(open, SeqCst);
+    }
+
+    /// Forwards new connections (and those held meanwhile) again.
+    pub fn thaw(&self) {
+        self.shared
+            .frozen
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to` until either closes; nothing while the proxy is
+/// frozen, and nothing ever again once a freeze silenced this connection.
+fn pump(mut from: std::net::TcpStream, mut to: std::net::TcpStream, id: u64, state: &ProxyState) {
+    use std::io::{Read, Write};
+    use std::sync::atomic::Ordering::SeqCst;
+    let _ = from.set_read_timeout(Some(Duration::from_millis(50)));
+    let mut buf = vec![0u8; 64 * 1024];
+    while !state.stop.load(SeqCst) {
+        if id < state.dead_below.load(SeqCst) || state.frozen.load(SeqCst) {
+            std::thread::sleep(Duration::from_millis(20));
+            continue;
+        }
+        match from.read(&mut buf) {
+            Ok(0) => {
+                let _ = to.shutdown(std::net::Shutdown::Write);
+                return;
+            }
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    return;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => return,
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.shared
+            .stop
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}

@@ -152,6 +152,22 @@ fn every_user_error_is_one_line_and_a_nonzero_exit() {
     let e = fails(run(tp(&url, &home, "alice").args(["who", "ghost"])), 4);
     assert!(e.contains("ghost"), "{e}");
 
+    // Bad command lines: one line and exit code 2, never a panic (a Vec
+    // positional is optional to clap unless it is told otherwise).
+    for (args, says) in [
+        (&["send"][..], "<TO TEXT>"),
+        (&["send", "--file", "x.png"], "<TO TEXT>"),
+        (&["send", "bob"], "nothing to send"),
+        (&["send", "--group"], "--group"),
+        (&["who"], "<USERS>"),
+        (&["group", "add", "team"], "<USERS>"),
+        (&["verify"], "<USER>"),
+        (&["frobnicate"], "unrecognized subcommand"),
+    ] {
+        let e = fails(run(tp(&url, &home, "alice").args(args)), 2);
+        assert!(e.contains(says), "{args:?}: {e}");
+    }
+
     let pwfile = dir.path().join("pw");
     std::fs::write(&pwfile, format!("{PASSWORD}\n")).unwrap();
     ok(run(tp(&url, &home, "alice")

@@ -143,8 +143,11 @@ async fn images_are_recognised_by_content() {
 /// Uploads a small file and returns a descriptor to forge names or hashes on.
 async fn uploaded(alice: &Session, to: &str, dir: &Path, len: usize) -> Attachment {
     let mut uploads = Uploads::load(dir).unwrap();
-    let mut o = uploads.prepare(&write(dir, "x.bin", len)).await.unwrap();
-    uploads
+    let mut o = uploads
+        .prepare(&write(dir, "x.bin", len), &[name(to)])
+        .await
+        .unwrap();
+    let a = uploads
         .upload(
             &alice.http().unwrap(),
             alice.token(),
@@ -153,7 +156,11 @@ async fn uploaded(alice: &Session, to: &str, dir: &Path, len: usize) -> Attachme
             Arc::new(NoProgress),
         )
         .await
-        .unwrap()
+        .unwrap();
+    // As queueing the message does: the next call is a new upload, even of
+    // the same bytes.
+    uploads.forget(&a.blob_id).unwrap();
+    a
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -408,7 +415,6 @@ async fn uploads_and_downloads_cut_off_resume_where_they_stopped() {
 
     // Upload, cut after 2 MiB.
     let mut uploads = Uploads::load(ha.path()).unwrap();
-    let mut o = uploads.prepare(&path).await.unwrap();
     let cut = Arc::new(CutAt {
         seen: AtomicU64::new(0),
         cut_at: 2 * 1024 * 1024,
@@ -416,6 +422,7 @@ async fn uploads_and_downloads_cut_off_resume_where_they_stopped() {
     });
     let http = alice.http().unwrap();
     let bob_only = [name("bob")];
+    let mut o = uploads.prepare(&path, &bob_only).await.unwrap();
     tokio::select! {
         r = uploads.upload(&http, alice.token(), &mut o, &bob_only, cut.clone()) => panic!("finished before the cut: {r:?}"),
         () = cut.hit.notified() => {}
@@ -424,7 +431,7 @@ async fn uploads_and_downloads_cut_off_resume_where_they_stopped() {
     assert!(after_cut > 0.0 && after_cut < total as f64, "{after_cut}");
     // The next try, even from a fresh start, continues from the server's offset.
     let mut uploads = Uploads::load(ha.path()).unwrap();
-    let mut o = uploads.prepare(&path).await.unwrap();
+    let mut o = uploads.prepare(&path, &bob_only).await.unwrap();
     assert!(o.blob_id.is_some(), "the unfinished upload was remembered");
     let first_id = o.blob_id.clone();
     let a = uploads
@@ -522,5 +529,115 @@ async fn a_stranger_cannot_fetch_even_with_the_id() {
     let plain = std::fs::read(files.path().join("x.bin")).unwrap();
     assert!(!contains(&stored, &plain[..64]));
     assert!(visible_files(down.path()).is_empty());
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfinished_upload_is_resumed_only_for_the_same_file_and_recipients() {
+    let server = spawn_server().await;
+    let url = server.url();
+    let (ha, hb, hc, files, down) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let (mut alice, _ae) = user(&url, "alice", ha.path()).await;
+    let (_bob, _be) = user(&url, "bob", hb.path()).await;
+    let (mut carol, mut ce) = user(&url, "carol", hc.path()).await;
+    let path = write(files.path(), "photo.bin", 100_000);
+    let bob_only = [name("bob")];
+
+    // Uploaded for bob, but the message never went out (a run cut short).
+    let for_bob = alice
+        .upload_files(&bob_only, std::slice::from_ref(&path), Arc::new(NoProgress))
+        .await
+        .unwrap()
+        .remove(0);
+    // The same file for carol is a blob carol may read, not bob's.
+    alice
+        .send_files(
+            &name("carol"),
+            "for carol",
+            std::slice::from_ref(&path),
+            Arc::new(NoProgress),
+        )
+        .await
+        .unwrap();
+    let for_carol = received(&mut carol, &mut ce).await.remove(0);
+    assert_ne!(for_carol.blob_id, for_bob.blob_id);
+    let saved = carol
+        .download(&for_carol, down.path(), Arc::new(NoProgress))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(saved).unwrap(), std::fs::read(&path).unwrap());
+
+    // bob's upload is still remembered, and resumed while the file is the same.
+    let mut uploads = Uploads::load(alice.dir()).unwrap();
+    let again = uploads.prepare(&path, &bob_only).await.unwrap();
+    assert_eq!(again.blob_id.as_deref(), Some(for_bob.blob_id.as_str()));
+
+    // Other content with the same size and modification time: resuming
+    // would seal different plaintext under the same key and nonces.
+    let modified = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[70_000] ^= 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(modified)
+        .unwrap();
+    let mut changed = uploads.prepare(&path, &bob_only).await.unwrap();
+    assert!(changed.blob_id.is_none(), "a changed file is not resumed");
+    let att = uploads
+        .upload(
+            &alice.http().unwrap(),
+            alice.token(),
+            &mut changed,
+            &bob_only,
+            Arc::new(NoProgress),
+        )
+        .await
+        .unwrap();
+    assert_ne!(att.key, for_bob.key, "a fresh key");
+    assert_ne!(att.blob_id, for_bob.blob_id);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfetched_file_is_deleted_by_the_expiry_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config(dir.path());
+    config.blob_ttl = std::time::Duration::from_secs(1);
+    config.expiry_interval = std::time::Duration::from_millis(200);
+    let server = spawn_server_with(config).await;
+    let url = server.url();
+    let (ha, hb, files, down) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let (alice, _ae) = user(&url, "alice", ha.path()).await;
+    let (bob, _be) = user(&url, "bob", hb.path()).await;
+    let a = uploaded(&alice, "bob", files.path(), 5000).await;
+    assert_eq!(blob_files(&server), 1);
+    // Nobody fetches it: the loop deletes the file and its record.
+    let start = std::time::Instant::now();
+    while blob_files(&server) > 0 {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(20),
+            "the expired file is still on disk"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let e = bob
+        .download(&a, down.path(), Arc::new(NoProgress))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NotFound), "{e}");
     server.stop().await;
 }

@@ -5,6 +5,7 @@ mod conversation;
 mod files;
 mod groups;
 mod keys;
+mod outbox;
 mod postgres;
 mod secrets;
 mod util;
