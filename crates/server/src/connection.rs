@@ -45,9 +45,10 @@ enum SyncState {
     Fetching {
         rid: Option<u64>,
         limit: u32,
-        /// A push arrived since the fetch began; the fetch may not include
-        /// it, so the answer must say there may be more.
-        dirty: bool,
+        /// The highest seq pushed since the fetch began: the fetch may not
+        /// include it, so if it is past the page, the answer must say there
+        /// may be more.
+        pushed: Option<i64>,
         fetch: BoxFuture<'static, store::Result<Vec<StoredEntry>>>,
     },
     /// Between pages: the client will ask for the next one. Pushes are
@@ -523,7 +524,7 @@ impl Connection {
         self.sync = SyncState::Fetching {
             rid,
             limit,
-            dirty: false,
+            pushed: None,
             fetch: fetch(&self.shared, user, after, limit),
         };
         Ok(())
@@ -531,7 +532,7 @@ impl Connection {
 
     async fn on_page(&mut self, page: store::Result<Vec<StoredEntry>>) -> Result<(), axum::Error> {
         let SyncState::Fetching {
-            rid, limit, dirty, ..
+            rid, limit, pushed, ..
         } = std::mem::replace(&mut self.sync, SyncState::Paging)
         else {
             unreachable!("a page arrives only while fetching")
@@ -548,7 +549,10 @@ impl Connection {
         for entry in &page {
             self.send_entry(entry).await?;
         }
-        let more = page.len() == limit as usize || dirty;
+        // Entries pushed during the fetch are in this page unless they are
+        // newer than its last one.
+        let last = page.last().map_or(self.cursor, |e| e.seq);
+        let more = page.len() == limit as usize || pushed.is_some_and(|seq| seq > last);
         if !more {
             self.sync = SyncState::Live;
             self.push_state.set(PushState::LIVE);
@@ -566,8 +570,8 @@ impl Connection {
         match out {
             Outbound::Entry(entry) => match &mut self.sync {
                 SyncState::Live if entry.seq > self.cursor => self.send_entry(&entry).await,
-                SyncState::Fetching { dirty, .. } => {
-                    *dirty = true;
+                SyncState::Fetching { pushed, .. } => {
+                    *pushed = Some(pushed.map_or(entry.seq, |p| p.max(entry.seq)));
                     Ok(())
                 }
                 _ => Ok(()),
