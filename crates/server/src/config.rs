@@ -46,8 +46,12 @@ pub struct RawConfig {
     pub idle_timeout_secs: Option<u64>,
     /// Seconds a login may take between its two messages (default 30).
     pub login_timeout_secs: Option<u64>,
-    /// Seconds to let connections finish on shutdown (default 10).
+    /// Seconds to let connections finish on shutdown, counted from the
+    /// stop request (default 10).
     pub shutdown_grace_secs: Option<u64>,
+    /// Seconds an HTTP request's headers may take to arrive, on a new
+    /// connection or between requests on a kept-alive one (default 10).
+    pub header_read_timeout_secs: Option<u64>,
     /// Weakest Argon2id parameters accepted for new accounts, as
     /// `m=KIB,t=N,p=N` (default `m=19456,t=2,p=1`).
     pub min_argon2: Option<String>,
@@ -102,7 +106,7 @@ impl RawConfig {
         merge_fields!(self, other; listen, data_dir, database, migrate, max_frame_bytes,
             message_ttl_days, session_ttl_hours, outbox, max_connections, max_in_flight,
             ping_interval_secs, idle_timeout_secs, login_timeout_secs, shutdown_grace_secs,
-            min_argon2, tls_cert, tls_key, tls_self_signed, max_connections_per_address,
+            header_read_timeout_secs, min_argon2, tls_cert, tls_key, tls_self_signed, max_connections_per_address,
             messages_per_second, message_burst, auth_timeout_secs, login_attempts_per_user,
             login_attempts_per_address, max_file_mib, quota_mib, blob_ttl_days, max_group_members)
     }
@@ -253,6 +257,11 @@ impl RawConfig {
                 self.shutdown_grace_secs,
                 10,
             )?),
+            header_read_timeout: Duration::from_secs(positive(
+                "header_read_timeout_secs",
+                self.header_read_timeout_secs,
+                10,
+            )?),
             writer: WriterConfig::default(),
         })
     }
@@ -301,8 +310,10 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Time allowed between `login_start` and `login_finish`.
     pub login_timeout: Duration,
-    /// Shutdown deadline for connections.
+    /// Shutdown deadline for connections, from the stop request.
     pub shutdown_grace: Duration,
+    /// Time an HTTP request's headers may take to arrive.
+    pub header_read_timeout: Duration,
     /// Group-commit writer tuning.
     pub writer: WriterConfig,
     /// Weakest Argon2id parameters accepted at sign-up.

@@ -17,14 +17,15 @@ use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use telepound_protocol::codec::{self, DecodeError};
 use telepound_protocol::{ClientMessage, ErrorCode, ServerMessage, UserName};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::handler::{self, HandlerError, Pending, login::PendingLogin};
 use crate::hub::{Member, Outbound, PushState};
 use crate::limits::Bucket;
-use crate::server::{AddressSlot, Shared};
+use crate::listener::Places;
+use crate::server::Shared;
 use crate::store::{self, EntryKind, StoredEntry};
 
 /// Buffered frames after which a busy connection writes out anyway.
@@ -100,13 +101,14 @@ impl Ending {
     }
 }
 
-/// Runs one connection until it closes. `_places` hold its place under the
-/// connection cap and the per-address cap for as long as it lives.
+/// Runs one connection until it closes. `_places` hold its TCP
+/// connection's place under the connection cap and the per-address cap for
+/// as long as it lives.
 pub async fn run(
     shared: Arc<Shared>,
     socket: WebSocket,
     peer: SocketAddr,
-    _places: (OwnedSemaphorePermit, AddressSlot),
+    _places: Arc<Places>,
 ) {
     let conn_id = shared.next_conn_id();
     let span = tracing::info_span!("conn", conn_id, %peer, user = tracing::field::Empty);

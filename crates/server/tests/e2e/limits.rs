@@ -7,10 +7,17 @@ use telepound_testkit::{http_get, metric, test_config};
 
 use crate::util::*;
 
+/// `/metrics`; a scrape is a connection too, so while a test holds the
+/// per-address cap it waits for a place.
 async fn metrics(server: &telepound_testkit::TestServer) -> String {
-    let (status, body) = http_get(server.addr, "/metrics").await;
-    assert_eq!(status, 200);
-    body
+    for _ in 0..100 {
+        let (status, body) = http_get(server.addr, "/metrics").await;
+        if status == 200 {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("/metrics never answered 200");
 }
 
 async fn eventually(server: &telepound_testkit::TestServer, series: &str, want: f64) {
@@ -87,13 +94,16 @@ async fn connections_per_address_are_capped() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(ok);
+    drop(_b);
     let m = metrics(&server).await;
-    assert_eq!(
+    // At least the refusal above (a retry may have come before the slot).
+    assert!(
         metric(
             &m,
             "telepound_connections_refused_total{reason=\"too_many_from_address\"}"
-        ),
-        Some(1.0)
+        )
+        .unwrap()
+            >= 1.0
     );
     server.stop().await;
 }
