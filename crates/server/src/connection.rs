@@ -31,6 +31,15 @@ use crate::store::{self, EntryKind, StoredEntry};
 /// Buffered frames after which a busy connection writes out anyway.
 const FLUSH_EVERY: usize = 64;
 
+/// Longest a goodbye (close frame) may take to write: a peer that does not
+/// read must not keep a connection that is ending.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What a write in progress gets beyond the peer's idle deadline. With
+/// [`CLOSE_TIMEOUT`], a half-open peer is gone at most `idle_timeout` plus
+/// these two after it last sent anything.
+const WRITE_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// WebSocket close codes used.
 mod close {
     pub const GOING_AWAY: u16 = 1001;
@@ -66,6 +75,9 @@ enum Event {
     Page(store::Result<Vec<StoredEntry>>),
     Frame(Option<Result<Message, axum::Error>>),
     Tick,
+    /// The peer has been silent for `idle_timeout`, or has not logged in
+    /// within `auth_timeout`.
+    Deadline,
 }
 
 /// Why the connection ended, for the log and the metrics.
@@ -230,24 +242,36 @@ impl Connection {
                     Ok(()) => Ok(()),
                     Err(ending) => return ending,
                 },
-                Event::Tick => {
-                    if self.last_heard.elapsed() > self.shared.config.idle_timeout {
-                        let _ = self.close(close::POLICY, "idle_timeout").await;
-                        return Ending::IdleTimeout;
-                    }
-                    if self.user.is_none()
-                        && self.connected_at.elapsed() > self.shared.config.limits.auth_timeout
-                    {
+                Event::Tick => self.send_frame(Message::Ping(Default::default())).await,
+                Event::Deadline => {
+                    if self.login_overdue() {
                         let _ = self.close(close::POLICY, "login_timeout").await;
                         return Ending::LoginTimeout;
                     }
-                    self.send_frame(Message::Ping(Default::default())).await
+                    let _ = self.close(close::POLICY, "idle_timeout").await;
+                    return Ending::IdleTimeout;
                 }
             };
             if step.is_err() {
                 return self.write_failed();
             }
         }
+    }
+
+    /// When this connection must have heard from its peer again (and, until
+    /// it logs in, when it must have logged in).
+    fn deadline(&self) -> Instant {
+        let idle = self.last_heard + self.shared.config.idle_timeout;
+        if self.user.is_none() {
+            idle.min(self.connected_at + self.shared.config.limits.auth_timeout)
+        } else {
+            idle
+        }
+    }
+
+    fn login_overdue(&self) -> bool {
+        self.user.is_none()
+            && self.connected_at.elapsed() >= self.shared.config.limits.auth_timeout
     }
 
     /// Why a write failed: the client was kicked for not reading, or the
@@ -270,6 +294,8 @@ impl Connection {
         max_in_flight: usize,
     ) -> Event {
         let syncing = matches!(self.sync, SyncState::Fetching { .. });
+        let reading = self.in_flight.len() < max_in_flight;
+        let deadline = tokio::time::Instant::from_std(self.deadline());
         tokio::select! {
                 biased;
             () = shutdown.cancelled() => Event::Shutdown,
@@ -277,10 +303,14 @@ impl Connection {
             Some(answer) = self.in_flight.next(), if !self.in_flight.is_empty() => Event::Answer(answer),
             // Frames before pushes: a steady stream of pushes must not
             // keep a client's requests (or pongs) unread.
-            frame = self.socket.recv(), if self.in_flight.len() < max_in_flight => Event::Frame(frame),
+            frame = self.socket.recv(), if reading => Event::Frame(frame),
             Some(out) = self.outbox_rx.recv() => Event::Push(out),
             page = poll_fetch(&mut self.sync), if syncing => Event::Page(page),
             _ = ping.tick() => Event::Tick,
+            // Checked on its own deadline, not on ping ticks (which could
+            // add a ping interval); not while the connection is not reading,
+            // since then the silence is its own.
+            () = tokio::time::sleep_until(deadline), if reading => Event::Deadline,
         }
     }
 
@@ -611,16 +641,17 @@ impl Connection {
             .await
     }
 
-    /// Sends one frame, giving up after the idle timeout: a peer that keeps
-    /// its TCP connection open but stops reading must not hold this task
-    /// (and its place under the connection cap) forever.
+    /// Sends one frame, giving up after the idle timeout (and at the peer's
+    /// idle deadline, plus [`WRITE_MARGIN`]): a peer that keeps its TCP
+    /// connection open but stops reading must not hold this task (and its
+    /// place under the connection cap) for long.
     ///
     /// A kick (this connection's outbox overflowed) also ends a write that
     /// is stuck: the connection is being dropped anyway.
     async fn send_frame(&mut self, frame: Message) -> Result<(), axum::Error> {
         self.unflushed += 1;
-        let flush = self.unflushed >= FLUSH_EVERY || matches!(frame, Message::Close(_));
-        let timeout = self.shared.config.idle_timeout;
+        let flush = self.unflushed >= FLUSH_EVERY;
+        let timeout = self.write_timeout();
         guarded(&self.kick, timeout, self.socket.feed(frame)).await?;
         if flush {
             self.flush().await?;
@@ -634,16 +665,40 @@ impl Connection {
             return Ok(());
         }
         self.unflushed = 0;
-        let timeout = self.shared.config.idle_timeout;
+        let timeout = self.write_timeout();
         guarded(&self.kick, timeout, self.socket.flush()).await
     }
 
+    /// How long the next write may take: the idle timeout, but no later
+    /// than a moment past the peer's idle deadline, so that a write stuck
+    /// on a vanished peer does not add another idle timeout.
+    fn write_timeout(&self) -> std::time::Duration {
+        let idle = self.shared.config.idle_timeout;
+        let until_deadline = (self.last_heard + idle).saturating_duration_since(Instant::now());
+        until_deadline.max(WRITE_MARGIN).min(idle)
+    }
+
+    /// Sends a close frame and whatever is buffered before it, best effort
+    /// and within [`CLOSE_TIMEOUT`] (whether or not the connection was
+    /// kicked: it is ending either way).
     async fn close(&mut self, code: u16, reason: &str) -> Result<(), axum::Error> {
-        self.send_frame(Message::Close(Some(CloseFrame {
+        let frame = Message::Close(Some(CloseFrame {
             code,
             reason: Utf8Bytes::from(reason.to_owned()),
-        })))
+        }));
+        self.unflushed = 0;
+        let socket = &mut self.socket;
+        tokio::time::timeout(CLOSE_TIMEOUT, async {
+            socket.feed(frame).await?;
+            socket.flush().await
+        })
         .await
+        .unwrap_or_else(|_| {
+            Err(axum::Error::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "close timed out",
+            )))
+        })
     }
 
     /// Lets requests in flight finish (their writes may already be
