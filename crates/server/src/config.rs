@@ -36,6 +36,11 @@ pub struct RawConfig {
     /// Pushes queued per connection before it is disconnected as too slow
     /// (default 1024: more than the receipts one acknowledged page makes).
     pub outbox: Option<usize>,
+    /// Bytes of pushes queued per connection before it is disconnected as
+    /// too slow (default 4 MiB; at least `max_frame_bytes`). Envelopes may
+    /// be up to a frame each, so the count alone would let one stuck reader
+    /// pin a gigabyte.
+    pub outbox_bytes: Option<usize>,
     /// Most connections at once (default 10000).
     pub max_connections: Option<usize>,
     /// Requests one connection may have in flight (default 128).
@@ -104,7 +109,7 @@ impl RawConfig {
     /// `other`'s values where set, else `self`'s.
     pub fn merge(self, other: RawConfig) -> RawConfig {
         merge_fields!(self, other; listen, data_dir, database, migrate, max_frame_bytes,
-            message_ttl_days, session_ttl_hours, outbox, max_connections, max_in_flight,
+            message_ttl_days, session_ttl_hours, outbox, outbox_bytes, max_connections, max_in_flight,
             ping_interval_secs, idle_timeout_secs, login_timeout_secs, shutdown_grace_secs,
             header_read_timeout_secs, min_argon2, tls_cert, tls_key, tls_self_signed, max_connections_per_address,
             messages_per_second, message_burst, auth_timeout_secs, login_attempts_per_user,
@@ -156,6 +161,10 @@ impl RawConfig {
             .unwrap_or(telepound_protocol::DEFAULT_MAX_FRAME);
         if max_frame < 4096 {
             return Err("max_frame_bytes must be at least 4096".into());
+        }
+        let outbox_bytes = self.outbox_bytes.unwrap_or(4 * 1024 * 1024);
+        if outbox_bytes < max_frame {
+            return Err("outbox_bytes must be at least max_frame_bytes".into());
         }
         let ping = positive("ping_interval_secs", self.ping_interval_secs, 10)?;
         let idle = positive("idle_timeout_secs", self.idle_timeout_secs, 30)?;
@@ -238,6 +247,7 @@ impl RawConfig {
                 positive("session_ttl_hours", self.session_ttl_hours, 168)? * 3600,
             ),
             outbox: positive("outbox", self.outbox.map(|v| v as u64), 1024)? as usize,
+            outbox_bytes,
             max_connections: positive(
                 "max_connections",
                 self.max_connections.map(|v| v as u64),
@@ -298,8 +308,10 @@ pub struct Config {
     pub message_ttl: Duration,
     /// How long resume tokens last.
     pub session_ttl: Duration,
-    /// Outbox capacity per connection.
+    /// Outbox capacity per connection, in pushes.
     pub outbox: usize,
+    /// Outbox capacity per connection, in bytes of pushes.
+    pub outbox_bytes: usize,
     /// Connection cap.
     pub max_connections: usize,
     /// In-flight request cap per connection.

@@ -519,6 +519,7 @@ impl Connection {
                 conn_id: self.conn_id,
                 tx: self.outbox_tx.clone(),
                 state: self.push_state.clone(),
+                outbox_bytes: self.shared.config.outbox_bytes,
                 kick: self.kick.clone(),
             },
         );
@@ -595,6 +596,7 @@ impl Connection {
     }
 
     async fn on_push(&mut self, out: Outbound) -> Result<(), axum::Error> {
+        self.push_state.release(out.cost());
         match out {
             Outbound::Entry(entry) => match &mut self.sync {
                 SyncState::Live if entry.seq > self.cursor => self.send_entry(&entry).await,

@@ -102,13 +102,10 @@ async fn a_vanished_tcp_peer_is_offline_at_once_and_others_keep_chatting() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn a_client_that_stops_reading_is_dropped_and_catches_up_later() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = telepound_testkit::test_config(dir.path());
-    config.outbox = 16;
-    config.limits.messages_per_second = 10_000;
-    config.limits.message_burst = 10_000;
+/// bob goes live on a connection with a tiny receive buffer and never
+/// reads again while alice sends 40 messages of 200 kB; he is cut off (not
+/// buffered without bound) and finds all of them in order later.
+async fn a_stuck_reader_is_dropped(config: telepound_server::Config) {
     let server = spawn_server_with(config).await;
     let url = server.url();
     let (ha, hb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -155,6 +152,33 @@ async fn a_client_that_stops_reading_is_dropped_and_catches_up_later() {
             .all(|(i, t)| t.starts_with(&format!("{i} ")))
     );
     server.stop().await;
+}
+
+fn stuck_reader_config(dir: &std::path::Path) -> telepound_server::Config {
+    let mut config = telepound_testkit::test_config(dir);
+    config.limits.messages_per_second = 10_000;
+    config.limits.message_burst = 10_000;
+    config
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_and_catches_up_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = stuck_reader_config(dir.path());
+    config.outbox = 16;
+    a_stuck_reader_is_dropped(config).await;
+}
+
+/// Regression: the outbox was capped only by count, so a reader stuck on
+/// large envelopes could pin up to a gigabyte (1024 × 1 MiB).
+#[tokio::test]
+async fn a_stuck_reader_is_dropped_when_its_outbox_holds_too_many_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = stuck_reader_config(dir.path());
+    // Room for every message by count; only the bytes can overflow.
+    config.outbox = 100_000;
+    config.outbox_bytes = config.max_frame;
+    a_stuck_reader_is_dropped(config).await;
 }
 
 #[tokio::test]
