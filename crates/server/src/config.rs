@@ -68,10 +68,13 @@ pub struct RawConfig {
     pub message_burst: Option<u32>,
     /// Seconds a connection may stay without logging in (default 30).
     pub auth_timeout_secs: Option<u64>,
-    /// Login or sign-up attempts a minute for one user name (default 10).
+    /// Login or resume attempts a minute for one user name (default 10).
     pub login_attempts_per_user: Option<u32>,
-    /// Login or sign-up attempts a minute from one address (default 60).
+    /// Login, resume or sign-up attempts a minute from one address
+    /// (default 60).
     pub login_attempts_per_address: Option<u32>,
+    /// Sign-ups an hour from one address (default 20).
+    pub signups_per_address: Option<u32>,
     /// Largest file accepted, in MiB (default 100).
     pub max_file_mib: Option<u64>,
     /// Storage per user for files not yet fetched by everyone, in MiB
@@ -113,7 +116,7 @@ impl RawConfig {
             ping_interval_secs, idle_timeout_secs, login_timeout_secs, shutdown_grace_secs,
             header_read_timeout_secs, min_argon2, tls_cert, tls_key, tls_self_signed, max_connections_per_address,
             messages_per_second, message_burst, auth_timeout_secs, login_attempts_per_user,
-            login_attempts_per_address, max_file_mib, quota_mib, blob_ttl_days, max_group_members)
+            login_attempts_per_address, signups_per_address, max_file_mib, quota_mib, blob_ttl_days, max_group_members)
     }
 
     /// Validates into a [`Config`], filling defaults.
@@ -219,6 +222,7 @@ impl RawConfig {
                 self.login_attempts_per_address,
                 60,
             )?,
+            signups_per_address: nonzero("signups_per_address", self.signups_per_address, 20)?,
         };
         let message_ttl_days = positive("message_ttl_days", self.message_ttl_days, 30)?;
         Ok(Config {
@@ -356,10 +360,12 @@ pub struct Limits {
     pub message_burst: u32,
     /// Time allowed before logging in.
     pub auth_timeout: Duration,
-    /// Login and sign-up attempts a minute per user name.
+    /// Login and resume attempts a minute per user name.
     pub login_attempts_per_user: u32,
-    /// Login and sign-up attempts a minute per address.
+    /// Login, resume and sign-up attempts a minute per address.
     pub login_attempts_per_address: u32,
+    /// Sign-ups an hour per address.
+    pub signups_per_address: u32,
 }
 
 impl Config {

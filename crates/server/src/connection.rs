@@ -131,6 +131,7 @@ pub async fn run(
         metrics.connections_open.fetch_add(1, Ordering::Relaxed);
         let mut conn = Connection::new(shared, socket, conn_id, peer);
         let ending = conn.serve().await;
+        conn.abandon_login();
         if let Some(m) = conn.membership.take() {
             m.leave().await;
         }
@@ -150,6 +151,8 @@ struct Connection {
     user: Option<UserName>,
     membership: Option<Membership>,
     pending_login: Option<PendingLogin>,
+    /// The name a `register_start` on this connection was answered for.
+    pending_registration: Option<UserName>,
     outbox_tx: mpsc::Sender<Outbound>,
     outbox_rx: mpsc::Receiver<Outbound>,
     push_state: Arc<PushState>,
@@ -188,6 +191,7 @@ impl Connection {
             user: None,
             membership: None,
             pending_login: None,
+            pending_registration: None,
             outbox_tx,
             outbox_rx,
             push_state: Arc::new(PushState::default()),
@@ -326,7 +330,7 @@ impl Connection {
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Ok(()),
             Some(Ok(Message::Binary(_))) => {
                 let e = ServerMessage::error(None, ErrorCode::BinaryFrame);
-                return self.write(&e).await.map_err(|_| Ending::WriteFailed);
+                return self.answer(e).await.map_err(|_| Ending::WriteFailed);
             }
             Some(Err(e)) => {
                 if is_too_big(&e) {
@@ -369,7 +373,7 @@ impl Connection {
                 ),
             );
             return self
-                .write(&e.reply(rid))
+                .answer(e.reply(rid))
                 .await
                 .map_err(|_| Ending::WriteFailed);
         }
@@ -386,8 +390,19 @@ impl Connection {
                     code: e.code(),
                     message: e.to_string(),
                 };
-                self.write(&reply).await.map_err(|_| Ending::WriteFailed)
+                self.answer(reply).await.map_err(|_| Ending::WriteFailed)
             }
+        }
+    }
+
+    /// Answers a request that needed no work, in its place: after the
+    /// answers to every request before it.
+    async fn answer(&mut self, reply: ServerMessage) -> Result<(), axum::Error> {
+        if self.in_flight.is_empty() {
+            self.write(&reply).await
+        } else {
+            self.in_flight.push_back(handler::ready(reply));
+            Ok(())
         }
     }
 
@@ -410,12 +425,23 @@ impl Connection {
     async fn on_unauthenticated(&mut self, msg: ClientMessage) -> ServerMessage {
         let shared = self.shared.clone();
         let rid = msg.rid();
+        if matches!(msg, ClientMessage::LoginStart { .. }) {
+            self.abandon_login();
+        }
         if let Err(e) = self.throttle(&msg) {
             return e.reply(rid);
         }
         let result = match msg {
             ClientMessage::RegisterStart { user, request, .. } => {
-                handler::register::start(&shared, rid, &user, &request.0).await
+                self.pending_registration = None;
+                let started = handler::register::start(&shared, rid, &user, &request.0).await;
+                if started.is_ok() {
+                    self.pending_registration = Some(user);
+                } else {
+                    // No challenge went out: nothing was attempted.
+                    shared.signups_by_address.refund(&self.peer.ip());
+                }
+                started
             }
             ClientMessage::RegisterFinish {
                 user,
@@ -425,7 +451,20 @@ impl Connection {
                 backup,
                 ..
             } => {
-                handler::register::finish(&shared, rid, user, &upload.0, ksf, keys, backup.0).await
+                if self.pending_registration.as_ref() != Some(&user) {
+                    Err(HandlerError::new(ErrorCode::NoRegistrationInProgress))
+                } else {
+                    self.pending_registration = None;
+                    let done =
+                        handler::register::finish(&shared, rid, user, &upload.0, ksf, keys, backup.0)
+                            .await;
+                    if done.is_ok() {
+                        // A sign-up is not a guess: only the hourly sign-up
+                        // budget keeps it.
+                        shared.login_by_address.refund(&self.peer.ip());
+                    }
+                    done
+                }
             }
             ClientMessage::LoginStart { user, request, .. } => {
                 match handler::login::start(&shared, rid, user, &request.0).await {
@@ -462,6 +501,7 @@ impl Connection {
                 match handler::login::resume(&shared, rid, user.clone(), &token.0).await {
                     Ok(reply) => {
                         self.shared.metrics.logins.inc("resumed");
+                        self.shared.login_by_user.refund(&user);
                         self.shared.login_by_address.refund(&self.peer.ip());
                         self.enter(user);
                         Ok(reply)
@@ -477,16 +517,30 @@ impl Connection {
         result.unwrap_or_else(|e| e.reply(rid))
     }
 
-    /// Login, resume and sign-up attempts are limited per address, and
-    /// login attempts per user name as well. OPAQUE puts the password work
-    /// on the client, so this limits online guessing, not server CPU. A
-    /// wrong password never reaches the server as such (the client gives
-    /// up after `login_challenge`), so every start is charged and a
-    /// successful login or resume refunds it.
+    /// A login that got its challenge but never finished (a new
+    /// `login_start`, or the connection ended) counts as failed: that is how
+    /// a wrong password looks from here, since the client notices it and
+    /// walks away without sending `login_finish`.
+    fn abandon_login(&mut self) {
+        if self.pending_login.take().is_some() {
+            self.shared.metrics.logins.inc("failed");
+            tracing::info!("login abandoned after its challenge (a wrong password)");
+        }
+    }
+
+    /// Login and resume attempts are limited per user name and per
+    /// address, `register_start` per address (as a login attempt, and
+    /// against the hourly sign-up budget). OPAQUE puts the password work on
+    /// the client, so this limits online guessing and mass sign-ups, not
+    /// server CPU. A wrong password never reaches the server as such (the
+    /// client gives up after `login_challenge`), so every start is charged
+    /// and a successful login or resume refunds it.
     fn throttle(&self, msg: &ClientMessage) -> Result<(), HandlerError> {
-        let user = match msg {
-            ClientMessage::LoginStart { user, .. } => Some(user),
-            ClientMessage::RegisterStart { .. } | ClientMessage::Resume { .. } => None,
+        let (user, signup) = match msg {
+            ClientMessage::LoginStart { user, .. } | ClientMessage::Resume { user, .. } => {
+                (Some(user), false)
+            }
+            ClientMessage::RegisterStart { .. } => (None, true),
             _ => return Ok(()),
         };
         let refuse = |what: &str, wait: u64| {
@@ -496,15 +550,25 @@ impl Connection {
                 format!("too many attempts {what}; try again in {wait} s"),
             )
         };
-        if let Err(wait) = self.shared.login_by_address.take(&self.peer.ip()) {
+        let ip = self.peer.ip();
+        if let Err(wait) = self.shared.login_by_address.take(&ip) {
             self.shared.metrics.limited.inc("login_address");
             return Err(refuse("from your address", wait));
         }
         if let Some(user) = user
             && let Err(wait) = self.shared.login_by_user.take(user)
         {
+            self.shared.login_by_address.refund(&ip);
             self.shared.metrics.limited.inc("login_user");
             return Err(refuse(&format!("to log in as {user}"), wait));
+        }
+        if signup && let Err(wait) = self.shared.signups_by_address.take(&ip) {
+            self.shared.login_by_address.refund(&ip);
+            self.shared.metrics.limited.inc("signup_address");
+            return Err(HandlerError::with(
+                ErrorCode::RateLimited,
+                format!("too many sign-ups from your address; try again in {wait} s"),
+            ));
         }
         Ok(())
     }
@@ -545,11 +609,11 @@ impl Connection {
                 ErrorCode::Malformed,
                 format!("sync needs after >= 0 and limit 1..={}", codec::MAX_PAGE),
             );
-            return self.write(&e.reply(rid)).await;
+            return self.answer(e.reply(rid)).await;
         }
         if matches!(self.sync, SyncState::Fetching { .. }) {
             let e = HandlerError::with(ErrorCode::Malformed, "a sync is already in progress");
-            return self.write(&e.reply(rid)).await;
+            return self.answer(e.reply(rid)).await;
         }
         self.push_state.set(PushState::SYNCING);
         self.cursor = after;

@@ -125,7 +125,12 @@ impl Default for Metrics {
             logins: LabeledCounter::new(&["ok", "failed", "throttled", "resumed"]),
             messages_accepted: AtomicU64::new(0),
             messages_delivered: AtomicU64::new(0),
-            limited: LabeledCounter::new(&["message_rate", "login_user", "login_address"]),
+            limited: LabeledCounter::new(&[
+                "message_rate",
+                "login_user",
+                "login_address",
+                "signup_address",
+            ]),
             disconnects: LabeledCounter::new(DISCONNECT_REASONS),
             blob_bytes_in: AtomicU64::new(0),
             blob_bytes_out: AtomicU64::new(0),

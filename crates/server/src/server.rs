@@ -54,6 +54,8 @@ pub struct Shared {
     pub login_by_user: Keyed<UserName>,
     /// Login and sign-up attempts per address.
     pub login_by_address: Keyed<IpAddr>,
+    /// Sign-ups (`register_start`s answered) per address, an hourly budget.
+    pub signups_by_address: Keyed<IpAddr>,
     /// Everything counted for `/metrics`.
     pub metrics: Arc<Metrics>,
     /// Blobs being uploaded right now.
@@ -148,6 +150,7 @@ pub async fn run(
         hub,
         login_by_user: Keyed::per_minute(config.limits.login_attempts_per_user),
         login_by_address: Keyed::per_minute(config.limits.login_attempts_per_address),
+        signups_by_address: Keyed::per_hour(config.limits.signups_per_address),
         metrics,
         uploading: Default::default(),
         config,

@@ -69,6 +69,8 @@ pub fn test_config(dir: &Path) -> Config {
     let mut c = Config::with_data_dir(dir);
     c.shutdown_grace = Duration::from_secs(5);
     c.min_ksf = FAST_KSF.parse().expect("valid ksf");
+    // Every test user signs up from 127.0.0.1.
+    c.limits.signups_per_address = 10_000;
     c
 }
 
