@@ -281,18 +281,44 @@ impl RawConfig {
     }
 }
 
-/// A database URL with any password replaced, safe to print.
+/// A database URL with any password replaced, safe to print: the one in
+/// `user:password@` and a `password=` query parameter (PostgreSQL accepts
+/// both).
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let creds = &url[scheme + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
+    let Some(scheme) = url.find("://") else {
+        return url.to_owned();
+    };
+    let start = scheme + 3;
+    let (main, query) = match url[start..].find('?') {
+        Some(q) => (&url[..start + q], Some(&url[start + q + 1..])),
+        None => (url, None),
+    };
+    let main = match main[start..].rfind('@') {
+        Some(at) => {
+            let at = start + at;
+            match main[start..at].split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &main[..start], &main[at..]),
+                None => main.to_owned(),
             }
         }
-        _ => url.to_owned(),
-    }
+        // An `@` only after the `?`: a password holding a raw `?` (not a
+        // valid URL, but it must not be printed either).
+        None if query.is_some_and(|q| q.contains('@')) => {
+            return format!("{}***", &url[..start]);
+        }
+        None => main.to_owned(),
+    };
+    let Some(query) = query else {
+        return main;
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{main}?{}", query.join("&"))
 }
 
 /// Validated configuration.
@@ -419,5 +445,40 @@ mod tests {
         .unwrap_err();
         assert!(!e.contains("hunter2"), "{e}");
         assert!(toml::from_str::<RawConfig>("bogus = 1").is_err());
+    }
+
+    #[test]
+    fn urls_are_printed_without_their_passwords() {
+        let cases = [
+            (
+                "postgres://app:hunter2@db.example/telepound",
+                "postgres://app:***@db.example/telepound",
+            ),
+            (
+                "postgres://app@db.example/telepound?password=hunter2",
+                "postgres://app@db.example/telepound?password=***",
+            ),
+            (
+                "postgresql://db.example/tp?sslmode=require&PASSWORD=hunter2&application_name=x",
+                "postgresql://db.example/tp?sslmode=require&PASSWORD=***&application_name=x",
+            ),
+            (
+                "postgres://app:hunter2@db/tp?password=hunter2",
+                "postgres://app:***@db/tp?password=***",
+            ),
+            // An @ inside the query's password is not the credentials' end.
+            (
+                "postgres://app@db/tp?password=hun@ter2",
+                "postgres://app@db/tp?password=***",
+            ),
+            ("postgres://app:hun?ter2@db/tp", "postgres://***"),
+            ("postgres://db/tp", "postgres://db/tp"),
+            ("sqlite://data/t.sqlite3", "sqlite://data/t.sqlite3"),
+        ];
+        for (url, want) in cases {
+            let got = redact_url(url);
+            assert_eq!(got, want, "{url}");
+            assert!(!got.contains("hunter2") && !got.contains("ter2"), "{got}");
+        }
     }
 }

@@ -1,5 +1,7 @@
-//! The PostgreSQL backend. Commits wait for the WAL flush (PostgreSQL's
-//! default `synchronous_commit = on`), so `accepted` follows a durable write.
+//! The PostgreSQL backend. Commits wait for the WAL flush
+//! (`synchronous_commit = on`, set on every connection the server makes, so
+//! a server-wide or per-database `off` cannot weaken it), so `accepted`
+//! follows a durable write.
 //!
 //! The server can run as a least-privilege application role: with
 //! `migrate = false` it only checks that the owner has run the migrations.
@@ -118,6 +120,15 @@ pub async fn grant_app_role(owner_url: &str, role: &str) -> Result<()> {
     Ok(())
 }
 
+/// The options the server connects to `url` with: the URL's, plus
+/// `synchronous_commit = on`, which `accepted` depends on.
+///
+/// # Errors
+/// A URL that does not parse.
+pub fn connect_options(url: &str) -> Result<PgConnectOptions> {
+    Ok(PgConnectOptions::from_str(url)?.options([("synchronous_commit", "on")]))
+}
+
 /// The PostgreSQL store.
 pub struct PgStore {
     pool: PgPool,
@@ -135,7 +146,7 @@ impl PgStore {
         writer: WriterConfig,
         listener: Arc<dyn CommitListener>,
     ) -> Result<Self> {
-        let opts = PgConnectOptions::from_str(url)?;
+        let opts = connect_options(url)?;
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .connect_with(opts.clone())
