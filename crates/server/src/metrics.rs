@@ -96,6 +96,9 @@ pub struct Metrics {
     pub logins: LabeledCounter,
     /// Messages stored durably (accepted).
     pub messages_accepted: AtomicU64,
+    /// Sends of a message already waiting (retries): answered `accepted`
+    /// again, stored once, not counted in `messages_accepted`.
+    pub messages_duplicate: AtomicU64,
     /// Messages acknowledged by their recipient (delivered).
     pub messages_delivered: AtomicU64,
     /// Requests refused by a limit, by limit.
@@ -124,6 +127,7 @@ impl Default for Metrics {
             ]),
             logins: LabeledCounter::new(&["ok", "failed", "throttled", "resumed"]),
             messages_accepted: AtomicU64::new(0),
+            messages_duplicate: AtomicU64::new(0),
             messages_delivered: AtomicU64::new(0),
             limited: LabeledCounter::new(&[
                 "message_rate",
@@ -214,6 +218,12 @@ impl Metrics {
             "telepound_messages_accepted_total",
             "Messages stored durably.",
             self.messages_accepted.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "telepound_messages_duplicate_total",
+            "Retried sends of a message already stored (answered, not stored again).",
+            self.messages_duplicate.load(Relaxed),
         );
         counter(
             &mut out,

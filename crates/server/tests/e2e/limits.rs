@@ -372,3 +372,37 @@ async fn metrics_count_a_conversation() {
     assert_eq!(http_get(server.addr, "/healthz").await.0, 200);
     server.stop().await;
 }
+
+/// Regression: a retried send (same msg_id) was answered with a new
+/// server_ts and counted as another accepted message.
+#[tokio::test]
+async fn a_retried_send_is_answered_as_the_first_and_counted_as_a_duplicate() {
+    let server = spawn_server().await;
+    let url = server.url();
+    let home = tempfile::tempdir().unwrap();
+    signup(&url, "alice").await;
+    signup(&url, "bob").await;
+    let (mut raw, _s) = Raw::logged_in(&url, "alice", home.path()).await;
+    let id = MsgId::new();
+    let send = |rid: u64| {
+        format!(
+            r#"{{"type":"send","rid":{rid},"msg_id":"{id}","from":"alice","to":"bob","envelope":{ENVELOPE}}}"#
+        )
+    };
+    let first = raw.recv_after(&send(1)).await;
+    assert_eq!(first["type"], "accepted", "{first}");
+    // Later, so a fresh timestamp would differ.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let again = raw.recv_after(&send(2)).await;
+    assert_eq!(
+        (again["type"].as_str(), again["rid"].as_u64()),
+        (Some("accepted"), Some(2)),
+        "{again}"
+    );
+    assert_eq!(again["server_ts"], first["server_ts"]);
+    let m = metrics(&server).await;
+    assert_eq!(metric(&m, "telepound_messages_accepted_total"), Some(1.0));
+    assert_eq!(metric(&m, "telepound_messages_duplicate_total"), Some(1.0));
+    assert_eq!(metric(&m, "telepound_mailbox_depth"), Some(1.0));
+    server.stop().await;
+}
