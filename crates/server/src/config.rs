@@ -445,6 +445,20 @@ mod tests {
         .unwrap_err();
         assert!(!e.contains("hunter2"), "{e}");
         assert!(toml::from_str::<RawConfig>("bogus = 1").is_err());
+        let e = RawConfig {
+            outbox_bytes: Some(1000),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.contains("outbox_bytes"), "{e}");
+        let e = RawConfig {
+            signups_per_address: Some(0),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.contains("signups_per_address"), "{e}");
     }
 
     #[test]

@@ -116,12 +116,7 @@ impl Ending {
 /// Runs one connection until it closes. `_places` hold its TCP
 /// connection's place under the connection cap and the per-address cap for
 /// as long as it lives.
-pub async fn run(
-    shared: Arc<Shared>,
-    socket: WebSocket,
-    peer: SocketAddr,
-    _places: Arc<Places>,
-) {
+pub async fn run(shared: Arc<Shared>, socket: WebSocket, peer: SocketAddr, _places: Arc<Places>) {
     let conn_id = shared.next_conn_id();
     let span = tracing::info_span!("conn", conn_id, %peer, user = tracing::field::Empty);
     async move {
@@ -274,8 +269,7 @@ impl Connection {
     }
 
     fn login_overdue(&self) -> bool {
-        self.user.is_none()
-            && self.connected_at.elapsed() >= self.shared.config.limits.auth_timeout
+        self.user.is_none() && self.connected_at.elapsed() >= self.shared.config.limits.auth_timeout
     }
 
     /// Why a write failed: the client was kicked for not reading, or the
@@ -455,9 +449,10 @@ impl Connection {
                     Err(HandlerError::new(ErrorCode::NoRegistrationInProgress))
                 } else {
                     self.pending_registration = None;
-                    let done =
-                        handler::register::finish(&shared, rid, user, &upload.0, ksf, keys, backup.0)
-                            .await;
+                    let done = handler::register::finish(
+                        &shared, rid, user, &upload.0, ksf, keys, backup.0,
+                    )
+                    .await;
                     if done.is_ok() {
                         // A sign-up is not a guess: only the hourly sign-up
                         // budget keeps it.

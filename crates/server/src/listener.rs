@@ -119,12 +119,7 @@ impl Incoming {
     /// Serves `listener`, with TLS when `tls` is set.
     pub fn new(listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>, caps: Caps) -> Self {
         let (tx, rx) = mpsc::channel(64);
-        let task = tokio::spawn(accept_loop(
-            listener,
-            tls.map(TlsAcceptor::from),
-            caps,
-            tx,
-        ));
+        let task = tokio::spawn(accept_loop(listener, tls.map(TlsAcceptor::from), caps, tx));
         Self {
             rx,
             _task: AbortOnDrop(task),

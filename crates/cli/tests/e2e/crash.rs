@@ -96,7 +96,11 @@ fn a_second_sigterm_exits_at_once() {
     // is taken.
     let start = Instant::now();
     while !server.log().contains("stop requested") {
-        assert!(start.elapsed() < Duration::from_secs(15), "{}", server.log());
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "{}",
+            server.log()
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(Duration::from_millis(200));

@@ -52,7 +52,11 @@ async fn server_runs_as_the_application_role() {
             .await
             .is_err()
     );
-    assert!(c.execute("CREATE TEMP TABLE scratch (x int)").await.is_err());
+    assert!(
+        c.execute("CREATE TEMP TABLE scratch (x int)")
+            .await
+            .is_err()
+    );
     c.close().await.unwrap();
 
     let dir = tempfile::tempdir().unwrap();

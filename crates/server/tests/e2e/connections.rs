@@ -25,7 +25,8 @@ async fn read_until_closed(s: &mut TcpStream, within: Duration) -> Option<String
         }
     })
     .await;
-    read.ok().map(|()| String::from_utf8_lossy(&got).into_owned())
+    read.ok()
+        .map(|()| String::from_utf8_lossy(&got).into_owned())
 }
 
 /// `/metrics` once the server has a free place for the request.
@@ -88,7 +89,12 @@ async fn idle_tcp_connections_count_toward_the_connection_cap() {
     drop(kept);
     let m = metrics_when_free(server.addr).await;
     assert!(
-        metric(&m, "telepound_connections_refused_total{reason=\"too_many\"}").unwrap() >= 3.0,
+        metric(
+            &m,
+            "telepound_connections_refused_total{reason=\"too_many\"}"
+        )
+        .unwrap()
+            >= 3.0,
         "{m}"
     );
     server.stop().await;

@@ -259,10 +259,7 @@ async fn resume_attempts_are_limited_per_user_name() {
         .recv_after(r#"{"type":"resume","rid":3,"user":"alice","token":"AAAAAAAA"}"#)
         .await;
     assert_eq!(v["code"], "rate_limited", "{v}");
-    assert!(
-        v["message"].as_str().unwrap().contains("as alice"),
-        "{v}"
-    );
+    assert!(v["message"].as_str().unwrap().contains("as alice"), "{v}");
     let v = raw
         .recv_after(r#"{"type":"resume","rid":4,"user":"bob","token":"AAAAAAAA"}"#)
         .await;
