@@ -262,3 +262,50 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
 pub fn sqlite_url(dir: &Path) -> DatabaseUrl {
     DatabaseUrl::Sqlite(dir.join("telepound.sqlite3"))
 }
+
+/// Starts an upload that never finishes: declares a 1 MB file from the
+/// holder of `token` for `recipient`, sends the `PATCH` headers and 4 KiB
+/// of the body, and returns the connection, held open by the caller.
+///
+/// # Panics
+/// When the server refuses the file.
+pub async fn hold_upload(addr: SocketAddr, token: &[u8], recipient: &str) -> tokio::net::TcpStream {
+    use base64::Engine;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let token = base64::engine::general_purpose::STANDARD.encode(token);
+    let size = 1_000_000;
+    let body = format!(r#"{{"size":{size},"recipients":["{recipient}"]}}"#);
+    let mut create = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    create
+        .write_all(
+            format!(
+                "POST /v1/blobs HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("write");
+    let mut created = String::new();
+    create.read_to_string(&mut created).await.expect("read");
+    assert!(created.starts_with("HTTP/1.1 201"), "{created}");
+    let id = created
+        .split("\"blob_id\":\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("a blob id");
+    let mut upload = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    upload
+        .write_all(
+            format!(
+                "PATCH /v1/blobs/{id} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n\
+                 Upload-Offset: 0\r\nContent-Length: {size}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("write");
+    upload.write_all(&[7u8; 4096]).await.expect("write");
+    upload
+}

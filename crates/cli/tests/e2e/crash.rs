@@ -74,15 +74,19 @@ fn sigterm_stops_the_server_gracefully() {
 /// swallowed, so an operator could not stop a server waiting out its grace.
 #[test]
 fn a_second_sigterm_exits_at_once() {
-    use std::io::Write;
     let dir = tempfile::tempdir().unwrap();
-    let mut server = ServerProc::start_with_config(
-        &dir.path().join("data"),
-        "shutdown_grace_secs = 300\nheader_read_timeout_secs = 300\n",
-    );
-    // Half a request keeps the graceful stop waiting for its deadline.
-    let mut half = std::net::TcpStream::connect(server.url.trim_start_matches("ws://")).unwrap();
-    half.write_all(b"GET /healthz HTTP/1.1\r\nHost: t").unwrap();
+    let mut server =
+        ServerProc::start_with_config(&dir.path().join("data"), "shutdown_grace_secs = 300\n");
+    // An upload in progress keeps the graceful stop waiting for its deadline.
+    let url = server.url.clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let home = dir.path().join("alice");
+    let _upload = rt.block_on(async {
+        telepound_testkit::signup(&url, "bob").await;
+        let (alice, _e) = telepound_testkit::user(&url, "alice", &home).await;
+        let addr = url.trim_start_matches("ws://").parse().unwrap();
+        telepound_testkit::hold_upload(addr, alice.token(), "bob").await
+    });
     let pid = server.child.id() as i32;
     let sigterm = || {
         // SAFETY: sending a signal to our own child process.
@@ -119,7 +123,6 @@ fn a_second_sigterm_exits_at_once() {
     };
     assert_eq!(status.code(), Some(1), "{status:?}");
     assert!(server.log().contains("stopped at once"), "{}", server.log());
-    drop(half);
 }
 
 #[test]

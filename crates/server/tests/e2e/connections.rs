@@ -176,49 +176,8 @@ async fn a_held_upload_or_a_half_sent_request_does_not_hold_up_a_stop() {
     let home = tempfile::tempdir().unwrap();
     signup(&url, "bob").await;
     let (alice, _events) = user(&url, "alice", home.path()).await;
-    let token = {
-        use base64::Engine;
-        base64::engine::general_purpose::STANDARD.encode(alice.token())
-    };
-
-    let size = 1_000_000;
-    let body = format!(r#"{{"size":{size},"recipients":["bob"]}}"#);
-    let mut create = TcpStream::connect(server.addr).await.unwrap();
-    create
-        .write_all(
-            format!(
-                "POST /v1/blobs HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n\
-                 Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
-    let created = read_until_closed(&mut create, Duration::from_secs(10))
-        .await
-        .unwrap();
-    assert!(created.starts_with("HTTP/1.1 201"), "{created}");
-    let id = created
-        .split("\"blob_id\":\"")
-        .nth(1)
-        .and_then(|r| r.split('"').next())
-        .unwrap()
-        .to_owned();
-
     // An upload that sends a little of its body and then holds.
-    let mut upload = TcpStream::connect(server.addr).await.unwrap();
-    upload
-        .write_all(
-            format!(
-                "PATCH /v1/blobs/{id} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n\
-                 Upload-Offset: 0\r\nContent-Length: {size}\r\n\r\n"
-            )
-            .as_bytes(),
-        )
-        .await
-        .unwrap();
-    upload.write_all(&[7u8; 4096]).await.unwrap();
+    let mut upload = telepound_testkit::hold_upload(server.addr, alice.token(), "bob").await;
     // A request that stops in the middle of its headers.
     let mut half = TcpStream::connect(server.addr).await.unwrap();
     half.write_all(b"GET /healthz HTTP/1.1\r\nHost: t\r\n")
