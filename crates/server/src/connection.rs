@@ -3,8 +3,10 @@
 //! The task owns the socket and `select!`s over: shutdown, being kicked (its
 //! outbox overflowed), answers of requests in flight, pushes from its
 //! bounded outbox, the next mailbox page while syncing, the next inbound
-//! frame, and the ping timer. Requests are answered in the order they
-//! arrived.
+//! frame, the ping timer, and the peer's deadline (silence for
+//! `idle_timeout`, or no login within `auth_timeout`). Requests are answered
+//! in the order they arrived, errors included; `synced` is sent when its page
+//! is read.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
