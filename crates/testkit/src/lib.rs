@@ -265,10 +265,12 @@ pub fn sqlite_url(dir: &Path) -> DatabaseUrl {
 
 /// Starts an upload that never finishes: declares a 1 MB file from the
 /// holder of `token` for `recipient`, sends the `PATCH` headers and 4 KiB
-/// of the body, and returns the connection, held open by the caller.
+/// of the body, waits until the server has received them (so the upload is
+/// surely in progress there), and returns the connection, held open by the
+/// caller.
 ///
 /// # Panics
-/// When the server refuses the file.
+/// When the server refuses the file or never receives the bytes.
 pub async fn hold_upload(addr: SocketAddr, token: &[u8], recipient: &str) -> tokio::net::TcpStream {
     use base64::Engine;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -295,6 +297,11 @@ pub async fn hold_upload(addr: SocketAddr, token: &[u8], recipient: &str) -> tok
         .nth(1)
         .and_then(|r| r.split('"').next())
         .expect("a blob id");
+    let bytes_in = || async {
+        let (_, m) = http_get(addr, "/metrics").await;
+        metric(&m, "telepound_blob_bytes_in_total").unwrap_or(0.0)
+    };
+    let before = bytes_in().await;
     let mut upload = tokio::net::TcpStream::connect(addr).await.expect("connect");
     upload
         .write_all(
@@ -307,5 +314,11 @@ pub async fn hold_upload(addr: SocketAddr, token: &[u8], recipient: &str) -> tok
         .await
         .expect("write");
     upload.write_all(&[7u8; 4096]).await.expect("write");
-    upload
+    for _ in 0..500 {
+        if bytes_in().await >= before + 4096.0 {
+            return upload;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the server never received the upload's first bytes");
 }
