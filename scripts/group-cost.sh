@@ -8,6 +8,7 @@ cargo build --release -q -p telepound-client --example group_cost
 dir=$(mktemp -d)
 cat >"$dir/config.toml" <<'TOML'
 login_attempts_per_address = 100000
+signups_per_address = 100000
 messages_per_second = 100000
 message_burst = 100000
 min_argon2 = "m=64,t=1,p=1"

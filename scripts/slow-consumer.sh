@@ -9,6 +9,7 @@ dir=$(mktemp -d)
 cat >"$dir/config.toml" <<'TOML'
 max_connections_per_address = 100000
 login_attempts_per_address = 100000
+signups_per_address = 100000
 messages_per_second = 100000
 message_burst = 100000
 min_argon2 = "m=64,t=1,p=1"

@@ -62,8 +62,10 @@ messages_per_second = 100000000
 message_burst = 100000000
 login_attempts_per_user = 100000000
 login_attempts_per_address = 100000000
+signups_per_address = 100000000
 max_in_flight = 1024
 outbox = 4096
+outbox_bytes = 67108864
 "#;
 
 /// A running system.

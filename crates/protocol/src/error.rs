@@ -29,6 +29,9 @@ pub enum ErrorCode {
     AuthFailed,
     /// `login_finish` without a `login_start` before it on this connection.
     NoLoginInProgress,
+    /// `register_finish` without a `register_start` for that name before it
+    /// on this connection.
+    NoRegistrationInProgress,
     /// A `from` field that is not the session's user.
     SenderMismatch,
     /// A public key, signature or OPAQUE message that does not decode.
@@ -79,6 +82,7 @@ impl ErrorCode {
             Self::UnknownUser => "unknown_user",
             Self::AuthFailed => "auth_failed",
             Self::NoLoginInProgress => "no_login_in_progress",
+            Self::NoRegistrationInProgress => "no_registration_in_progress",
             Self::SenderMismatch => "sender_mismatch",
             Self::BadKey => "bad_key",
             Self::InvalidToken => "invalid_token",
@@ -113,6 +117,9 @@ impl ErrorCode {
             Self::UnknownUser => "User Not Found",
             Self::AuthFailed => "wrong user name or password",
             Self::NoLoginInProgress => "no login in progress",
+            Self::NoRegistrationInProgress => {
+                "no sign-up in progress for that name: send register_start first"
+            }
             Self::SenderMismatch => "the sender is not the logged-in user",
             Self::BadKey => "invalid key material",
             Self::InvalidToken => "session expired; log in again",

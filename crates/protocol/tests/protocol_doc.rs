@@ -91,6 +91,7 @@ fn every_error_code_is_documented() {
         "unknown_user",
         "auth_failed",
         "no_login_in_progress",
+        "no_registration_in_progress",
         "sender_mismatch",
         "bad_key",
         "invalid_token",

@@ -278,8 +278,8 @@ pub async fn append(
     };
     // Its own task: when the client goes away hyper drops this handler,
     // but the upload must still record what arrived, or a resume would
-    // start over.
-    let task = tokio::spawn(async move {
+    // start over. Tracked, so a shutdown waits for that record.
+    let task = shared.tracker.clone().spawn(async move {
         let response = append_locked(&shared, &id, &me, &headers, body).await;
         drop(lock);
         shared.uploading.release(&id);

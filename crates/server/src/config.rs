@@ -36,6 +36,11 @@ pub struct RawConfig {
     /// Pushes queued per connection before it is disconnected as too slow
     /// (default 1024: more than the receipts one acknowledged page makes).
     pub outbox: Option<usize>,
+    /// Bytes of pushes queued per connection before it is disconnected as
+    /// too slow (default 4 MiB; at least `max_frame_bytes`). Envelopes may
+    /// be up to a frame each, so the count alone would let one stuck reader
+    /// pin a gigabyte.
+    pub outbox_bytes: Option<usize>,
     /// Most connections at once (default 10000).
     pub max_connections: Option<usize>,
     /// Requests one connection may have in flight (default 128).
@@ -46,8 +51,12 @@ pub struct RawConfig {
     pub idle_timeout_secs: Option<u64>,
     /// Seconds a login may take between its two messages (default 30).
     pub login_timeout_secs: Option<u64>,
-    /// Seconds to let connections finish on shutdown (default 10).
+    /// Seconds to let connections finish on shutdown, counted from the
+    /// stop request (default 10).
     pub shutdown_grace_secs: Option<u64>,
+    /// Seconds an HTTP request's headers may take to arrive, on a new
+    /// connection or between requests on a kept-alive one (default 10).
+    pub header_read_timeout_secs: Option<u64>,
     /// Weakest Argon2id parameters accepted for new accounts, as
     /// `m=KIB,t=N,p=N` (default `m=19456,t=2,p=1`).
     pub min_argon2: Option<String>,
@@ -59,10 +68,13 @@ pub struct RawConfig {
     pub message_burst: Option<u32>,
     /// Seconds a connection may stay without logging in (default 30).
     pub auth_timeout_secs: Option<u64>,
-    /// Login or sign-up attempts a minute for one user name (default 10).
+    /// Login or resume attempts a minute for one user name (default 10).
     pub login_attempts_per_user: Option<u32>,
-    /// Login or sign-up attempts a minute from one address (default 60).
+    /// Login, resume or sign-up attempts a minute from one address
+    /// (default 60).
     pub login_attempts_per_address: Option<u32>,
+    /// Sign-ups an hour from one address (default 20).
+    pub signups_per_address: Option<u32>,
     /// Largest file accepted, in MiB (default 100).
     pub max_file_mib: Option<u64>,
     /// Storage per user for files not yet fetched by everyone, in MiB
@@ -104,12 +116,12 @@ impl RawConfig {
     /// `other`'s values where set, else `self`'s.
     pub fn merge(self, other: RawConfig) -> RawConfig {
         merge_fields!(self, other; listen, data_dir, database, migrate, max_frame_bytes,
-            message_ttl_days, session_ttl_hours, outbox, max_connections, max_in_flight,
+            message_ttl_days, session_ttl_hours, outbox, outbox_bytes, max_connections, max_in_flight,
             ping_interval_secs, idle_timeout_secs, login_timeout_secs, shutdown_grace_secs,
-            min_argon2, tls_cert, tls_key, tls_self_signed, max_connections_per_address,
+            header_read_timeout_secs, min_argon2, tls_cert, tls_key, tls_self_signed, max_connections_per_address,
             messages_per_second, message_burst, auth_timeout_secs, login_attempts_per_user,
-            login_attempts_per_address, max_file_mib, quota_mib, blob_ttl_days, max_group_members,
-            ack_window_ms)
+            login_attempts_per_address, signups_per_address, max_file_mib, quota_mib, blob_ttl_days,
+            max_group_members, ack_window_ms)
     }
 
     /// Validates into a [`Config`], filling defaults.
@@ -157,6 +169,10 @@ impl RawConfig {
             .unwrap_or(telepound_protocol::DEFAULT_MAX_FRAME);
         if max_frame < 4096 {
             return Err("max_frame_bytes must be at least 4096".into());
+        }
+        let outbox_bytes = self.outbox_bytes.unwrap_or(4 * 1024 * 1024);
+        if outbox_bytes < max_frame {
+            return Err("outbox_bytes must be at least max_frame_bytes".into());
         }
         let ping = positive("ping_interval_secs", self.ping_interval_secs, 10)?;
         let idle = positive("idle_timeout_secs", self.idle_timeout_secs, 30)?;
@@ -211,6 +227,7 @@ impl RawConfig {
                 self.login_attempts_per_address,
                 60,
             )?,
+            signups_per_address: nonzero("signups_per_address", self.signups_per_address, 20)?,
         };
         let message_ttl_days = positive("message_ttl_days", self.message_ttl_days, 30)?;
         Ok(Config {
@@ -239,6 +256,7 @@ impl RawConfig {
                 positive("session_ttl_hours", self.session_ttl_hours, 168)? * 3600,
             ),
             outbox: positive("outbox", self.outbox.map(|v| v as u64), 1024)? as usize,
+            outbox_bytes,
             max_connections: positive(
                 "max_connections",
                 self.max_connections.map(|v| v as u64),
@@ -258,6 +276,11 @@ impl RawConfig {
                 self.shutdown_grace_secs,
                 10,
             )?),
+            header_read_timeout: Duration::from_secs(positive(
+                "header_read_timeout_secs",
+                self.header_read_timeout_secs,
+                10,
+            )?),
             writer: WriterConfig {
                 ack_window: Duration::from_millis(match self.ack_window_ms {
                     Some(ms) if ms > 10_000 => {
@@ -275,18 +298,44 @@ impl RawConfig {
     }
 }
 
-/// A database URL with any password replaced, safe to print.
+/// A database URL with any password replaced, safe to print: the one in
+/// `user:password@` and a `password=` query parameter (PostgreSQL accepts
+/// both).
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let creds = &url[scheme + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_owned(),
+    let Some(scheme) = url.find("://") else {
+        return url.to_owned();
+    };
+    let start = scheme + 3;
+    let (main, query) = match url[start..].find('?') {
+        Some(q) => (&url[..start + q], Some(&url[start + q + 1..])),
+        None => (url, None),
+    };
+    let main = match main[start..].rfind('@') {
+        Some(at) => {
+            let at = start + at;
+            match main[start..at].split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &main[..start], &main[at..]),
+                None => main.to_owned(),
             }
         }
-        _ => url.to_owned(),
-    }
+        // An `@` only after the `?`: a password holding a raw `?` (not a
+        // valid URL, but it must not be printed either).
+        None if query.is_some_and(|q| q.contains('@')) => {
+            return format!("{}***", &url[..start]);
+        }
+        None => main.to_owned(),
+    };
+    let Some(query) = query else {
+        return main;
+    };
+    let query: Vec<String> = query
+        .split('&')
+        .map(|pair| match pair.split_once('=') {
+            Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+            _ => pair.to_owned(),
+        })
+        .collect();
+    format!("{main}?{}", query.join("&"))
 }
 
 /// Validated configuration.
@@ -306,8 +355,10 @@ pub struct Config {
     pub message_ttl: Duration,
     /// How long resume tokens last.
     pub session_ttl: Duration,
-    /// Outbox capacity per connection.
+    /// Outbox capacity per connection, in pushes.
     pub outbox: usize,
+    /// Outbox capacity per connection, in bytes of pushes.
+    pub outbox_bytes: usize,
     /// Connection cap.
     pub max_connections: usize,
     /// In-flight request cap per connection.
@@ -318,8 +369,10 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// Time allowed between `login_start` and `login_finish`.
     pub login_timeout: Duration,
-    /// Shutdown deadline for connections.
+    /// Shutdown deadline for connections, from the stop request.
     pub shutdown_grace: Duration,
+    /// Time an HTTP request's headers may take to arrive.
+    pub header_read_timeout: Duration,
     /// Group-commit writer tuning.
     pub writer: WriterConfig,
     /// Weakest Argon2id parameters accepted at sign-up.
@@ -353,10 +406,12 @@ pub struct Limits {
     pub message_burst: u32,
     /// Time allowed before logging in.
     pub auth_timeout: Duration,
-    /// Login and sign-up attempts a minute per user name.
+    /// Login and resume attempts a minute per user name.
     pub login_attempts_per_user: u32,
-    /// Login and sign-up attempts a minute per address.
+    /// Login, resume and sign-up attempts a minute per address.
     pub login_attempts_per_address: u32,
+    /// Sign-ups an hour per address.
+    pub signups_per_address: u32,
 }
 
 impl Config {
@@ -410,5 +465,54 @@ mod tests {
         .unwrap_err();
         assert!(!e.contains("hunter2"), "{e}");
         assert!(toml::from_str::<RawConfig>("bogus = 1").is_err());
+        let e = RawConfig {
+            outbox_bytes: Some(1000),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.contains("outbox_bytes"), "{e}");
+        let e = RawConfig {
+            signups_per_address: Some(0),
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err();
+        assert!(e.contains("signups_per_address"), "{e}");
+    }
+
+    #[test]
+    fn urls_are_printed_without_their_passwords() {
+        let cases = [
+            (
+                "postgres://app:hunter2@db.example/telepound",
+                "postgres://app:***@db.example/telepound",
+            ),
+            (
+                "postgres://app@db.example/telepound?password=hunter2",
+                "postgres://app@db.example/telepound?password=***",
+            ),
+            (
+                "postgresql://db.example/tp?sslmode=require&PASSWORD=hunter2&application_name=x",
+                "postgresql://db.example/tp?sslmode=require&PASSWORD=***&application_name=x",
+            ),
+            (
+                "postgres://app:hunter2@db/tp?password=hunter2",
+                "postgres://app:***@db/tp?password=***",
+            ),
+            // An @ inside the query's password is not the credentials' end.
+            (
+                "postgres://app@db/tp?password=hun@ter2",
+                "postgres://app@db/tp?password=***",
+            ),
+            ("postgres://app:hun?ter2@db/tp", "postgres://***"),
+            ("postgres://db/tp", "postgres://db/tp"),
+            ("sqlite://data/t.sqlite3", "sqlite://data/t.sqlite3"),
+        ];
+        for (url, want) in cases {
+            let got = redact_url(url);
+            assert_eq!(got, want, "{url}");
+            assert!(!got.contains("hunter2") && !got.contains("ter2"), "{got}");
+        }
     }
 }

@@ -3,8 +3,10 @@
 //! The task owns the socket and `select!`s over: shutdown, being kicked (its
 //! outbox overflowed), answers of requests in flight, pushes from its
 //! bounded outbox, the next mailbox page while syncing, the next inbound
-//! frame, and the ping timer. Requests are answered in the order they
-//! arrived.
+//! frame, the ping timer, and the peer's deadline (silence for
+//! `idle_timeout`, or no login within `auth_timeout`). Requests are answered
+//! in the order they arrived, errors included; `synced` is sent when its page
+//! is read.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,18 +19,28 @@ use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use telepound_protocol::codec::{self, DecodeError};
 use telepound_protocol::{ClientMessage, ErrorCode, ServerMessage, UserName};
-use tokio::sync::{OwnedSemaphorePermit, mpsc};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::handler::{self, HandlerError, Pending, login::PendingLogin};
 use crate::hub::{Member, Outbound, PushState};
 use crate::limits::Bucket;
-use crate::server::{AddressSlot, Shared};
+use crate::listener::Places;
+use crate::server::Shared;
 use crate::store::{self, EntryKind, StoredEntry};
 
 /// Buffered frames after which a busy connection writes out anyway.
 const FLUSH_EVERY: usize = 64;
+
+/// Longest a goodbye (close frame) may take to write: a peer that does not
+/// read must not keep a connection that is ending.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What a write in progress gets beyond the peer's idle deadline. With
+/// [`CLOSE_TIMEOUT`], a half-open peer is gone at most `idle_timeout` plus
+/// these two after it last sent anything.
+const WRITE_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// WebSocket close codes used.
 mod close {
@@ -66,6 +78,9 @@ enum Event {
     Page(store::Result<Vec<StoredEntry>>),
     Frame(Option<Result<Message, axum::Error>>),
     Tick,
+    /// The peer has been silent for `idle_timeout`, or has not logged in
+    /// within `auth_timeout`.
+    Deadline,
 }
 
 /// Why the connection ended, for the log and the metrics.
@@ -101,14 +116,10 @@ impl Ending {
     }
 }
 
-/// Runs one connection until it closes. `_places` hold its place under the
-/// connection cap and the per-address cap for as long as it lives.
-pub async fn run(
-    shared: Arc<Shared>,
-    socket: WebSocket,
-    peer: SocketAddr,
-    _places: (OwnedSemaphorePermit, AddressSlot),
-) {
+/// Runs one connection until it closes. `_places` hold its TCP
+/// connection's place under the connection cap and the per-address cap for
+/// as long as it lives.
+pub async fn run(shared: Arc<Shared>, socket: WebSocket, peer: SocketAddr, _places: Arc<Places>) {
     let conn_id = shared.next_conn_id();
     let span = tracing::info_span!("conn", conn_id, %peer, user = tracing::field::Empty);
     async move {
@@ -118,6 +129,7 @@ pub async fn run(
         metrics.connections_open.fetch_add(1, Ordering::Relaxed);
         let mut conn = Connection::new(shared, socket, conn_id, peer);
         let ending = conn.serve().await;
+        conn.abandon_login();
         if let Some(m) = conn.membership.take() {
             m.leave().await;
         }
@@ -137,6 +149,8 @@ struct Connection {
     user: Option<UserName>,
     membership: Option<Membership>,
     pending_login: Option<PendingLogin>,
+    /// The name a `register_start` on this connection was answered for.
+    pending_registration: Option<UserName>,
     outbox_tx: mpsc::Sender<Outbound>,
     outbox_rx: mpsc::Receiver<Outbound>,
     push_state: Arc<PushState>,
@@ -175,6 +189,7 @@ impl Connection {
             user: None,
             membership: None,
             pending_login: None,
+            pending_registration: None,
             outbox_tx,
             outbox_rx,
             push_state: Arc::new(PushState::default()),
@@ -229,24 +244,35 @@ impl Connection {
                     Ok(()) => Ok(()),
                     Err(ending) => return ending,
                 },
-                Event::Tick => {
-                    if self.last_heard.elapsed() > self.shared.config.idle_timeout {
-                        let _ = self.close(close::POLICY, "idle_timeout").await;
-                        return Ending::IdleTimeout;
-                    }
-                    if self.user.is_none()
-                        && self.connected_at.elapsed() > self.shared.config.limits.auth_timeout
-                    {
+                Event::Tick => self.send_frame(Message::Ping(Default::default())).await,
+                Event::Deadline => {
+                    if self.login_overdue() {
                         let _ = self.close(close::POLICY, "login_timeout").await;
                         return Ending::LoginTimeout;
                     }
-                    self.send_frame(Message::Ping(Default::default())).await
+                    let _ = self.close(close::POLICY, "idle_timeout").await;
+                    return Ending::IdleTimeout;
                 }
             };
             if step.is_err() {
                 return self.write_failed();
             }
         }
+    }
+
+    /// When this connection must have heard from its peer again (and, until
+    /// it logs in, when it must have logged in).
+    fn deadline(&self) -> Instant {
+        let idle = self.last_heard + self.shared.config.idle_timeout;
+        if self.user.is_none() {
+            idle.min(self.connected_at + self.shared.config.limits.auth_timeout)
+        } else {
+            idle
+        }
+    }
+
+    fn login_overdue(&self) -> bool {
+        self.user.is_none() && self.connected_at.elapsed() >= self.shared.config.limits.auth_timeout
     }
 
     /// Why a write failed: the client was kicked for not reading, or the
@@ -269,6 +295,8 @@ impl Connection {
         max_in_flight: usize,
     ) -> Event {
         let syncing = matches!(self.sync, SyncState::Fetching { .. });
+        let reading = self.in_flight.len() < max_in_flight;
+        let deadline = tokio::time::Instant::from_std(self.deadline());
         tokio::select! {
                 biased;
             () = shutdown.cancelled() => Event::Shutdown,
@@ -276,10 +304,14 @@ impl Connection {
             Some(answer) = self.in_flight.next(), if !self.in_flight.is_empty() => Event::Answer(answer),
             // Frames before pushes: a steady stream of pushes must not
             // keep a client's requests (or pongs) unread.
-            frame = self.socket.recv(), if self.in_flight.len() < max_in_flight => Event::Frame(frame),
+            frame = self.socket.recv(), if reading => Event::Frame(frame),
             Some(out) = self.outbox_rx.recv() => Event::Push(out),
             page = poll_fetch(&mut self.sync), if syncing => Event::Page(page),
             _ = ping.tick() => Event::Tick,
+            // Checked on its own deadline, not on ping ticks (which could
+            // add a ping interval); not while the connection is not reading,
+            // since then the silence is its own.
+            () = tokio::time::sleep_until(deadline), if reading => Event::Deadline,
         }
     }
 
@@ -295,7 +327,7 @@ impl Connection {
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Ok(()),
             Some(Ok(Message::Binary(_))) => {
                 let e = ServerMessage::error(None, ErrorCode::BinaryFrame);
-                return self.write(&e).await.map_err(|_| Ending::WriteFailed);
+                return self.answer(e).await.map_err(|_| Ending::WriteFailed);
             }
             Some(Err(e)) => {
                 if is_too_big(&e) {
@@ -338,7 +370,7 @@ impl Connection {
                 ),
             );
             return self
-                .write(&e.reply(rid))
+                .answer(e.reply(rid))
                 .await
                 .map_err(|_| Ending::WriteFailed);
         }
@@ -355,8 +387,19 @@ impl Connection {
                     code: e.code(),
                     message: e.to_string(),
                 };
-                self.write(&reply).await.map_err(|_| Ending::WriteFailed)
+                self.answer(reply).await.map_err(|_| Ending::WriteFailed)
             }
+        }
+    }
+
+    /// Answers a request that needed no work, in its place: after the
+    /// answers to every request before it.
+    async fn answer(&mut self, reply: ServerMessage) -> Result<(), axum::Error> {
+        if self.in_flight.is_empty() {
+            self.write(&reply).await
+        } else {
+            self.in_flight.push_back(handler::ready(reply));
+            Ok(())
         }
     }
 
@@ -379,12 +422,23 @@ impl Connection {
     async fn on_unauthenticated(&mut self, msg: ClientMessage) -> ServerMessage {
         let shared = self.shared.clone();
         let rid = msg.rid();
+        if matches!(msg, ClientMessage::LoginStart { .. }) {
+            self.abandon_login();
+        }
         if let Err(e) = self.throttle(&msg) {
             return e.reply(rid);
         }
         let result = match msg {
             ClientMessage::RegisterStart { user, request, .. } => {
-                handler::register::start(&shared, rid, &user, &request.0).await
+                self.pending_registration = None;
+                let started = handler::register::start(&shared, rid, &user, &request.0).await;
+                if started.is_ok() {
+                    self.pending_registration = Some(user);
+                } else {
+                    // No challenge went out: nothing was attempted.
+                    shared.signups_by_address.refund(&self.peer.ip());
+                }
+                started
             }
             ClientMessage::RegisterFinish {
                 user,
@@ -394,7 +448,21 @@ impl Connection {
                 backup,
                 ..
             } => {
-                handler::register::finish(&shared, rid, user, &upload.0, ksf, keys, backup.0).await
+                if self.pending_registration.as_ref() != Some(&user) {
+                    Err(HandlerError::new(ErrorCode::NoRegistrationInProgress))
+                } else {
+                    self.pending_registration = None;
+                    let done = handler::register::finish(
+                        &shared, rid, user, &upload.0, ksf, keys, backup.0,
+                    )
+                    .await;
+                    if done.is_ok() {
+                        // A sign-up is not a guess: only the hourly sign-up
+                        // budget keeps it.
+                        shared.login_by_address.refund(&self.peer.ip());
+                    }
+                    done
+                }
             }
             ClientMessage::LoginStart { user, request, .. } => {
                 match handler::login::start(&shared, rid, user, &request.0).await {
@@ -431,6 +499,7 @@ impl Connection {
                 match handler::login::resume(&shared, rid, user.clone(), &token.0).await {
                     Ok(reply) => {
                         self.shared.metrics.logins.inc("resumed");
+                        self.shared.login_by_user.refund(&user);
                         self.shared.login_by_address.refund(&self.peer.ip());
                         self.enter(user);
                         Ok(reply)
@@ -446,16 +515,30 @@ impl Connection {
         result.unwrap_or_else(|e| e.reply(rid))
     }
 
-    /// Login, resume and sign-up attempts are limited per address, and
-    /// login attempts per user name as well. OPAQUE puts the password work
-    /// on the client, so this limits online guessing, not server CPU. A
-    /// wrong password never reaches the server as such (the client gives
-    /// up after `login_challenge`), so every start is charged and a
-    /// successful login or resume refunds it.
+    /// A login that got its challenge but never finished (a new
+    /// `login_start`, or the connection ended) counts as failed: that is how
+    /// a wrong password looks from here, since the client notices it and
+    /// walks away without sending `login_finish`.
+    fn abandon_login(&mut self) {
+        if self.pending_login.take().is_some() {
+            self.shared.metrics.logins.inc("failed");
+            tracing::info!("login abandoned after its challenge (a wrong password)");
+        }
+    }
+
+    /// Login and resume attempts are limited per user name and per
+    /// address, `register_start` per address (as a login attempt, and
+    /// against the hourly sign-up budget). OPAQUE puts the password work on
+    /// the client, so this limits online guessing and mass sign-ups, not
+    /// server CPU. A wrong password never reaches the server as such (the
+    /// client gives up after `login_challenge`), so every start is charged
+    /// and a successful login or resume refunds it.
     fn throttle(&self, msg: &ClientMessage) -> Result<(), HandlerError> {
-        let user = match msg {
-            ClientMessage::LoginStart { user, .. } => Some(user),
-            ClientMessage::RegisterStart { .. } | ClientMessage::Resume { .. } => None,
+        let (user, signup) = match msg {
+            ClientMessage::LoginStart { user, .. } | ClientMessage::Resume { user, .. } => {
+                (Some(user), false)
+            }
+            ClientMessage::RegisterStart { .. } => (None, true),
             _ => return Ok(()),
         };
         let refuse = |what: &str, wait: u64| {
@@ -465,15 +548,25 @@ impl Connection {
                 format!("too many attempts {what}; try again in {wait} s"),
             )
         };
-        if let Err(wait) = self.shared.login_by_address.take(&self.peer.ip()) {
+        let ip = self.peer.ip();
+        if let Err(wait) = self.shared.login_by_address.take(&ip) {
             self.shared.metrics.limited.inc("login_address");
             return Err(refuse("from your address", wait));
         }
         if let Some(user) = user
             && let Err(wait) = self.shared.login_by_user.take(user)
         {
+            self.shared.login_by_address.refund(&ip);
             self.shared.metrics.limited.inc("login_user");
             return Err(refuse(&format!("to log in as {user}"), wait));
+        }
+        if signup && let Err(wait) = self.shared.signups_by_address.take(&ip) {
+            self.shared.login_by_address.refund(&ip);
+            self.shared.metrics.limited.inc("signup_address");
+            return Err(HandlerError::with(
+                ErrorCode::RateLimited,
+                format!("too many sign-ups from your address; try again in {wait} s"),
+            ));
         }
         Ok(())
     }
@@ -488,6 +581,7 @@ impl Connection {
                 conn_id: self.conn_id,
                 tx: self.outbox_tx.clone(),
                 state: self.push_state.clone(),
+                outbox_bytes: self.shared.config.outbox_bytes,
                 kick: self.kick.clone(),
             },
         );
@@ -513,11 +607,11 @@ impl Connection {
                 ErrorCode::Malformed,
                 format!("sync needs after >= 0 and limit 1..={}", codec::MAX_PAGE),
             );
-            return self.write(&e.reply(rid)).await;
+            return self.answer(e.reply(rid)).await;
         }
         if matches!(self.sync, SyncState::Fetching { .. }) {
             let e = HandlerError::with(ErrorCode::Malformed, "a sync is already in progress");
-            return self.write(&e.reply(rid)).await;
+            return self.answer(e.reply(rid)).await;
         }
         self.push_state.set(PushState::SYNCING);
         self.cursor = after;
@@ -567,6 +661,7 @@ impl Connection {
     }
 
     async fn on_push(&mut self, out: Outbound) -> Result<(), axum::Error> {
+        self.push_state.release(out.cost());
         match out {
             Outbound::Entry(entry) => match &mut self.sync {
                 SyncState::Live if entry.seq > self.cursor => self.send_entry(&entry).await,
@@ -613,16 +708,17 @@ impl Connection {
             .await
     }
 
-    /// Sends one frame, giving up after the idle timeout: a peer that keeps
-    /// its TCP connection open but stops reading must not hold this task
-    /// (and its place under the connection cap) forever.
+    /// Sends one frame, giving up after the idle timeout (and at the peer's
+    /// idle deadline, plus [`WRITE_MARGIN`]): a peer that keeps its TCP
+    /// connection open but stops reading must not hold this task (and its
+    /// place under the connection cap) for long.
     ///
     /// A kick (this connection's outbox overflowed) also ends a write that
     /// is stuck: the connection is being dropped anyway.
     async fn send_frame(&mut self, frame: Message) -> Result<(), axum::Error> {
         self.unflushed += 1;
-        let flush = self.unflushed >= FLUSH_EVERY || matches!(frame, Message::Close(_));
-        let timeout = self.shared.config.idle_timeout;
+        let flush = self.unflushed >= FLUSH_EVERY;
+        let timeout = self.write_timeout();
         guarded(&self.kick, timeout, self.socket.feed(frame)).await?;
         if flush {
             self.flush().await?;
@@ -636,16 +732,40 @@ impl Connection {
             return Ok(());
         }
         self.unflushed = 0;
-        let timeout = self.shared.config.idle_timeout;
+        let timeout = self.write_timeout();
         guarded(&self.kick, timeout, self.socket.flush()).await
     }
 
+    /// How long the next write may take: the idle timeout, but no later
+    /// than a moment past the peer's idle deadline, so that a write stuck
+    /// on a vanished peer does not add another idle timeout.
+    fn write_timeout(&self) -> std::time::Duration {
+        let idle = self.shared.config.idle_timeout;
+        let until_deadline = (self.last_heard + idle).saturating_duration_since(Instant::now());
+        until_deadline.max(WRITE_MARGIN).min(idle)
+    }
+
+    /// Sends a close frame and whatever is buffered before it, best effort
+    /// and within [`CLOSE_TIMEOUT`] (whether or not the connection was
+    /// kicked: it is ending either way).
     async fn close(&mut self, code: u16, reason: &str) -> Result<(), axum::Error> {
-        self.send_frame(Message::Close(Some(CloseFrame {
+        let frame = Message::Close(Some(CloseFrame {
             code,
             reason: Utf8Bytes::from(reason.to_owned()),
-        })))
+        }));
+        self.unflushed = 0;
+        let socket = &mut self.socket;
+        tokio::time::timeout(CLOSE_TIMEOUT, async {
+            socket.feed(frame).await?;
+            socket.flush().await
+        })
         .await
+        .unwrap_or_else(|_| {
+            Err(axum::Error::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "close timed out",
+            )))
+        })
     }
 
     /// Lets requests in flight finish (their writes may already be

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use telepound_protocol::message::UnixMillis;
 use telepound_protocol::{MsgId, UserName};
@@ -32,9 +32,25 @@ pub enum Outbound {
     },
 }
 
-/// How far a connection is in taking pushes.
+impl Outbound {
+    /// What this push pins in memory while it waits in an outbox, roughly:
+    /// the envelope plus a fixed allowance for the rest.
+    pub fn cost(&self) -> usize {
+        const OVERHEAD: usize = 256;
+        match self {
+            Self::Entry(entry) => OVERHEAD + entry.envelope.len(),
+            Self::Delivered { .. } => OVERHEAD,
+        }
+    }
+}
+
+/// How far a connection is in taking pushes, and how many bytes of pushes
+/// wait in its outbox.
 #[derive(Debug, Default)]
-pub struct PushState(AtomicU8);
+pub struct PushState {
+    state: AtomicU8,
+    queued_bytes: AtomicUsize,
+}
 
 impl PushState {
     /// Logged in, never synced (a one-shot command): only receipts.
@@ -46,12 +62,28 @@ impl PushState {
 
     /// The current state.
     pub fn get(&self) -> u8 {
-        self.0.load(Ordering::Acquire)
+        self.state.load(Ordering::Acquire)
     }
 
     /// Moves to `state`.
     pub fn set(&self, state: u8) {
-        self.0.store(state, Ordering::Release);
+        self.state.store(state, Ordering::Release);
+    }
+
+    /// Counts `cost` more bytes queued unless that would go over `budget`
+    /// (a push into an empty outbox always fits, however big).
+    fn reserve(&self, cost: usize, budget: usize) -> bool {
+        let before = self.queued_bytes.fetch_add(cost, Ordering::AcqRel);
+        if before > 0 && before + cost > budget {
+            self.queued_bytes.fetch_sub(cost, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// Counts `cost` bytes as no longer queued (taken from the outbox).
+    pub fn release(&self, cost: usize) {
+        self.queued_bytes.fetch_sub(cost, Ordering::AcqRel);
     }
 }
 
@@ -62,8 +94,10 @@ pub struct Member {
     pub conn_id: u64,
     /// Its bounded outbox.
     pub tx: mpsc::Sender<Outbound>,
-    /// Whether it takes mailbox pushes yet.
+    /// Whether it takes mailbox pushes yet, and the bytes in its outbox.
     pub state: Arc<PushState>,
+    /// Most bytes of pushes its outbox may hold ([`Outbound::cost`]).
+    pub outbox_bytes: usize,
     /// Cancelled when the connection must be dropped (its outbox is full).
     pub kick: CancellationToken,
 }
@@ -134,7 +168,8 @@ impl Hub {
 
     /// Pushes to the connections of `user` that want it: mailbox entries
     /// to connections that have synced or are syncing, receipts to all. A
-    /// connection whose outbox is full is kicked (it catches up from its
+    /// connection whose outbox is full (in pushes, or in bytes: envelopes
+    /// may be large) is kicked (it catches up from its
     /// mailbox when it returns), except that a receipt notice for a
     /// connection that never synced is simply dropped: it is best effort
     /// there, and the stored receipt remains. Nobody waits for a slow reader.
@@ -148,15 +183,26 @@ impl Hub {
                 if is_entry && state == PushState::IDLE {
                     continue;
                 }
-                match member.tx.try_send(item.clone()) {
+                let cost = item.cost();
+                let sent = if member.state.reserve(cost, member.outbox_bytes) {
+                    member.tx.try_send(item.clone()).map_err(|e| {
+                        member.state.release(cost);
+                        match e {
+                            mpsc::error::TrySendError::Full(_) => Refused::Full,
+                            mpsc::error::TrySendError::Closed(_) => Refused::Closed,
+                        }
+                    })
+                } else {
+                    Err(Refused::Full)
+                };
+                match sent {
                     Ok(()) => {
                         if state == PushState::LIVE {
                             out.live += 1;
                         }
                     }
-                    Err(mpsc::error::TrySendError::Full(_))
-                        if !is_entry && state == PushState::IDLE => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => {
+                    Err(Refused::Full) if !is_entry && state == PushState::IDLE => {}
+                    Err(Refused::Full) => {
                         // No longer live: receipts for this user are stored
                         // from now on, since this connection will not read them.
                         member.state.set(PushState::IDLE);
@@ -164,12 +210,20 @@ impl Hub {
                         out.kicked += 1;
                     }
                     // The connection is ending; it leaves the hub itself.
-                    Err(mpsc::error::TrySendError::Closed(_)) => {}
+                    Err(Refused::Closed) => {}
                 }
             }
         }
         out
     }
+}
+
+/// Why a push did not go into an outbox.
+enum Refused {
+    /// Full, in pushes or in bytes.
+    Full,
+    /// The connection is ending.
+    Closed,
 }
 
 /// The writer announces committed changes here, in commit order: new

@@ -74,6 +74,15 @@ impl<K: std::hash::Hash + Eq + Clone> Keyed<K> {
         }
     }
 
+    /// `per_hour` attempts an hour, with that many in a burst.
+    pub fn per_hour(per_hour: u32) -> Self {
+        Self {
+            rate: f64::from(per_hour) / 3600.0,
+            burst: f64::from(per_hour),
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// Takes a token for `key`; `Err(seconds to wait)` when there is none.
     pub fn take(&self, key: &K) -> Result<(), u64> {
         let mut map = self.buckets.lock().expect("limiter lock");

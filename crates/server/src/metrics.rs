@@ -101,6 +101,9 @@ pub struct Metrics {
     pub logins: LabeledCounter,
     /// Messages stored durably (accepted).
     pub messages_accepted: AtomicU64,
+    /// Sends of a message already waiting (retries): answered `accepted`
+    /// again, stored once, not counted in `messages_accepted`.
+    pub messages_duplicate: AtomicU64,
     /// Messages acknowledged by their recipient (delivered).
     pub messages_delivered: AtomicU64,
     /// Messages that waited in the ack window, by how it ended: `acked`
@@ -132,9 +135,15 @@ impl Default for Metrics {
             ]),
             logins: LabeledCounter::new(&["ok", "failed", "throttled", "resumed"]),
             messages_accepted: AtomicU64::new(0),
+            messages_duplicate: AtomicU64::new(0),
             messages_delivered: AtomicU64::new(0),
             ack_window: LabeledCounter::new(&["acked", "written"]),
-            limited: LabeledCounter::new(&["message_rate", "login_user", "login_address"]),
+            limited: LabeledCounter::new(&[
+                "message_rate",
+                "login_user",
+                "login_address",
+                "signup_address",
+            ]),
             disconnects: LabeledCounter::new(DISCONNECT_REASONS),
             blob_bytes_in: AtomicU64::new(0),
             blob_bytes_out: AtomicU64::new(0),
@@ -218,6 +227,12 @@ impl Metrics {
             "telepound_messages_accepted_total",
             "Messages stored durably.",
             self.messages_accepted.load(Relaxed),
+        );
+        counter(
+            &mut out,
+            "telepound_messages_duplicate_total",
+            "Retried sends of a message already stored (answered, not stored again).",
+            self.messages_duplicate.load(Relaxed),
         );
         counter(
             &mut out,

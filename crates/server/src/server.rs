@@ -7,12 +7,14 @@ use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use axum::Router;
+use axum::body::Body;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, State};
+use axum::http::Request;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Extension, Router};
 use opaque_ke::ServerSetup;
 use rand_core_06::OsRng;
 use telepound_protocol::auth::Suite;
@@ -26,7 +28,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::{Config, redact_url};
 use crate::hub::Hub;
 use crate::limits::{Keyed, PerAddress};
-use crate::listener::{Incoming, PeerAddr};
+use crate::listener::{Caps, Incoming, PeerAddr, Places};
 use crate::metrics::Metrics;
 use crate::store::CommitListener;
 use crate::store::{self, DatabaseUrl, Store};
@@ -43,16 +45,17 @@ pub struct Shared {
     pub opaque: ServerSetup<Suite>,
     /// Cancelled when the server starts shutting down.
     pub shutdown: CancellationToken,
+    /// Cancelled when the shutdown deadline has passed: every connection
+    /// still open is dropped.
+    pub abort: CancellationToken,
     /// Tracks connection tasks so shutdown can wait for them.
     pub tracker: TaskTracker,
-    /// Connection cap.
-    pub connections: Arc<Semaphore>,
-    /// Open connections per address.
-    pub per_address: Arc<PerAddress>,
     /// Login attempts per user name.
     pub login_by_user: Keyed<UserName>,
     /// Login and sign-up attempts per address.
     pub login_by_address: Keyed<IpAddr>,
+    /// Sign-ups (`register_start`s answered) per address, an hourly budget.
+    pub signups_by_address: Keyed<IpAddr>,
     /// Everything counted for `/metrics`.
     pub metrics: Arc<Metrics>,
     /// Blobs being uploaded right now.
@@ -92,7 +95,12 @@ impl Shared {
 
 /// Runs the server on `listener` until `shutdown` completes, then stops
 /// accepting, tells every client it is going away, lets in-flight writes
-/// finish (up to `config.shutdown_grace`), and closes the store.
+/// finish, and closes the store.
+///
+/// The stop takes at most `config.shutdown_grace` from the moment
+/// `shutdown` completes (plus a moment to record what uploads received):
+/// whatever is still open then, a WebSocket, a blob transfer or a request
+/// half sent, is dropped.
 ///
 /// # Errors
 /// When the store cannot be opened or the listener fails.
@@ -131,18 +139,24 @@ pub async fn run(
     let opaque = ServerSetup::<Suite>::deserialize(&setup_bytes)
         .map_err(|_| anyhow::anyhow!("the stored OPAQUE setup is corrupt"))?;
 
+    let caps = Caps {
+        total: Arc::new(Semaphore::new(config.max_connections)),
+        per_address: Arc::new(PerAddress::default()),
+        per_address_max: config.limits.max_connections_per_address,
+        metrics: metrics.clone(),
+    };
     let shared = Arc::new(Shared {
         store,
         hub,
-        connections: Arc::new(Semaphore::new(config.max_connections)),
-        per_address: Arc::new(PerAddress::default()),
         login_by_user: Keyed::per_minute(config.limits.login_attempts_per_user),
         login_by_address: Keyed::per_minute(config.limits.login_attempts_per_address),
+        signups_by_address: Keyed::per_hour(config.limits.signups_per_address),
         metrics,
         uploading: Default::default(),
         config,
         opaque,
         shutdown: CancellationToken::new(),
+        abort: CancellationToken::new(),
         tracker: TaskTracker::new(),
         next_conn: AtomicU64::new(1),
         known_users: Mutex::new(HashSet::new()),
@@ -176,27 +190,23 @@ pub async fn run(
         }
     };
     let scheme = if tls.is_some() { "wss" } else { "ws" };
-    let incoming = Incoming::new(listener, tls).context("cannot serve the listener")?;
+    let incoming = Incoming::new(listener, tls, caps);
     tracing::info!(url = %format!("{scheme}://{addr}"), database = %describe(&shared.config.database), "telepound listening");
 
     let token = shared.shutdown.clone();
-    let serve_token = token.clone();
     let signal = tokio::spawn(async move {
         shutdown.await;
         token.cancel();
     });
     let _signal = AbortOnDrop(signal);
-    axum::serve(
-        incoming,
-        app.into_make_service_with_connect_info::<PeerAddr>(),
-    )
-    .with_graceful_shutdown(async move { serve_token.cancelled().await })
-    .await
-    .context("server failed")?;
+    serve(incoming, app, &shared).await;
+    // The deadline runs from the stop request (serve returns at once), and
+    // holds whatever the connections do.
+    let deadline = tokio::time::Instant::now() + shared.config.shutdown_grace;
 
     tracing::info!("shutting down: waiting for connections to finish");
     shared.tracker.close();
-    if tokio::time::timeout(shared.config.shutdown_grace, shared.tracker.wait())
+    if tokio::time::timeout_at(deadline, shared.tracker.wait())
         .await
         .is_err()
     {
@@ -204,38 +214,94 @@ pub async fn run(
             remaining = shared.tracker.len(),
             "shutdown deadline passed; dropping remaining connections"
         );
+        shared.abort.cancel();
+        // Dropped connections end at once; uploads cut off record what
+        // arrived, which needs the store a moment longer.
+        if tokio::time::timeout(ABORT_WAIT, shared.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = shared.tracker.len(),
+                "tasks still running after the deadline; closing the store anyway"
+            );
+        }
     }
     shared.store.close().await;
     tracing::info!("stopped");
     Ok(())
 }
 
+/// How long tasks get to end after the shutdown deadline dropped their
+/// connections.
+const ABORT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Serves HTTP/1.1 on every accepted connection until shutdown starts, then
+/// asks each connection to finish its request in progress and close. Each
+/// connection task ends at the latest when `shared.abort` is cancelled.
+///
+/// HTTP is served here rather than by `axum::serve`, which waits for open
+/// connections without a limit and sets no timer, so hyper's header read
+/// timeout (a peer sending half a request) would not apply.
+async fn serve(mut incoming: Incoming, app: Router, shared: &Arc<Shared>) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower_service::Service;
+
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new())
+        .header_read_timeout(shared.config.header_read_timeout);
+    loop {
+        let (io, peer, places) = tokio::select! {
+            () = shared.shutdown.cancelled() => break,
+            next = incoming.accept() => next,
+        };
+        let places = Arc::new(places);
+        let app = app.clone();
+        let service = hyper::service::service_fn(move |req: Request<hyper::body::Incoming>| {
+            let mut req = req.map(Body::new);
+            req.extensions_mut().insert(ConnectInfo(PeerAddr(peer)));
+            req.extensions_mut().insert(places.clone());
+            // A Router is always ready, so it may be called directly.
+            app.clone().call(req)
+        });
+        let conn = http
+            .serve_connection(TokioIo::new(io), service)
+            .with_upgrades();
+        let (stop, abort) = (shared.shutdown.clone(), shared.abort.clone());
+        shared.tracker.spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                biased;
+                () = abort.cancelled() => return,
+                result = conn.as_mut() => return log_http_end(peer, result),
+                () = stop.cancelled() => {}
+            }
+            // Lets a request in progress finish, then closes.
+            conn.as_mut().graceful_shutdown();
+            tokio::select! {
+                () = abort.cancelled() => {}
+                result = conn => log_http_end(peer, result),
+            }
+        });
+    }
+    // Stops accepting: new connections are refused by the OS from now on.
+    drop(incoming);
+}
+
+fn log_http_end(peer: std::net::SocketAddr, result: Result<(), hyper::Error>) {
+    if let Err(e) = result {
+        if e.is_timeout() {
+            tracing::debug!(%peer, "HTTP request headers not received in time; closed");
+        } else {
+            tracing::debug!(%peer, cause = %e, "HTTP connection ended with an error");
+        }
+    }
+}
+
 fn describe(db: &DatabaseUrl) -> String {
     match db {
         DatabaseUrl::Sqlite(p) => format!("sqlite:{}", p.display()),
         DatabaseUrl::Postgres(u) => redact_url(u),
-    }
-}
-
-/// One connection's place in the per-address count, released on drop
-/// (including when an upgrade never completes).
-pub struct AddressSlot {
-    per_address: Arc<PerAddress>,
-    ip: IpAddr,
-}
-
-impl AddressSlot {
-    fn take(per_address: &Arc<PerAddress>, ip: IpAddr, max: u32) -> Option<Self> {
-        per_address.try_add(ip, max).then(|| Self {
-            per_address: per_address.clone(),
-            ip,
-        })
-    }
-}
-
-impl Drop for AddressSlot {
-    fn drop(&mut self) {
-        self.per_address.remove(self.ip);
     }
 }
 
@@ -339,32 +405,12 @@ async fn ws_upgrade(
     ws: WebSocketUpgrade,
     State(shared): State<Arc<Shared>>,
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
+    Extension(places): Extension<Arc<Places>>,
 ) -> Response {
     if shared.shutdown.is_cancelled() {
         shared.metrics.connections_refused.inc("shutting_down");
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting_down\n").into_response();
     }
-    let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
-        tracing::warn!(%peer, "connection refused: too many connections");
-        shared.metrics.connections_refused.inc("too_many");
-        return (StatusCode::SERVICE_UNAVAILABLE, "too_many_connections\n").into_response();
-    };
-    let Some(slot) = AddressSlot::take(
-        &shared.per_address,
-        peer.ip(),
-        shared.config.limits.max_connections_per_address,
-    ) else {
-        tracing::warn!(%peer, "connection refused: too many connections from this address");
-        shared
-            .metrics
-            .connections_refused
-            .inc("too_many_from_address");
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "too_many_connections: too many from your address\n",
-        )
-            .into_response();
-    };
     let max = shared.config.max_frame;
     ws.max_message_size(max)
         .max_frame_size(max)
@@ -373,7 +419,14 @@ async fn ws_upgrade(
         // goes out in a few system calls (the connection flushes when idle).
         .write_buffer_size(16 * 1024)
         .on_upgrade(move |socket| {
-            let tracker = shared.tracker.clone();
-            tracker.track_future(crate::connection::run(shared, socket, peer, (permit, slot)))
+            let (tracker, abort) = (shared.tracker.clone(), shared.abort.clone());
+            // The WebSocket keeps the TCP connection's places under the caps.
+            let run = crate::connection::run(shared, socket, peer, places);
+            tracker.track_future(async move {
+                tokio::select! {
+                    () = run => {}
+                    () = abort.cancelled() => {}
+                }
+            })
         })
 }

@@ -69,6 +69,8 @@ pub fn test_config(dir: &Path) -> Config {
     let mut c = Config::with_data_dir(dir);
     c.shutdown_grace = Duration::from_secs(5);
     c.min_ksf = FAST_KSF.parse().expect("valid ksf");
+    // Every test user signs up from 127.0.0.1.
+    c.limits.signups_per_address = 10_000;
     c
 }
 
@@ -259,4 +261,64 @@ pub fn metric(text: &str, series: &str) -> Option<f64> {
 /// A SQLite database URL inside `dir`.
 pub fn sqlite_url(dir: &Path) -> DatabaseUrl {
     DatabaseUrl::Sqlite(dir.join("telepound.sqlite3"))
+}
+
+/// Starts an upload that never finishes: declares a 1 MB file from the
+/// holder of `token` for `recipient`, sends the `PATCH` headers and 4 KiB
+/// of the body, waits until the server has received them (so the upload is
+/// surely in progress there), and returns the connection, held open by the
+/// caller.
+///
+/// # Panics
+/// When the server refuses the file or never receives the bytes.
+pub async fn hold_upload(addr: SocketAddr, token: &[u8], recipient: &str) -> tokio::net::TcpStream {
+    use base64::Engine;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let token = base64::engine::general_purpose::STANDARD.encode(token);
+    let size = 1_000_000;
+    let body = format!(r#"{{"size":{size},"recipients":["{recipient}"]}}"#);
+    let mut create = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    create
+        .write_all(
+            format!(
+                "POST /v1/blobs HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n\
+                 Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("write");
+    let mut created = String::new();
+    create.read_to_string(&mut created).await.expect("read");
+    assert!(created.starts_with("HTTP/1.1 201"), "{created}");
+    let id = created
+        .split("\"blob_id\":\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("a blob id");
+    let bytes_in = || async {
+        let (_, m) = http_get(addr, "/metrics").await;
+        metric(&m, "telepound_blob_bytes_in_total").unwrap_or(0.0)
+    };
+    let before = bytes_in().await;
+    let mut upload = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    upload
+        .write_all(
+            format!(
+                "PATCH /v1/blobs/{id} HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {token}\r\n\
+                 Upload-Offset: 0\r\nContent-Length: {size}\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await
+        .expect("write");
+    upload.write_all(&[7u8; 4096]).await.expect("write");
+    for _ in 0..500 {
+        if bytes_in().await >= before + 4096.0 {
+            return upload;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("the server never received the upload's first bytes");
 }

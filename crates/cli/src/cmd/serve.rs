@@ -87,7 +87,8 @@ pub fn init_logging(default: &str) {
 }
 
 /// A future that completes on Ctrl-C or SIGTERM; the handlers are
-/// installed before this returns.
+/// installed before this returns. A second Ctrl-C or SIGTERM during the
+/// graceful stop exits at once (what is `accepted` is on disk already).
 fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
     #[cfg(unix)]
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -103,6 +104,17 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()> + S
         }
         #[cfg(not(unix))]
         let _ = tokio::signal::ctrl_c().await;
-        tracing::info!("stop requested");
+        tracing::info!("stop requested; stop again to exit at once");
+        tokio::spawn(async move {
+            #[cfg(unix)]
+            tokio::select! {
+                _ = term.recv() => {},
+                _ = int.recv() => {},
+            }
+            #[cfg(not(unix))]
+            let _ = tokio::signal::ctrl_c().await;
+            eprintln!("telepound: error: stopped at once (second stop request)");
+            std::process::exit(1);
+        });
     })
 }

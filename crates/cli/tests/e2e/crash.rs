@@ -70,6 +70,61 @@ fn sigterm_stops_the_server_gracefully() {
     assert!(server.log().contains("stopped"), "{}", server.log());
 }
 
+/// Regression: a second Ctrl-C or SIGTERM during a graceful stop was
+/// swallowed, so an operator could not stop a server waiting out its grace.
+#[test]
+fn a_second_sigterm_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server =
+        ServerProc::start_with_config(&dir.path().join("data"), "shutdown_grace_secs = 300\n");
+    // An upload in progress keeps the graceful stop waiting for its deadline.
+    let url = server.url.clone();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let home = dir.path().join("alice");
+    let _upload = rt.block_on(async {
+        telepound_testkit::signup(&url, "bob").await;
+        let (alice, _e) = telepound_testkit::user(&url, "alice", &home).await;
+        let addr = url.trim_start_matches("ws://").parse().unwrap();
+        telepound_testkit::hold_upload(addr, alice.token(), "bob").await
+    });
+    let pid = server.child.id() as i32;
+    let sigterm = || {
+        // SAFETY: sending a signal to our own child process.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    };
+    sigterm();
+    // Signals that arrive together may count as one: wait until the first
+    // is taken.
+    let start = Instant::now();
+    while !server.log().contains("stop requested") {
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(server.child.try_wait().unwrap().is_none(), "still stopping");
+    sigterm();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = server.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "a second SIGTERM did not stop the server"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.code(), Some(1), "{status:?}");
+    assert!(server.log().contains("stopped at once"), "{}", server.log());
+}
+
 #[test]
 fn a_killed_client_is_offline_within_30_seconds_and_others_keep_chatting() {
     let dir = tempfile::tempdir().unwrap();

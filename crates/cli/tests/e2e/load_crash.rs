@@ -164,6 +164,7 @@ fn crash_under_load_loses_nothing_accepted() {
         &data,
         "max_connections_per_address = 100000\n\
          login_attempts_per_address = 100000\n\
+         signups_per_address = 100000\n\
          login_attempts_per_user = 100000\n\
          messages_per_second = 100000\n\
          message_burst = 100000\n",

@@ -14,12 +14,26 @@ async fn server_runs_as_the_application_role() {
     };
     let owner = db.create_role("tp_owner", "ownerpw").await;
     let app = db.create_role("tp_app", "apppw").await;
-    db.admin_exec(&format!("ALTER DATABASE {} OWNER TO {owner}", db.name))
-        .await;
-    db.admin_exec(&format!("ALTER SCHEMA public OWNER TO {owner}"))
-        .await;
+    let stranger = db.create_role("tp_stranger", "strangerpw").await;
+    // docs/POSTGRES.md step 1, statement by statement (`CREATE DATABASE …
+    // OWNER` is `ALTER DATABASE … OWNER` here: the test database exists).
+    for sql in [
+        format!("ALTER DATABASE {} OWNER TO {owner}", db.name),
+        format!("REVOKE ALL ON DATABASE {} FROM PUBLIC", db.name),
+        // After `\c`: these run in the new database.
+        format!("ALTER SCHEMA public OWNER TO {owner}"),
+        "REVOKE ALL ON SCHEMA public FROM PUBLIC".to_owned(),
+    ] {
+        db.admin_exec(&sql).await;
+    }
     let owner_url = with_user(&db.url, &owner, "ownerpw");
     let app_url = with_user(&db.url, &app, "apppw");
+    // Other roles on the cluster cannot even connect.
+    assert!(
+        sqlx::PgConnection::connect(&with_user(&db.url, &stranger, "strangerpw"))
+            .await
+            .is_err()
+    );
 
     // The deployment guide's steps: migrate and grant as the owner.
     telepound_server::store::postgres::migrate(&owner_url)
@@ -35,6 +49,11 @@ async fn server_runs_as_the_application_role() {
     assert!(c.execute("DROP TABLE mailbox").await.is_err());
     assert!(
         c.execute("ALTER TABLE users ADD COLUMN x int")
+            .await
+            .is_err()
+    );
+    assert!(
+        c.execute("CREATE TEMP TABLE scratch (x int)")
             .await
             .is_err()
     );

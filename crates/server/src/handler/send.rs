@@ -2,6 +2,7 @@
 //! (the writer pushes it live once committed), then answer `accepted`.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 
 use serde_json::value::RawValue;
 use telepound_protocol::{ErrorCode, MsgId, ServerMessage, UserName};
@@ -64,17 +65,26 @@ impl Prepared {
             expires_at: now + shared.config.message_ttl.as_millis() as i64,
             envelope: Arc::from(Box::<str>::from(envelope)),
         };
-        let recipient = entry.recipient.clone();
+        let (recipient, sender) = (entry.recipient.clone(), entry.sender.clone());
         // Returns after the commit; the writer has pushed it live by then.
-        shared.store.enqueue(vec![entry]).await?;
-        shared
-            .metrics
-            .messages_accepted
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let stored = shared.store.enqueue(vec![entry]).await?;
+        let server_ts = if stored.first().copied().flatten().is_some() {
+            shared.metrics.messages_accepted.fetch_add(1, Relaxed);
+            now
+        } else {
+            // A retry of a message still waiting: nothing new was stored;
+            // answer as the first time (unless it was just acknowledged).
+            shared.metrics.messages_duplicate.fetch_add(1, Relaxed);
+            shared
+                .store
+                .waiting_since(&recipient, EntryKind::Message, &sender, msg_id)
+                .await?
+                .unwrap_or(now)
+        };
         Ok(ServerMessage::Accepted {
             rid,
             msg_id,
-            server_ts: now,
+            server_ts,
             recipient_online: shared.hub.is_live(&recipient),
         })
     }

@@ -207,6 +207,21 @@ pub async fn mailbox(store: Arc<dyn Store>, rec: Arc<Recorder>) {
         .await
         .unwrap();
     assert_eq!(again, vec![None]);
+    // A retry can learn when the original was accepted.
+    let mut later = entry("bob", "alice", ids[2], "{\"n\":2}");
+    later.server_ts = 2000;
+    assert_eq!(store.enqueue(vec![later]).await.unwrap(), vec![None]);
+    let since = |id: MsgId, from: &'static str| {
+        let store = store.clone();
+        async move {
+            store
+                .waiting_since(&name("bob"), EntryKind::Message, &name(from), id)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(since(ids[2], "alice").await, Some(1000));
+    assert_eq!(since(ids[2], "carol").await, None);
     // The same id from another sender, or to another recipient, is distinct.
     let other = store
         .enqueue(vec![
@@ -246,6 +261,7 @@ pub async fn mailbox(store: Arc<dyn Store>, rec: Arc<Recorder>) {
         store.ack(&name("bob"), vec![seqs[0]], 5, 50).await.unwrap(),
         0
     );
+    assert_eq!(since(ids[0], "alice").await, None, "acknowledged: gone");
     // Another user cannot acknowledge bob's mail.
     assert_eq!(
         store

@@ -233,6 +233,17 @@ pub trait Store: Send + Sync + 'static {
     /// msg_id) was already waiting: retries are stored once.
     async fn enqueue(&self, entries: Vec<NewEntry>) -> Result<Vec<Option<i64>>>;
 
+    /// When the entry with this (recipient, kind, sender, msg_id) was
+    /// accepted, if it is still waiting: what a retried send is answered
+    /// with, so a retry reports the original `server_ts`.
+    async fn waiting_since(
+        &self,
+        recipient: &UserName,
+        kind: EntryKind,
+        sender: &UserName,
+        msg_id: MsgId,
+    ) -> Result<Option<UnixMillis>>;
+
     /// Up to `limit` entries of `recipient`'s mailbox after `after_seq`, in
     /// order.
     async fn fetch(

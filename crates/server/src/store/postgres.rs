@@ -1,5 +1,7 @@
-//! The PostgreSQL backend. Commits wait for the WAL flush (PostgreSQL's
-//! default `synchronous_commit = on`), so `accepted` follows a durable write.
+//! The PostgreSQL backend. Commits wait for the WAL flush
+//! (`synchronous_commit = on`, set on every connection the server makes, so
+//! a server-wide or per-database `off` cannot weaken it), so `accepted`
+//! follows a durable write.
 //!
 //! The server can run as a least-privilege application role: with
 //! `migrate = false` it only checks that the owner has run the migrations.
@@ -119,6 +121,15 @@ pub async fn grant_app_role(owner_url: &str, role: &str) -> Result<()> {
     Ok(())
 }
 
+/// The options the server connects to `url` with: the URL's, plus
+/// `synchronous_commit = on`, which `accepted` depends on.
+///
+/// # Errors
+/// A URL that does not parse.
+pub fn connect_options(url: &str) -> Result<PgConnectOptions> {
+    Ok(PgConnectOptions::from_str(url)?.options([("synchronous_commit", "on")]))
+}
+
 /// The PostgreSQL store.
 pub struct PgStore {
     pool: PgPool,
@@ -136,7 +147,7 @@ impl PgStore {
         writer: WriterConfig,
         listener: Arc<dyn CommitListener>,
     ) -> Result<Self> {
-        let opts = PgConnectOptions::from_str(url)?;
+        let opts = connect_options(url)?;
         let pool = PgPoolOptions::new()
             .max_connections(8)
             .connect_with(opts.clone())
@@ -535,6 +546,25 @@ impl Store for PgStore {
 
     async fn enqueue(&self, entries: Vec<NewEntry>) -> Result<Vec<Option<i64>>> {
         self.writer.insert(entries).await
+    }
+
+    async fn waiting_since(
+        &self,
+        recipient: &UserName,
+        kind: EntryKind,
+        sender: &UserName,
+        msg_id: telepound_protocol::MsgId,
+    ) -> Result<Option<UnixMillis>> {
+        Ok(sqlx::query_scalar(
+            "SELECT server_ts FROM mailbox \
+             WHERE recipient = $1 AND kind = $2 AND sender = $3 AND msg_id = $4",
+        )
+        .bind(recipient.as_str())
+        .bind(kind.to_i16())
+        .bind(sender.as_str())
+        .bind(msg_id.to_string())
+        .fetch_optional(&self.pool)
+        .await?)
     }
 
     async fn fetch(

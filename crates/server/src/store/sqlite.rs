@@ -686,6 +686,25 @@ impl Store for SqliteStore {
         self.writer.insert(entries).await
     }
 
+    async fn waiting_since(
+        &self,
+        recipient: &UserName,
+        kind: EntryKind,
+        sender: &UserName,
+        msg_id: telepound_protocol::MsgId,
+    ) -> Result<Option<UnixMillis>> {
+        Ok(sqlx::query_scalar(
+            "SELECT server_ts FROM mailbox \
+             WHERE recipient = ? AND kind = ? AND sender = ? AND msg_id = ?",
+        )
+        .bind(recipient.as_str())
+        .bind(kind.to_i16())
+        .bind(sender.as_str())
+        .bind(msg_id.to_string())
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
     async fn fetch(
         &self,
         recipient: &UserName,

@@ -199,3 +199,33 @@ impl Raw {
         self.recv().await
     }
 }
+
+/// Errors that need no work (a frame that does not decode, a bad `sync`)
+/// still wait for the answers to the requests before them.
+#[tokio::test]
+async fn errors_come_back_in_request_order() {
+    let server = spawn_server().await;
+    let url = server.url();
+    let home = tempfile::tempdir().unwrap();
+    signup(&url, "alice").await;
+    signup(&url, "bob").await;
+    let (mut raw, _s) = Raw::logged_in(&url, "alice", home.path()).await;
+    // Sends wait for a commit; the errors after them are immediate.
+    for rid in 10..15 {
+        raw.send(&format!(
+            r#"{{"type":"send","rid":{rid},"msg_id":"{}","from":"alice","to":"bob","envelope":{ENVELOPE}}}"#,
+            MsgId::new()
+        ))
+        .await;
+    }
+    raw.send(r#"{"type":"launch_missiles","rid":15}"#).await;
+    raw.send(r#"{"type":"sync","rid":16,"after":0,"limit":0}"#)
+        .await;
+    let mut rids = Vec::new();
+    for _ in 0..7 {
+        let v = raw.recv().await;
+        rids.push(v["rid"].as_u64().unwrap());
+    }
+    assert_eq!(rids, (10..17).collect::<Vec<_>>());
+    server.stop().await;
+}

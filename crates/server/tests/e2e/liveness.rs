@@ -49,6 +49,35 @@ async fn a_silent_half_open_peer_is_dropped_and_shown_offline() {
     server.stop().await;
 }
 
+/// Regression: silence was checked only on ping ticks, so a peer could stay
+/// online for up to a ping interval past its idle timeout (and then a
+/// close frame written under another idle timeout).
+#[tokio::test]
+async fn a_silent_peer_is_dropped_at_its_idle_timeout_not_at_the_next_ping() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = telepound_testkit::test_config(dir.path());
+    // The first tick after the idle timeout would come at 18 s.
+    config.ping_interval = Duration::from_secs(9);
+    config.idle_timeout = Duration::from_secs(10);
+    let server = spawn_server_with(config).await;
+    let url = server.url();
+    let (ha, hb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (alice, _ae) = user(&url, "alice", ha.path()).await;
+    signup(&url, "bob").await;
+    let (raw, bob_session) = Raw::logged_in(&url, "bob", hb.path()).await;
+    let silent_since = Instant::now();
+    bob_session.client().close().await;
+    // Generous for a noisy machine, but well before the tick at 18 s.
+    wait_offline(&alice, "bob", Duration::from_secs(15)).await;
+    assert!(
+        silent_since.elapsed() >= Duration::from_secs(9),
+        "dropped before its idle timeout ({:?})",
+        silent_since.elapsed()
+    );
+    drop(raw);
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn a_vanished_tcp_peer_is_offline_at_once_and_others_keep_chatting() {
     let server = spawn_server().await;
@@ -73,13 +102,10 @@ async fn a_vanished_tcp_peer_is_offline_at_once_and_others_keep_chatting() {
     server.stop().await;
 }
 
-#[tokio::test]
-async fn a_client_that_stops_reading_is_dropped_and_catches_up_later() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = telepound_testkit::test_config(dir.path());
-    config.outbox = 16;
-    config.limits.messages_per_second = 10_000;
-    config.limits.message_burst = 10_000;
+/// bob goes live on a connection with a tiny receive buffer and never
+/// reads again while alice sends 40 messages of 200 kB; he is cut off (not
+/// buffered without bound) and finds all of them in order later.
+async fn a_stuck_reader_is_dropped(config: telepound_server::Config) {
     let server = spawn_server_with(config).await;
     let url = server.url();
     let (ha, hb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
@@ -126,6 +152,33 @@ async fn a_client_that_stops_reading_is_dropped_and_catches_up_later() {
             .all(|(i, t)| t.starts_with(&format!("{i} ")))
     );
     server.stop().await;
+}
+
+fn stuck_reader_config(dir: &std::path::Path) -> telepound_server::Config {
+    let mut config = telepound_testkit::test_config(dir);
+    config.limits.messages_per_second = 10_000;
+    config.limits.message_burst = 10_000;
+    config
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_dropped_and_catches_up_later() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = stuck_reader_config(dir.path());
+    config.outbox = 16;
+    a_stuck_reader_is_dropped(config).await;
+}
+
+/// Regression: the outbox was capped only by count, so a reader stuck on
+/// large envelopes could pin up to a gigabyte (1024 × 1 MiB).
+#[tokio::test]
+async fn a_stuck_reader_is_dropped_when_its_outbox_holds_too_many_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = stuck_reader_config(dir.path());
+    // Room for every message by count; only the bytes can overflow.
+    config.outbox = 100_000;
+    config.outbox_bytes = config.max_frame;
+    a_stuck_reader_is_dropped(config).await;
 }
 
 #[tokio::test]

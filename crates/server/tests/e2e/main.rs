@@ -2,6 +2,7 @@
 //! real server on `127.0.0.1:0`: bad input, limits, dead peers.
 
 mod bad_input;
+mod connections;
 mod limits;
 mod liveness;
 mod util;

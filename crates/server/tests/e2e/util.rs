@@ -30,6 +30,22 @@ impl Raw {
         Raw { ws }
     }
 
+    /// Connects from another loopback address (`127.0.0.2`, say): another
+    /// peer as far as per-address limits go.
+    pub async fn connect_from(url: &str, ip: std::net::Ipv4Addr) -> Raw {
+        let addr: std::net::SocketAddr = url.trim_start_matches("ws://").parse().unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind((ip, 0).into()).unwrap();
+        let stream = socket.connect(addr).await.unwrap();
+        let (ws, _) = tokio_tungstenite::client_async(
+            format!("{url}/v1/ws"),
+            tokio_tungstenite::MaybeTlsStream::Plain(stream),
+        )
+        .await
+        .unwrap();
+        Raw { ws }
+    }
+
     /// Connects with a tiny receive buffer (a client that barely reads).
     pub async fn connect_small_buffer(url: &str) -> Raw {
         let addr: std::net::SocketAddr = url.trim_start_matches("ws://").parse().unwrap();

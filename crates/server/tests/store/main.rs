@@ -39,4 +39,37 @@ mod postgres {
     }
 
     telepound_server::store_conformance_tests!(make);
+
+    /// `accepted` means durable only if commits wait for the WAL flush: the
+    /// server sets that itself, whatever the database's default says.
+    #[tokio::test]
+    async fn connections_commit_synchronously_whatever_the_database_default() {
+        use sqlx::{ConnectOptions, Connection};
+        let Some(db) = PgDb::create().await else {
+            return;
+        };
+        db.admin_exec(&format!(
+            "ALTER DATABASE {} SET synchronous_commit = off",
+            db.name
+        ))
+        .await;
+        let mut plain = sqlx::PgConnection::connect(&db.url).await.unwrap();
+        let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
+            .fetch_one(&mut plain)
+            .await
+            .unwrap();
+        assert_eq!(setting, "off", "the database default did not apply");
+        plain.close().await.unwrap();
+        let mut conn = store::postgres::connect_options(&db.url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(setting, "on");
+        conn.close().await.unwrap();
+    }
 }
