@@ -71,17 +71,92 @@ struct Head<'a> {
     rid: Option<u64>,
 }
 
+/// Reads `type` and `rid` and stops as soon as it has both: clients write
+/// them first, and the rest of the frame (a send's envelope is most of
+/// it) is read once, by the variant's own parse, which also checks that
+/// the whole frame is well-formed JSON.
 fn head(text: &str, max: usize) -> Result<Head<'_>, DecodeError> {
+    use serde::de::{Deserializer as _, Error as _, IgnoredAny, MapAccess, Visitor};
+    use std::cell::Cell;
+
     if text.len() > max {
         return Err(DecodeError::TooLarge {
             size: text.len(),
             max,
         });
     }
-    serde_json::from_str::<Head>(text).map_err(|e| DecodeError::Malformed {
-        rid: None,
-        reason: e.to_string(),
-    })
+    /// Said (as an error) to stop reading once the head is complete.
+    const DONE: &str = "telepound: head complete";
+    struct HeadVisitor<'c, 'a>(&'c Cell<Option<Head<'a>>>);
+    impl<'de> Visitor<'de> for HeadVisitor<'_, 'de> {
+        type Value = Head<'de>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object with a \"type\"")
+        }
+        fn visit_map<M: MapAccess<'de>>(self, mut map: M) -> Result<Head<'de>, M::Error> {
+            let (mut kind, mut rid): (Option<Cow<'de, str>>, Option<Option<u64>>) = (None, None);
+            while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                match &*key {
+                    "type" if kind.is_some() => return Err(M::Error::duplicate_field("type")),
+                    "rid" if rid.is_some() => return Err(M::Error::duplicate_field("rid")),
+                    "type" => kind = Some(map.next_value::<BorrowedOrOwned<'de>>()?.0),
+                    "rid" => rid = Some(map.next_value()?),
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                if let (Some(k), Some(r)) = (&kind, rid) {
+                    self.0.set(Some(Head {
+                        kind: k.clone(),
+                        rid: r,
+                    }));
+                    return Err(M::Error::custom(DONE));
+                }
+            }
+            Ok(Head {
+                kind: kind.ok_or_else(|| M::Error::missing_field("type"))?,
+                rid: rid.flatten(),
+            })
+        }
+    }
+    let mut found = Cell::new(None);
+    let mut de = serde_json::Deserializer::from_str(text);
+    match (&mut de).deserialize_map(HeadVisitor(&found)) {
+        Ok(head) => {
+            de.end().map_err(|e| DecodeError::Malformed {
+                rid: head.rid,
+                reason: e.to_string(),
+            })?;
+            Ok(head)
+        }
+        Err(_) if found.get_mut().is_some() => Ok(found.into_inner().expect("checked")),
+        Err(e) => Err(DecodeError::Malformed {
+            rid: None,
+            reason: e.to_string(),
+        }),
+    }
+}
+
+/// A string borrowed from the frame when it has no escapes, else owned.
+struct BorrowedOrOwned<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for BorrowedOrOwned<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Cow<'de, str>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Cow::Borrowed(v))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Cow::Owned(v.to_owned()))
+            }
+        }
+        d.deserialize_str(V).map(BorrowedOrOwned)
+    }
 }
 
 fn body<T: DeserializeOwned>(text: &str, rid: Option<u64>) -> Result<T, DecodeError> {
@@ -655,6 +730,56 @@ mod tests {
         let big = format!(r#"{{"type":"sync","pad":"{}"}}"#, "x".repeat(100));
         let e = decode_client(&big, 50).unwrap_err();
         assert_eq!(e.code(), ErrorCode::FrameTooLarge);
+    }
+
+    #[test]
+    fn the_head_is_read_wherever_it_is_and_the_rest_still_checked() {
+        // rid after the body, and a type with an escape in it.
+        let id = MsgId::new();
+        let m = decode_client(r#"{"type":"ack","seqs":[1,2],"rid":7}"#, MAX).unwrap();
+        assert_eq!(m.rid(), Some(7));
+        let e = decode_client(r#"{"rid":3,"type":"s\u0065nd"}"#, MAX).unwrap_err();
+        assert_eq!(
+            (e.code(), e.rid()),
+            (ErrorCode::Malformed, Some(3)),
+            "an escaped type is read (as send, then missing its fields)"
+        );
+        // No rid at all, or null.
+        assert_eq!(
+            decode_client(r#"{"type":"ack","seqs":[1]}"#, MAX)
+                .unwrap()
+                .rid(),
+            None
+        );
+        assert_eq!(
+            decode_client(r#"{"type":"ack","rid":null,"seqs":[1]}"#, MAX)
+                .unwrap()
+                .rid(),
+            None
+        );
+        // Reading stops after the head, but a broken rest is still refused,
+        // naming the request.
+        let broken = format!(
+            r#"{{"type":"send","rid":5,"msg_id":"{id}","from":"alice","to":"bob","envelope":{{"#
+        );
+        let e = decode_client(&broken, MAX).unwrap_err();
+        assert_eq!((e.code(), e.rid()), (ErrorCode::Malformed, Some(5)));
+        let e = decode_client(r#"{"type":"ack","rid":1,"seqs":[1]} trailing"#, MAX).unwrap_err();
+        assert_eq!((e.code(), e.rid()), (ErrorCode::Malformed, Some(1)));
+        // Duplicates, a missing type, a non-object.
+        for bad in [
+            r#"{"type":"ack","type":"sync","rid":1}"#,
+            r#"{"rid":1,"rid":2,"type":"ack"}"#,
+            r#"{"rid":1,"seqs":[]}"#,
+            r#"["type","ack"]"#,
+            r#"{"type":7,"rid":1}"#,
+        ] {
+            assert_eq!(
+                decode_client(bad, MAX).unwrap_err().code(),
+                ErrorCode::Malformed,
+                "{bad}"
+            );
+        }
     }
 
     #[test]
