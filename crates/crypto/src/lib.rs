@@ -24,7 +24,7 @@ pub mod opaque;
 pub mod safety;
 pub mod stream;
 
-pub use envelope::{Attachment, GroupEvent, GroupEventKind, ImageSize, OpenedMessage, Payload};
+pub use envelope::{Attachment, ImageSize, OpenedMessage, Payload};
 pub use identity::{Identity, PeerKeys};
 
 /// Everything that can go wrong in this crate.
