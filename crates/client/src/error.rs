@@ -73,7 +73,7 @@ pub enum Error {
     /// signed records this client verified (or the records do not verify):
     /// nothing is sealed for it.
     #[error(
-        "#{group}: {reason}. The server's membership of #{group} does not match what its owner and admins signed, so this client will not send to it"
+        "#{group}: {reason}. The membership the server reports for #{group} is not what its owner and admins signed, so nothing is sent to it"
     )]
     GroupUntrusted {
         /// The group.

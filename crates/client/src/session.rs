@@ -663,7 +663,7 @@ impl Session {
             let Some(s) = &state else {
                 return Err(Self::untrusted(
                     group,
-                    "the server showed no signed record of your membership (a group made before signed records has none: create a new one)",
+                    "the server showed no signed record of your membership",
                 ));
             };
             match info.epoch {
@@ -1034,7 +1034,18 @@ impl Session {
         if members.is_none() {
             match self.sync_group(group).await {
                 Ok((_, s)) => members = s.members_at(epoch),
+                // Kept for later: it may check once the connection is back
+                // or a changed key is accepted.
+                Err(
+                    e @ (Error::KeyChanged { .. }
+                    | Error::Io { .. }
+                    | Error::Protocol(_)
+                    | Error::Disconnected(_)
+                    | Error::Timeout
+                    | Error::Connect { .. }),
+                ) => return Err(e),
                 Err(e) if crate::is_transient(&e) => return Err(e),
+                Err(Error::GroupUntrusted { reason, .. }) => return Err(refuse(reason)),
                 Err(e) => return Err(refuse(e.to_string())),
             }
         }
@@ -1509,13 +1520,24 @@ impl Session {
                     kept: true,
                 })),
                 Err(e) if crate::is_transient(&e) => Err(e),
-                Err(e @ (Error::Io { .. } | Error::Protocol(_))) => Err(e),
+                Err(e @ Error::Io { .. }) => Err(e),
+                // The server answered something odd while the record was
+                // being checked: try again with the next delivery.
+                Err(e @ Error::Protocol(_)) => Ok(Some(Inbound::Refused {
+                    from: record.change.actor.clone(),
+                    reason: format!("a change to #{} could not be checked: {e}", record.group),
+                    kept: true,
+                })),
                 // A change that does not verify is never shown as one.
                 Err(e) => {
                     acks.push(seq);
+                    let why = match e {
+                        Error::GroupUntrusted { reason, .. } => reason,
+                        other => other.to_string(),
+                    };
                     Ok(Some(Inbound::Refused {
                         from: record.change.actor.clone(),
-                        reason: format!("a change to #{} was not shown: {e}", record.group),
+                        reason: format!("a change to #{} was not shown: {why}", record.group),
                         kept: false,
                     }))
                 }
@@ -1658,8 +1680,18 @@ fn compare_members(info: &GroupInfo, state: &GroupState) -> std::result::Result<
     let mut why = Vec::new();
     if !extra.is_empty() {
         why.push(format!(
-            "the server lists {} as members, but no signed record added them",
-            names(extra)
+            "the server lists {} as {}, but no signed record added {}",
+            names(extra.clone()),
+            if extra.len() == 1 {
+                "a member"
+            } else {
+                "members"
+            },
+            if extra.len() == 1 {
+                "them"
+            } else {
+                "any of them"
+            },
         ));
     }
     if !missing.is_empty() {

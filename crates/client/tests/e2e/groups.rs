@@ -310,7 +310,7 @@ async fn a_server_that_changes_membership_behind_the_admins_backs_is_refused(pos
         assert!(
             text.contains("#team")
                 && text.contains("mallory")
-                && text.contains("no signed record added"),
+                && text.contains("lists mallory as a member, but no signed record added them"),
             "{text}"
         );
         // Nor are files shared with her.

@@ -15,3 +15,10 @@ CREATE TABLE group_log (
 -- without a verified state of its own is served the chain from there.
 -- NULL for members of groups that predate signed records.
 ALTER TABLE group_members ADD COLUMN joined_epoch INTEGER;
+
+-- Groups made before signed records have no history a client could verify:
+-- clients would refuse to send to them, and no signed change (not even a
+-- leave) could build on them. They are dropped so that their names can be
+-- taken again; the messages already in mailboxes stay.
+DELETE FROM group_members;
+DELETE FROM groups;

@@ -208,9 +208,7 @@ async fn change<C: WriteConn>(
         (_, None) => {
             return Ok(refuse(
                 ErrorCode::BadRecord,
-                format!(
-                    "#{group} has no signed membership history (it predates signed records); create a new group"
-                ),
+                format!("#{group} has no signed membership history; create it anew"),
             ));
         }
     };
