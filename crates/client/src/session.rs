@@ -452,7 +452,15 @@ impl Session {
     /// from this user's own copy (the sender is always a recipient, so no
     /// plaintext is ever kept on disk) and sent again, same msg_id.
     async fn send_group_sealed(&mut self, group: &GroupName, msg_id: MsgId) -> Result<SendOutcome> {
-        for _ in 0..10 {
+        // While admins keep changing the group, a send can lose the race
+        // again and again: after a few tries, pause (with jitter) so the
+        // changes settle.
+        let mut backoff =
+            crate::Backoff::new(Duration::from_millis(10), Duration::from_millis(250));
+        for attempt in 0..40 {
+            if attempt >= 3 {
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
             let envelope = self
                 .outbox
                 .find(&msg_id)

@@ -643,6 +643,64 @@ async fn a_refused_removal_of_several_users_changes_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_signed_for_an_old_state_is_refused_and_the_client_signs_again() {
+    let server = spawn_server().await;
+    let url = server.url();
+    let mut p = people(&url, &["alice", "bob", "carol", "dave"]).await;
+    let team = g("team");
+    p[0].0.group_create(&team, vec![name("bob")]).await.unwrap();
+    p[0].0.group_promote(&team, &name("bob")).await.unwrap();
+    let old = latest(&p[0].0, &team).await;
+    // bob's change lands first...
+    p[1].0.group_add(&team, vec![name("carol")]).await.unwrap();
+    // ...so alice's record, signed on the state before it, is stale.
+    let a = apply_change(
+        &team,
+        &old.members,
+        ChangeKind::Added,
+        &name("alice"),
+        &[name("dave")],
+        usize::MAX,
+    )
+    .unwrap();
+    let mut stale = GroupRecord {
+        group: team.clone(),
+        epoch: old.epoch + 1,
+        prev: B64(old.hash().to_vec()),
+        at: 0,
+        change: Change {
+            kind: ChangeKind::Added,
+            actor: name("alice"),
+            users: a.users,
+            heir: None,
+        },
+        members: a.members,
+        sig: B64(Vec::new()),
+    };
+    telepound_crypto::group::sign_record(p[0].0.identity(), &mut stale);
+    let e = p[0]
+        .0
+        .client()
+        .request(ClientMessage::GroupAdd {
+            rid: None,
+            group: team.clone(),
+            users: vec![name("dave")],
+            record: Box::new(stale),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::GroupChanged), "{e}");
+    assert_eq!(p[0].0.group_info(&team).await.unwrap().members.len(), 3);
+    // Through the library, alice's client fetches bob's record and signs
+    // on top of it.
+    let info = p[0].0.group_add(&team, vec![name("dave")]).await.unwrap();
+    assert_eq!((info.epoch, info.members.len()), (Some(3), 4));
+    let (s, e, _) = &mut p[3];
+    assert_eq!(seen(&drain(s, e).await), vec!["alice Added dave"]);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_removed_and_added_again_follows_on_from_what_they_verified() {
     let server = spawn_server().await;
     let url = server.url();
