@@ -91,7 +91,7 @@ pub fn sealed_envelope(from: &UserName, to: &UserName) -> String {
         sent_at: 0,
         text: "x".repeat(BODY),
         attachments: vec![],
-        event: None,
+        group_epoch: None,
     };
     let keys = vec![(from.clone(), a.peer_keys()), (to.clone(), b.peer_keys())];
     seal(&a, &payload, &keys).expect("sealing")

@@ -755,7 +755,7 @@ fn crypto(args: &Args, out: &mut Results) -> anyhow::Result<()> {
         sent_at: 0,
         text: "x".repeat(links::BODY),
         attachments: vec![],
-        event: None,
+        group_epoch: None,
     };
     let keys = vec![(an.clone(), a.peer_keys()), (bn.clone(), b.peer_keys())];
     let n = 2_000u32;

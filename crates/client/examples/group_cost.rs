@@ -57,7 +57,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "x".repeat(120)
             ),
             attachments: vec![],
-            event: None,
+            group_epoch: None,
         };
         let t = Instant::now();
         let sealed = envelope::seal(owner.identity(), &payload, &keys)?;

@@ -45,6 +45,15 @@ pub enum Event {
         /// When.
         at: UnixMillis,
     },
+    /// A group membership change, as its actor signed it.
+    GroupChange {
+        /// Mailbox sequence number, to acknowledge.
+        seq: i64,
+        /// When the server applied it.
+        server_ts: UnixMillis,
+        /// The signed record (not yet verified).
+        record: Box<telepound_protocol::group::GroupRecord>,
+    },
     /// The connection ended; the reason is the server's close reason.
     Closed(Option<String>),
 }
@@ -411,6 +420,8 @@ async fn run(
                         Event::Message { seq, msg_id, from, server_ts, envelope },
                     ServerMessage::Delivered { seq, msg_id, to, at } =>
                         Event::Delivered { seq, msg_id, to, at },
+                    ServerMessage::GroupChange { seq, server_ts, record } =>
+                        Event::GroupChange { seq, server_ts, record },
                     ServerMessage::Error { code, message, .. } => {
                         tracing::warn!(%code, %message, "server error without a request");
                         continue;

@@ -1,6 +1,6 @@
 //! Client errors, each with a one-line readable message.
 
-use telepound_protocol::{ErrorCode, UserName};
+use telepound_protocol::{ErrorCode, GroupName, UserName};
 
 /// Everything the client library can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -60,13 +60,43 @@ pub enum Error {
     /// A request timed out.
     #[error("the server did not answer in time")]
     Timeout,
+    /// Refused by this client under the group rules, before asking the
+    /// server (the same rules the server enforces).
+    #[error("{message}")]
+    Rule {
+        /// The code the server would have answered with.
+        code: ErrorCode,
+        /// Why.
+        message: String,
+    },
+    /// The group's membership as the server reports it does not match the
+    /// signed records this client verified (or the records do not verify):
+    /// nothing is sealed for it.
+    #[error(
+        "#{group}: {reason}. The membership the server reports for #{group} is not what its owner and admins signed, so nothing is sent to it"
+    )]
+    GroupUntrusted {
+        /// The group.
+        group: GroupName,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A message naming a group that does not check against the group's
+    /// verified membership (not shown).
+    #[error("not shown as a #{group} message: {reason}")]
+    GroupMessage {
+        /// The group it names.
+        group: GroupName,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 impl Error {
     /// The server's error code, if this is a server error.
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            Self::Server { code, .. } => Some(*code),
+            Self::Server { code, .. } | Self::Rule { code, .. } => Some(*code),
             _ => None,
         }
     }

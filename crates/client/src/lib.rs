@@ -11,7 +11,8 @@
 //! - [`Session`]: a logged-in user with their private keys: sends sealed
 //!   messages, opens received ones, acknowledges, checks presence, and keeps
 //!   the local state under the user's home folder: pinned peer keys
-//!   ([`pins`]) and local history ([`history`]).
+//!   ([`pins`]), local history ([`history`]) and the verified membership
+//!   of each group ([`groups`]).
 //!
 //! Design decision: peer identity keys are pinned on first use, and a
 //! changed key is refused (with [`Error::KeyChanged`]) until the user
@@ -24,6 +25,7 @@ pub mod backoff;
 pub mod connection;
 pub mod error;
 pub mod files;
+pub mod groups;
 pub mod history;
 pub mod http;
 pub mod link;
@@ -38,5 +40,5 @@ pub use error::{Error, Result};
 pub use files::{NoProgress, Progress};
 pub use link::{Link, Step, is_refusal, is_transient};
 pub use session::{
-    Inbound, Incoming, KeyStatus, Received, SendOutcome, Session, SyncPage, Verification,
+    GroupLine, Inbound, Incoming, KeyStatus, Received, SendOutcome, Session, SyncPage, Verification,
 };

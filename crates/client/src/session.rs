@@ -3,16 +3,21 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde_json::value::RawValue;
 use telepound_crypto::envelope::{self, Envelope};
 use telepound_crypto::safety::safety_number;
-use telepound_crypto::{Attachment, GroupEvent, GroupEventKind, Identity, Payload, PeerKeys};
-use telepound_protocol::message::{GroupInfo, GroupSummary, PresenceInfo, PublicKeys, UnixMillis};
+use telepound_crypto::{Attachment, Identity, Payload, PeerKeys};
+use telepound_protocol::group::{Change, ChangeKind, GENESIS_PREV, GroupRecord, apply_change};
+use telepound_protocol::message::{
+    B64, GroupInfo, GroupSummary, PresenceInfo, PublicKeys, UnixMillis,
+};
 use telepound_protocol::{ClientMessage, GroupName, MsgId, ServerMessage, UserName};
 use zeroize::Zeroizing;
 
 use crate::files::{Progress, Uploads};
+use crate::groups::{GroupState, GroupStates, adds};
 use crate::history::{Direction, History, Record};
 use crate::http::Http;
 use crate::outbox::{Outbox, Pending};
@@ -72,11 +77,30 @@ pub enum Incoming {
     },
 }
 
+/// A membership change, verified against the group's signed history: the
+/// line members see in the conversation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupLine {
+    /// The group.
+    pub group: GroupName,
+    /// The change's epoch.
+    pub epoch: u64,
+    /// What changed, who did it, whom it changed, and who inherited
+    /// ownership if anyone did.
+    pub change: Change,
+    /// The actor's clock when they signed it.
+    pub at: UnixMillis,
+    /// When the server applied it.
+    pub server_ts: UnixMillis,
+}
+
 /// What an event amounts to, for display.
 #[derive(Debug, Clone)]
 pub enum Inbound {
     /// A new message, opened and verified.
     Message(Received),
+    /// A membership change line, verified.
+    GroupChange(GroupLine),
     /// A recipient got one of this user's messages.
     Delivered {
         /// The message.
@@ -122,6 +146,7 @@ pub struct Session {
     history: History,
     outbox: Outbox,
     uploads: Uploads,
+    groups: GroupStates,
     token: Zeroizing<Vec<u8>>,
     keys: HashMap<UserName, PeerKeys>,
 }
@@ -151,9 +176,11 @@ impl Session {
         let history = History::open(&dir)?;
         let outbox = Outbox::load(&dir)?;
         let uploads = Uploads::load(&dir)?;
+        let groups = GroupStates::open(&dir);
         Ok(Self {
             outbox,
             uploads,
+            groups,
             client,
             user,
             identity,
@@ -276,7 +303,7 @@ impl Session {
             sent_at: now_ms(),
             text: text.to_owned(),
             attachments,
-            event: None,
+            group_epoch: None,
         };
         Ok(envelope::seal(&self.identity, &payload, &keys)?)
     }
@@ -420,11 +447,20 @@ impl Session {
     }
 
     /// Sends the outbox entry `msg_id` to `group`. When the server says the
-    /// membership changed, the message is re-sealed for the new membership
+    /// membership changed, the group's new signed records are fetched and
+    /// verified, and the message is re-sealed for the verified membership
     /// from this user's own copy (the sender is always a recipient, so no
     /// plaintext is ever kept on disk) and sent again, same msg_id.
     async fn send_group_sealed(&mut self, group: &GroupName, msg_id: MsgId) -> Result<SendOutcome> {
-        for _ in 0..5 {
+        // While admins keep changing the group, a send can lose the race
+        // again and again: after a few tries, pause (with jitter) so the
+        // changes settle.
+        let mut backoff =
+            crate::Backoff::new(Duration::from_millis(10), Duration::from_millis(250));
+        for attempt in 0..40 {
+            if attempt >= 3 {
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
             let envelope = self
                 .outbox
                 .find(&msg_id)
@@ -463,8 +499,11 @@ impl Session {
                         recipient_online,
                     });
                 }
-                ServerMessage::Membership { members, .. } => {
-                    if !members.contains(&self.user) {
+                ServerMessage::Membership { .. } => {
+                    // The server's list is only a hint that something
+                    // changed: what is sealed for is the verified state.
+                    let (_, state) = self.sync_group(group).await?;
+                    if !state.is_member(&self.user) {
                         return Err(Error::Server {
                             code: telepound_protocol::ErrorCode::UnknownGroup,
                             message: format!("you are no longer in #{group}"),
@@ -473,7 +512,10 @@ impl Session {
                     let mut payload = env
                         .open(&self.identity, &self.user, &self.identity.peer_keys())?
                         .payload;
-                    payload.recipients = envelope::canonical_recipients(members);
+                    payload.recipients = envelope::canonical_recipients(
+                        state.members.iter().map(|m| m.user.clone()).collect(),
+                    );
+                    payload.group_epoch = Some(state.epoch);
                     let resealed = self.seal_payload(&payload).await?;
                     self.outbox.reseal(&msg_id, resealed)?;
                 }
@@ -485,19 +527,21 @@ impl Session {
         )))
     }
 
-    /// Seals a group message for the group's current members and queues it.
+    /// Seals a group message for the group's verified members and queues
+    /// it. The group's new signed records are fetched and verified first;
+    /// when the server's member list is not the verified one, nothing is
+    /// sealed.
     ///
     /// # Errors
-    /// As [`Session::group_info`] and [`Session::peer_keys_many`].
+    /// As [`Session::sync_group`] and [`Session::peer_keys_many`].
     pub async fn queue_group(
         &mut self,
         group: &GroupName,
         text: &str,
         attachments: Vec<Attachment>,
-        event: Option<GroupEvent>,
     ) -> Result<MsgId> {
-        let info = self.group_info(group).await?;
-        let members = info.members.into_iter().map(|m| m.user).collect();
+        let (_, state) = self.sync_group(group).await?;
+        let members = state.members.iter().map(|m| m.user.clone()).collect();
         let msg_id = MsgId::new();
         let payload = Payload {
             msg_id,
@@ -507,7 +551,7 @@ impl Session {
             sent_at: now_ms(),
             text: text.to_owned(),
             attachments,
-            event,
+            group_epoch: Some(state.epoch),
         };
         let sealed = self.seal_payload(&payload).await?;
         let ids: Vec<String> = payload
@@ -537,7 +581,7 @@ impl Session {
         text: &str,
         attachments: Vec<Attachment>,
     ) -> Result<SendOutcome> {
-        let msg_id = self.queue_group(group, text, attachments, None).await?;
+        let msg_id = self.queue_group(group, text, attachments).await?;
         self.flush_for(msg_id).await
     }
 
@@ -546,24 +590,244 @@ impl Session {
         outcome_in(self.flush_outbox().await?, msg_id)
     }
 
-    async fn group_request(&self, msg: ClientMessage) -> Result<GroupInfo> {
-        match self.client.request(msg).await? {
-            ServerMessage::Group { info, .. } => Ok(info),
-            other => Err(Error::Protocol(format!("expected group, got {other:?}"))),
+    fn untrusted(group: &GroupName, reason: impl Into<String>) -> Error {
+        Error::GroupUntrusted {
+            group: group.clone(),
+            reason: reason.into(),
         }
     }
 
-    /// Announces a membership change to the group (signed, so members can
-    /// tell it from a change the server made up).
-    async fn announce(
+    /// Checks a record's signature under its actor's pinned keys.
+    async fn verify_record(&mut self, record: &GroupRecord) -> Result<()> {
+        let keys = self.peer_keys(&record.change.actor).await?;
+        telepound_crypto::group::verify_record(record, &keys).map_err(|_| {
+            Self::untrusted(
+                &record.group,
+                format!(
+                    "the record of epoch {} is not signed by {}, whom it names as its author",
+                    record.epoch, record.change.actor
+                ),
+            )
+        })
+    }
+
+    /// Brings this client's verified state of `group` up to the server's
+    /// latest record, verifying each new one (signed by its actor, who the
+    /// state before allowed to make that change, linked by hash), and
+    /// checks that the members the server reports are exactly the verified
+    /// ones. A user without a verified state (new to the group, or on a new
+    /// machine) starts from the record that added them: trust on first use.
+    ///
+    /// # Errors
+    /// [`Error::GroupUntrusted`] naming what does not match;
+    /// `unknown_group` for a group this user is not in; a connection error.
+    pub async fn sync_group(&mut self, group: &GroupName) -> Result<(GroupInfo, GroupState)> {
+        let old = self.groups.load(group)?;
+        // A state this user is no longer in cannot be extended (the server
+        // shows the group only to members): start from the record that
+        // brings them back, keeping what the old one verified.
+        let (mut state, old) = match old {
+            Some(s) if s.is_member(&self.user) => (Some(s), None),
+            other => (None, other),
+        };
+        let start = state.clone();
+        loop {
+            let answer = self
+                .client
+                .request(ClientMessage::GroupInfo {
+                    rid: None,
+                    group: group.clone(),
+                    since: state.as_ref().map(|s| s.epoch),
+                })
+                .await?;
+            let ServerMessage::Group { info, records, .. } = answer else {
+                return Err(Error::Protocol(format!("expected group, got {answer:?}")));
+            };
+            let fetched = records.len();
+            for r in &records {
+                if &r.group != group {
+                    return Err(Self::untrusted(
+                        group,
+                        "the server sent another group's record",
+                    ));
+                }
+                self.verify_record(r).await?;
+                match &mut state {
+                    None => {
+                        state = Some(
+                            GroupState::rejoin(old.clone(), r, &self.user)
+                                .map_err(|why| Self::untrusted(group, why))?,
+                        );
+                    }
+                    Some(s) => s.apply(r).map_err(|why| Self::untrusted(group, why))?,
+                }
+            }
+            let Some(s) = &state else {
+                return Err(Self::untrusted(
+                    group,
+                    "the server showed no signed record of your membership",
+                ));
+            };
+            match info.epoch {
+                Some(e) if e == s.epoch => {
+                    if state != start {
+                        self.groups.save(s)?;
+                    }
+                    compare_members(&info, s).map_err(|why| Self::untrusted(group, why))?;
+                    return Ok((info, state.expect("checked")));
+                }
+                Some(e) if e > s.epoch && fetched > 0 => continue,
+                e => {
+                    return Err(Self::untrusted(
+                        group,
+                        format!(
+                            "the server says its latest record is epoch {}, but the records it sends end at epoch {}",
+                            e.map_or("none".to_owned(), |e| e.to_string()),
+                            s.epoch
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// The members of `group` other than this user, as verified (see
+    /// [`Session::sync_group`]): whom a file for the group is shared with.
+    ///
+    /// # Errors
+    /// As [`Session::sync_group`].
+    pub async fn group_recipients(&mut self, group: &GroupName) -> Result<Vec<UserName>> {
+        let (_, state) = self.sync_group(group).await?;
+        let me = self.user.clone();
+        let others: Vec<UserName> = state
+            .members
+            .into_iter()
+            .map(|m| m.user)
+            .filter(|u| *u != me)
+            .collect();
+        self.peer_keys_many(&others).await?;
+        Ok(others)
+    }
+
+    /// Signs and makes a membership change: from the verified state, works
+    /// out the change under the group rules (refusing here what the server
+    /// would refuse), signs the record of the result and sends it with the
+    /// request. When another change got there first (`group_changed`), it
+    /// fetches the new records and signs again, so concurrent admins both
+    /// get their changes made. A change that changes nothing is not sent.
+    async fn change_group(
         &mut self,
         group: &GroupName,
-        kind: GroupEventKind,
+        kind: ChangeKind,
         users: Vec<UserName>,
-    ) -> Result<()> {
-        let event = GroupEvent { kind, users };
-        let msg_id = self.queue_group(group, "", Vec::new(), Some(event)).await?;
-        self.flush_for(msg_id).await.map(|_| ())
+    ) -> Result<GroupInfo> {
+        let mut backoff =
+            crate::Backoff::new(Duration::from_millis(20), Duration::from_millis(500));
+        loop {
+            let (info, state) = if kind == ChangeKind::Created {
+                (None, None)
+            } else {
+                let (i, s) = self.sync_group(group).await?;
+                (Some(i), Some(s))
+            };
+            let current = state
+                .as_ref()
+                .map(|s| s.members.clone())
+                .unwrap_or_default();
+            let applied = apply_change(group, &current, kind, &self.user, &users, usize::MAX)
+                .map_err(|r| Error::Rule {
+                    code: r.code,
+                    message: r.message,
+                })?;
+            if let Some(info) = info
+                && !applied.changes_anything(kind)
+            {
+                return Ok(info);
+            }
+            let (epoch, prev) = match &state {
+                None => (0, GENESIS_PREV.to_vec()),
+                Some(s) => (s.epoch + 1, s.hash.0.clone()),
+            };
+            let mut record = GroupRecord {
+                group: group.clone(),
+                epoch,
+                prev: B64(prev),
+                at: now_ms(),
+                change: Change {
+                    kind,
+                    actor: self.user.clone(),
+                    users: applied.users.clone(),
+                    heir: applied.heir.clone(),
+                },
+                members: applied.members,
+                sig: B64(Vec::new()),
+            };
+            telepound_crypto::group::sign_record(&self.identity, &mut record);
+            let (g, record_sent) = (group.clone(), Box::new(record.clone()));
+            let msg = match kind {
+                ChangeKind::Created => ClientMessage::GroupCreate {
+                    rid: None,
+                    group: g,
+                    members: applied.users,
+                    record: record_sent,
+                },
+                ChangeKind::Added => ClientMessage::GroupAdd {
+                    rid: None,
+                    group: g,
+                    users: applied.users,
+                    record: record_sent,
+                },
+                ChangeKind::Removed => ClientMessage::GroupRemove {
+                    rid: None,
+                    group: g,
+                    users: applied.users,
+                    record: record_sent,
+                },
+                ChangeKind::Left => ClientMessage::GroupLeave {
+                    rid: None,
+                    group: g,
+                    record: record_sent,
+                },
+                ChangeKind::Promoted => ClientMessage::GroupPromote {
+                    rid: None,
+                    group: g,
+                    user: users.first().cloned().unwrap_or_else(|| self.user.clone()),
+                    record: record_sent,
+                },
+            };
+            match self.client.request(msg).await {
+                Ok(ServerMessage::Group { info, .. }) => {
+                    // Our own record is verified by construction; the state
+                    // moves by it exactly as by anyone else's.
+                    let next = match state {
+                        Some(mut s) => {
+                            s.apply(&record)
+                                .map_err(|why| Self::untrusted(group, why))?;
+                            s
+                        }
+                        None => GroupState::first(&record, &self.user)
+                            .map_err(|why| Self::untrusted(group, why))?,
+                    };
+                    self.groups.save(&next)?;
+                    return Ok(info);
+                }
+                Ok(other) => {
+                    return Err(Error::Protocol(format!("expected group, got {other:?}")));
+                }
+                Err(e)
+                    if matches!(
+                        e.code(),
+                        Some(
+                            telepound_protocol::ErrorCode::GroupChanged
+                                | telepound_protocol::ErrorCode::RateLimited
+                        )
+                    ) && backoff.attempts() < 30 =>
+                {
+                    tokio::time::sleep(backoff.next_delay()).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// Creates `group` with this user as owner.
@@ -575,125 +839,241 @@ impl Session {
         group: &GroupName,
         members: Vec<UserName>,
     ) -> Result<GroupInfo> {
-        let info = self
-            .group_request(ClientMessage::GroupCreate {
-                rid: None,
-                group: group.clone(),
-                members: members.clone(),
-            })
-            .await?;
-        self.announce(group, GroupEventKind::Created, members)
-            .await?;
-        Ok(info)
+        self.change_group(group, ChangeKind::Created, members).await
     }
 
-    /// Adds users (owners and admins).
+    /// Adds users (owners and admins). Every member, the new ones
+    /// included, gets the signed change line.
     ///
     /// # Errors
-    /// `not_an_admin`, `unknown_user`, `unknown_group`, `group_full`.
+    /// `not_an_admin`, `unknown_user`, `unknown_group`, `group_full`,
+    /// [`Error::GroupUntrusted`].
     pub async fn group_add(
         &mut self,
         group: &GroupName,
         users: Vec<UserName>,
     ) -> Result<GroupInfo> {
-        let info = self
-            .group_request(ClientMessage::GroupAdd {
-                rid: None,
-                group: group.clone(),
-                users: users.clone(),
-            })
-            .await?;
-        self.announce(group, GroupEventKind::Added, users).await?;
-        Ok(info)
+        self.change_group(group, ChangeKind::Added, users).await
     }
 
-    /// Removes users (owners and admins); the remaining members and each
-    /// removed user are told.
+    /// Removes users (owners and admins), all or none; the remaining
+    /// members and each removed user get the signed change line.
     ///
     /// # Errors
-    /// `not_an_admin`, `cannot_remove_owner`, `unknown_group`.
+    /// `not_an_admin`, `cannot_remove_owner`, `unknown_group`,
+    /// [`Error::GroupUntrusted`].
     pub async fn group_remove(
         &mut self,
         group: &GroupName,
         users: Vec<UserName>,
     ) -> Result<GroupInfo> {
-        let info = self
-            .group_request(ClientMessage::GroupRemove {
-                rid: None,
-                group: group.clone(),
-                users: users.clone(),
-            })
-            .await?;
-        self.announce(group, GroupEventKind::Removed, users.clone())
-            .await?;
-        for gone in users {
-            let msg_id = MsgId::new();
-            let payload = Payload {
-                msg_id,
-                sender: self.user.clone(),
-                recipients: envelope::canonical_recipients(vec![self.user.clone(), gone.clone()]),
-                group: Some(group.clone()),
-                sent_at: now_ms(),
-                text: String::new(),
-                attachments: Vec::new(),
-                event: Some(GroupEvent {
-                    kind: GroupEventKind::Removed,
-                    users: vec![gone.clone()],
-                }),
-            };
-            let sealed = self.seal_payload(&payload).await?;
-            self.outbox.push(Pending {
-                to: gone,
-                group: None,
-                msg_id,
-                envelope: sealed,
-            })?;
-            self.flush_for(msg_id).await?;
-        }
-        Ok(info)
+        self.change_group(group, ChangeKind::Removed, users).await
     }
 
-    /// Leaves the group, telling the members first.
+    /// Leaves the group; the members get the signed change line (which
+    /// names who inherits ownership, if anyone does).
     ///
     /// # Errors
-    /// `unknown_group`.
+    /// `unknown_group`, [`Error::GroupUntrusted`].
     pub async fn group_leave(&mut self, group: &GroupName) -> Result<GroupInfo> {
-        self.announce(group, GroupEventKind::Left, Vec::new())
-            .await?;
-        self.group_request(ClientMessage::GroupLeave {
-            rid: None,
-            group: group.clone(),
-        })
-        .await
+        self.change_group(group, ChangeKind::Left, Vec::new()).await
     }
 
     /// Makes a member an admin (owners and admins).
     ///
     /// # Errors
-    /// `not_an_admin`, `unknown_group`.
+    /// `not_an_admin`, `unknown_group`, [`Error::GroupUntrusted`].
     pub async fn group_promote(&mut self, group: &GroupName, user: &UserName) -> Result<GroupInfo> {
-        let info = self
-            .group_request(ClientMessage::GroupPromote {
-                rid: None,
-                group: group.clone(),
-                user: user.clone(),
-            })
-            .await?;
-        self.announce(group, GroupEventKind::Promoted, vec![user.clone()])
-            .await?;
-        Ok(info)
+        self.change_group(group, ChangeKind::Promoted, vec![user.clone()])
+            .await
     }
 
-    /// A group's members and roles (members only).
+    /// A group's members and roles (members only), verified against its
+    /// signed records (see [`Session::sync_group`]).
     ///
     /// # Errors
-    /// `unknown_group`.
-    pub async fn group_info(&self, group: &GroupName) -> Result<GroupInfo> {
-        self.group_request(ClientMessage::GroupInfo {
-            rid: None,
+    /// `unknown_group`, [`Error::GroupUntrusted`].
+    pub async fn group_info(&mut self, group: &GroupName) -> Result<GroupInfo> {
+        Ok(self.sync_group(group).await?.0)
+    }
+
+    /// Takes in a pushed membership change: verified against the state
+    /// before it (fetching records first when some are missing), or
+    /// recognised as one already verified. Returns its line unless the
+    /// line was shown before.
+    async fn receive_record(
+        &mut self,
+        record: &GroupRecord,
+        server_ts: UnixMillis,
+    ) -> Result<Option<GroupLine>> {
+        let group = &record.group;
+        let me = self.user.clone();
+        let hash = record.hash();
+        let line = || GroupLine {
             group: group.clone(),
-        })
-        .await
+            epoch: record.epoch,
+            change: record.change.clone(),
+            at: record.at,
+            server_ts,
+        };
+        let mut synced = false;
+        loop {
+            let state = self.groups.load(group)?;
+            if state
+                .as_ref()
+                .is_some_and(|s| s.retired.iter().any(|h| h.0 == hash))
+            {
+                // Verified for an earlier group of this name: delivered
+                // again (a push and a mailbox page can overlap).
+                return Ok(None);
+            }
+            if let Some(mut s) = state.clone()
+                && let Some(same) = s.hashes.get(&record.epoch).map(|k| k.0 == hash)
+            {
+                if same {
+                    let new = s.mark_shown(record.epoch);
+                    if new {
+                        self.groups.save(&s)?;
+                    }
+                    return Ok(new.then(line));
+                }
+                if s.is_member(&me) || !adds(record, &me) {
+                    return Err(Self::untrusted(
+                        group,
+                        format!(
+                            "a record of epoch {} from {} conflicts with the one this client verified",
+                            record.epoch, record.change.actor
+                        ),
+                    ));
+                }
+            }
+            match state {
+                Some(mut s) if s.is_member(&me) && record.epoch == s.epoch + 1 => {
+                    self.verify_record(record).await?;
+                    s.apply(record).map_err(|why| Self::untrusted(group, why))?;
+                    s.mark_shown(record.epoch);
+                    self.groups.save(&s)?;
+                    return Ok(Some(line()));
+                }
+                Some(s) if s.is_member(&me) && record.epoch > s.epoch && !synced => {
+                    // Records are missing (expired, or acknowledged
+                    // elsewhere): fetch them, then look again.
+                    self.sync_group(group).await?;
+                    synced = true;
+                }
+                Some(s) if s.is_member(&me) && record.epoch > s.epoch => {
+                    return Err(Self::untrusted(
+                        group,
+                        format!(
+                            "the server does not have the record of epoch {} that {} pushed",
+                            record.epoch, record.change.actor
+                        ),
+                    ));
+                }
+                Some(s) if s.is_member(&me) => {
+                    return Err(Self::untrusted(
+                        group,
+                        format!(
+                            "the record of epoch {} is older than the history this client verified (from epoch {})",
+                            record.epoch, s.since
+                        ),
+                    ));
+                }
+                // Not in the group as far as this client knows: only a
+                // record that brings this user in can start a state.
+                old if adds(record, &me) => {
+                    self.verify_record(record).await?;
+                    let mut s = GroupState::rejoin(old, record, &me)
+                        .map_err(|why| Self::untrusted(group, why))?;
+                    s.mark_shown(record.epoch);
+                    self.groups.save(&s)?;
+                    return Ok(Some(line()));
+                }
+                None if !synced => {
+                    // A new machine: the server serves the chain from the
+                    // record that added this user.
+                    match self.sync_group(group).await {
+                        Ok(_) => synced = true,
+                        Err(e) if e.code() == Some(telepound_protocol::ErrorCode::UnknownGroup) => {
+                            return Err(Self::untrusted(
+                                group,
+                                "a membership change for a group you are not in",
+                            ));
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+                _ => {
+                    return Err(Self::untrusted(
+                        group,
+                        format!(
+                            "a change by {} that this client cannot check: you are not in #{group} in its verified history",
+                            record.change.actor
+                        ),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// Checks an opened message that names a group: sealed for a membership
+    /// epoch this client verified (fetching records when it is newer), by
+    /// a member of that epoch, for exactly that epoch's members. So neither
+    /// an outsider nor a member can make a one-to-one message pass for a
+    /// group message, and nobody can post as a member who is not one.
+    async fn check_group_message(&mut self, payload: &Payload) -> Result<()> {
+        let Some(group) = &payload.group else {
+            return Ok(());
+        };
+        let refuse = |reason: String| Error::GroupMessage {
+            group: group.clone(),
+            reason,
+        };
+        let epoch = payload
+            .group_epoch
+            .ok_or_else(|| refuse("it names no signed membership epoch".into()))?;
+        let mut members = self.groups.load(group)?.and_then(|s| s.members_at(epoch));
+        if members.is_none() {
+            match self.sync_group(group).await {
+                Ok((_, s)) => members = s.members_at(epoch),
+                // Kept for later: it may check once the connection is back
+                // or a changed key is accepted.
+                Err(
+                    e @ (Error::KeyChanged { .. }
+                    | Error::Io { .. }
+                    | Error::Protocol(_)
+                    | Error::Disconnected(_)
+                    | Error::Timeout
+                    | Error::Connect { .. }),
+                ) => return Err(e),
+                Err(e) if crate::is_transient(&e) => return Err(e),
+                Err(Error::GroupUntrusted { reason, .. }) => return Err(refuse(reason)),
+                Err(e) => return Err(refuse(e.to_string())),
+            }
+        }
+        let Some(members) = members else {
+            return Err(refuse(format!(
+                "it is sealed for epoch {epoch} of #{group}'s membership, which this client has not verified"
+            )));
+        };
+        if !members.contains(&payload.sender) {
+            return Err(refuse(format!(
+                "{} is not a member of #{group} (epoch {epoch})",
+                payload.sender
+            )));
+        }
+        if members != payload.recipients {
+            return Err(refuse(format!(
+                "it was not sent to #{group}'s members (epoch {epoch}) but to {}",
+                payload
+                    .recipients
+                    .iter()
+                    .map(UserName::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        Ok(())
     }
 
     /// The groups this user is in.
@@ -994,7 +1374,10 @@ impl Session {
                     biased;
                     Some(ev) = events.recv() => {
                         if let Some(inbound) = self.handle_event(ev, &mut acks).await? {
-                            shown += u64::from(matches!(inbound, Inbound::Message(_)));
+                            shown += u64::from(matches!(
+                                inbound,
+                                Inbound::Message(_) | Inbound::GroupChange(_)
+                            ));
                             show(&inbound);
                         }
                     }
@@ -1004,7 +1387,10 @@ impl Session {
             // Everything of the page was pushed before its answer.
             while let Ok(ev) = events.try_recv() {
                 if let Some(inbound) = self.handle_event(ev, &mut acks).await? {
-                    shown += u64::from(matches!(inbound, Inbound::Message(_)));
+                    shown += u64::from(matches!(
+                        inbound,
+                        Inbound::Message(_) | Inbound::GroupChange(_)
+                    ));
                     show(&inbound);
                 }
             }
@@ -1044,6 +1430,7 @@ impl Session {
         }
         let keys = self.peer_keys(from).await?;
         let opened = env.open(&self.identity, &self.user, &keys)?;
+        self.check_group_message(&opened.payload).await?;
         self.history.append(&Record {
             dir: Direction::In,
             msg_id,
@@ -1107,7 +1494,12 @@ impl Session {
                     reason: e.to_string(),
                     kept: true,
                 })),
-                Err(e @ (Error::Crypto(_) | Error::UnknownUser(_))) => {
+                Err(
+                    e @ (Error::Crypto(_)
+                    | Error::UnknownUser(_)
+                    | Error::GroupMessage { .. }
+                    | Error::GroupUntrusted { .. }),
+                ) => {
                     acks.push(seq);
                     Ok(Some(Inbound::Refused {
                         from,
@@ -1116,6 +1508,43 @@ impl Session {
                     }))
                 }
                 Err(e) => Err(e),
+            },
+            Event::GroupChange {
+                seq,
+                server_ts,
+                record,
+            } => match self.receive_record(&record, server_ts).await {
+                Ok(line) => {
+                    acks.push(seq);
+                    Ok(line.map(Inbound::GroupChange))
+                }
+                Err(e @ Error::KeyChanged { .. }) => Ok(Some(Inbound::Refused {
+                    from: record.change.actor.clone(),
+                    reason: e.to_string(),
+                    kept: true,
+                })),
+                Err(e) if crate::is_transient(&e) => Err(e),
+                Err(e @ Error::Io { .. }) => Err(e),
+                // The server answered something odd while the record was
+                // being checked: try again with the next delivery.
+                Err(e @ Error::Protocol(_)) => Ok(Some(Inbound::Refused {
+                    from: record.change.actor.clone(),
+                    reason: format!("a change to #{} could not be checked: {e}", record.group),
+                    kept: true,
+                })),
+                // A change that does not verify is never shown as one.
+                Err(e) => {
+                    acks.push(seq);
+                    let why = match e {
+                        Error::GroupUntrusted { reason, .. } => reason,
+                        other => other.to_string(),
+                    };
+                    Ok(Some(Inbound::Refused {
+                        from: record.change.actor.clone(),
+                        reason: format!("a change to #{} was not shown: {why}", record.group),
+                        kept: false,
+                    }))
+                }
             },
         }
     }
@@ -1248,4 +1677,57 @@ fn create_private_dir(dir: &Path) -> Result<()> {
     }
     b.create(dir)
         .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))
+}
+
+/// Whether the server's member list is exactly the verified one: the same
+/// users, in the same order, with the same roles. The reason names who
+/// differs.
+fn compare_members(info: &GroupInfo, state: &GroupState) -> std::result::Result<(), String> {
+    let server: Vec<_> = info.members.iter().map(|m| (&m.user, m.role)).collect();
+    let verified: Vec<_> = state.members.iter().map(|m| (&m.user, m.role)).collect();
+    if server == verified {
+        return Ok(());
+    }
+    let names = |v: Vec<&UserName>| v.iter().map(|u| u.as_str()).collect::<Vec<_>>().join(", ");
+    let extra: Vec<&UserName> = server
+        .iter()
+        .map(|(u, _)| *u)
+        .filter(|u| !state.is_member(u))
+        .collect();
+    let missing: Vec<&UserName> = verified
+        .iter()
+        .map(|(u, _)| *u)
+        .filter(|u| !info.members.iter().any(|m| &m.user == *u))
+        .collect();
+    let mut why = Vec::new();
+    if !extra.is_empty() {
+        why.push(format!(
+            "the server lists {} as {}, but no signed record added {}",
+            names(extra.clone()),
+            if extra.len() == 1 {
+                "a member"
+            } else {
+                "members"
+            },
+            if extra.len() == 1 {
+                "them"
+            } else {
+                "any of them"
+            },
+        ));
+    }
+    if !missing.is_empty() {
+        why.push(format!(
+            "the server leaves out {}, whom no signed record removed",
+            names(missing)
+        ));
+    }
+    if why.is_empty() {
+        why.push("the server shows roles or an order that no signed record made".into());
+    }
+    Err(format!(
+        "{} (verified epoch {})",
+        why.join("; "),
+        state.epoch
+    ))
 }

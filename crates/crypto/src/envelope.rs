@@ -2,7 +2,7 @@
 //! the content key wrapped for every recipient.
 //!
 //! ```text
-//! payload   = JSON { msg_id, sender, recipients, group, sent_at, text, attachments }
+//! payload   = JSON { msg_id, sender, recipients, group, group_epoch, sent_at, text, attachments }
 //! commit    = HKDF-SHA256(content_key, info = "telepound/tp1/commit")   (32 bytes)
 //! header    = "tp1" ‖ msg_id ‖ sender ‖ recipients ‖ group ‖ commit   (the AAD)
 //! sig       = Ed25519(sender identity, "telepound/tp1/sig" ‖ header ‖ payload)
@@ -126,36 +126,12 @@ pub struct Payload {
     /// Attached files.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub attachments: Vec<Attachment>,
-    /// A group membership change made by the sender, signed like the rest,
-    /// so members can tell an admin's change from one the server made up.
+    /// For a group message: the epoch of the signed membership the sender
+    /// sealed it for (see `telepound_protocol::group`). Recipients show it
+    /// only if the sender was a member then and `recipients` is exactly
+    /// that membership.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub event: Option<GroupEvent>,
-}
-
-/// A membership change, as announced by the admin (or member) who made it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct GroupEvent {
-    /// What happened.
-    pub kind: GroupEventKind,
-    /// To whom (empty for `created` with no one else, or `left`).
-    #[serde(default)]
-    pub users: Vec<UserName>,
-}
-
-/// Kinds of membership change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GroupEventKind {
-    /// The sender created the group with `users`.
-    Created,
-    /// The sender added `users`.
-    Added,
-    /// The sender removed `users`.
-    Removed,
-    /// The sender left.
-    Left,
-    /// The sender made `users` admins.
-    Promoted,
+    pub group_epoch: Option<u64>,
 }
 
 /// One recipient's wrapped content key.
@@ -459,7 +435,7 @@ mod tests {
             sent_at: 1_700_000_000_000,
             text: "hello bob".into(),
             attachments: vec![],
-            event: None,
+            group_epoch: None,
         }
     }
 

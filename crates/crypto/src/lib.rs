@@ -7,6 +7,7 @@
 //! - [`opaque`]: the client half of OPAQUE registration and login.
 //! - [`envelope`]: sealing a message once for many recipients and opening it.
 //! - [`safety`]: the safety number two users compare to verify each other.
+//! - [`group`]: signing and verifying group state records.
 //!
 //! Design decision: the sender's signature is *inside* the encrypted
 //! payload, over a payload that names the sender and every recipient. A
@@ -17,14 +18,13 @@
 
 pub mod backup;
 pub mod envelope;
+pub mod group;
 pub mod identity;
 pub mod opaque;
 pub mod safety;
 pub mod stream;
 
-pub use envelope::{
-    Attachment, GroupEvent, GroupEventKind, ImageSize, OpenedMessage, Payload, SecretBytes,
-};
+pub use envelope::{Attachment, ImageSize, OpenedMessage, Payload, SecretBytes};
 pub use identity::{Identity, PeerKeys};
 
 /// Everything that can go wrong in this crate.

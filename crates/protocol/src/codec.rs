@@ -10,6 +10,7 @@ use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 
 use crate::auth::KsfParams;
+use crate::group::GroupRecord;
 use crate::message::{
     B64, GroupInfo, GroupSummary, PresenceInfo, PublicKeys, UnixMillis, UserKeys,
 };
@@ -332,12 +333,14 @@ pub fn decode_client(text: &str, max: usize) -> Result<ClientMessage, DecodeErro
                 group: GroupName,
                 #[serde(default)]
                 members: Vec<UserName>,
+                record: Box<GroupRecord>,
             }
             let b: B = body(text, rid)?;
             ClientMessage::GroupCreate {
                 rid,
                 group: b.group,
                 members: b.members,
+                record: b.record,
             }
         }
         "group_add" | "group_remove" => {
@@ -345,6 +348,7 @@ pub fn decode_client(text: &str, max: usize) -> Result<ClientMessage, DecodeErro
             struct B {
                 group: GroupName,
                 users: Vec<UserName>,
+                record: Box<GroupRecord>,
             }
             let b: B = body(text, rid)?;
             if kind == "group_add" {
@@ -352,31 +356,42 @@ pub fn decode_client(text: &str, max: usize) -> Result<ClientMessage, DecodeErro
                     rid,
                     group: b.group,
                     users: b.users,
+                    record: b.record,
                 }
             } else {
                 ClientMessage::GroupRemove {
                     rid,
                     group: b.group,
                     users: b.users,
+                    record: b.record,
                 }
             }
         }
-        "group_leave" | "group_info" => {
+        "group_leave" => {
             #[derive(Deserialize)]
             struct B {
                 group: GroupName,
+                record: Box<GroupRecord>,
             }
             let b: B = body(text, rid)?;
-            if kind == "group_leave" {
-                ClientMessage::GroupLeave {
-                    rid,
-                    group: b.group,
-                }
-            } else {
-                ClientMessage::GroupInfo {
-                    rid,
-                    group: b.group,
-                }
+            ClientMessage::GroupLeave {
+                rid,
+                group: b.group,
+                record: b.record,
+            }
+        }
+        "group_info" => {
+            #[derive(Deserialize)]
+            struct B {
+                group: GroupName,
+                #[serde(default)]
+                since: Option<u64>,
+            }
+            let b: B = body(text, rid)?;
+            ClientMessage::GroupInfo {
+                rid,
+                group: b.group,
+                since: b.since,
             }
         }
         "group_promote" => {
@@ -384,12 +399,14 @@ pub fn decode_client(text: &str, max: usize) -> Result<ClientMessage, DecodeErro
             struct B {
                 group: GroupName,
                 user: UserName,
+                record: Box<GroupRecord>,
             }
             let b: B = body(text, rid)?;
             ClientMessage::GroupPromote {
                 rid,
                 group: b.group,
                 user: b.user,
+                record: b.record,
             }
         }
         "group_list" => ClientMessage::GroupList { rid },
@@ -590,9 +607,29 @@ pub fn decode_server(text: &str, max: usize) -> Result<ServerMessage, DecodeErro
             #[derive(Deserialize)]
             struct B {
                 info: GroupInfo,
+                #[serde(default)]
+                records: Vec<GroupRecord>,
             }
             let b: B = body(text, rid)?;
-            ServerMessage::Group { rid, info: b.info }
+            ServerMessage::Group {
+                rid,
+                info: b.info,
+                records: b.records,
+            }
+        }
+        "group_change" => {
+            #[derive(Deserialize)]
+            struct B {
+                seq: i64,
+                server_ts: UnixMillis,
+                record: Box<GroupRecord>,
+            }
+            let b: B = body(text, rid)?;
+            ServerMessage::GroupChange {
+                seq: b.seq,
+                server_ts: b.server_ts,
+                record: b.record,
+            }
         }
         "groups" => {
             #[derive(Deserialize)]
@@ -657,6 +694,21 @@ pub fn render_message(
     out.push_str(&server_ts.to_string());
     out.push_str(r#","envelope":"#);
     out.push_str(envelope);
+    out.push('}');
+    out
+}
+
+/// Renders a `group_change` push from a stored record: `record` must be
+/// the JSON [`encode`] wrote for a [`GroupRecord`]. Produces exactly what
+/// [`encode`] produces for [`ServerMessage::GroupChange`].
+pub fn render_group_change(seq: i64, server_ts: UnixMillis, record: &str) -> String {
+    let mut out = String::with_capacity(record.len() + 64);
+    out.push_str(r#"{"type":"group_change","seq":"#);
+    out.push_str(&seq.to_string());
+    out.push_str(r#","server_ts":"#);
+    out.push_str(&server_ts.to_string());
+    out.push_str(r#","record":"#);
+    out.push_str(record);
     out.push('}');
     out
 }
@@ -796,6 +848,40 @@ mod tests {
             envelope: RawValue::from_string(env.to_owned()).unwrap(),
         });
         assert_eq!(fast, slow);
+    }
+
+    #[test]
+    fn rendered_group_change_matches_encode() {
+        use crate::group::{Change, ChangeKind, GroupRecord, RecordMember};
+        let alice = UserName::new("alice").unwrap();
+        let record = GroupRecord {
+            group: GroupName::new("team").unwrap(),
+            epoch: 3,
+            prev: B64(vec![1; 32]),
+            at: 5,
+            change: Change {
+                kind: ChangeKind::Left,
+                actor: UserName::new("bob").unwrap(),
+                users: vec![],
+                heir: Some(alice.clone()),
+            },
+            members: vec![RecordMember {
+                user: alice,
+                role: crate::message::Role::Owner,
+            }],
+            sig: B64(vec![2; 64]),
+        };
+        let fast = render_group_change(7, 123, &encode(&record));
+        let slow = encode(&ServerMessage::GroupChange {
+            seq: 7,
+            server_ts: 123,
+            record: Box::new(record.clone()),
+        });
+        assert_eq!(fast, slow);
+        match decode_server(&fast, MAX).unwrap() {
+            ServerMessage::GroupChange { record: back, .. } => assert_eq!(*back, record),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -66,6 +66,12 @@ pub enum ErrorCode {
     GroupFull,
     /// The owner cannot be removed (they may leave).
     CannotRemoveOwner,
+    /// A membership change signed for a state that is no longer the
+    /// group's latest: the client fetches the new records and signs again.
+    GroupChanged,
+    /// A signed group record that does not verify or does not match the
+    /// change requested.
+    BadRecord,
 }
 
 impl ErrorCode {
@@ -100,6 +106,8 @@ impl ErrorCode {
             Self::NotAnAdmin => "not_an_admin",
             Self::GroupFull => "group_full",
             Self::CannotRemoveOwner => "cannot_remove_owner",
+            Self::GroupChanged => "group_changed",
+            Self::BadRecord => "bad_record",
         }
     }
 
@@ -137,6 +145,8 @@ impl ErrorCode {
             Self::NotAnAdmin => "only the group's owner and admins may do that",
             Self::GroupFull => "the group is full",
             Self::CannotRemoveOwner => "the owner cannot be removed",
+            Self::GroupChanged => "the group changed since your client last looked; try again",
+            Self::BadRecord => "the signed group record does not match the change",
         }
     }
 }

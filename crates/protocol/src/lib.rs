@@ -22,6 +22,7 @@ pub mod auth;
 pub mod blob;
 pub mod codec;
 pub mod error;
+pub mod group;
 pub mod ids;
 pub mod message;
 

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::auth::KsfParams;
+use crate::group::GroupRecord;
 use crate::{ErrorCode, GroupName, MsgId, UserName};
 
 /// Bytes carried as standard base64 text in JSON.
@@ -108,6 +109,10 @@ pub struct GroupMember {
 pub struct GroupInfo {
     /// The group.
     pub group: GroupName,
+    /// The epoch of its latest signed record (see [`crate::group`]);
+    /// absent for a group without a signed history.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch: Option<u64>,
     /// Its members.
     pub members: Vec<GroupMember>,
 }
@@ -245,6 +250,8 @@ pub enum ClientMessage {
         group: GroupName,
         /// Its first members besides the creator.
         members: Vec<UserName>,
+        /// The signed epoch-0 record.
+        record: Box<GroupRecord>,
     },
     /// Add users to a group (owners and admins).
     GroupAdd {
@@ -255,6 +262,8 @@ pub enum ClientMessage {
         group: GroupName,
         /// Who to add.
         users: Vec<UserName>,
+        /// The signed record of the change.
+        record: Box<GroupRecord>,
     },
     /// Remove users from a group (owners and admins).
     GroupRemove {
@@ -265,6 +274,8 @@ pub enum ClientMessage {
         group: GroupName,
         /// Who to remove.
         users: Vec<UserName>,
+        /// The signed record of the change.
+        record: Box<GroupRecord>,
     },
     /// Leave a group.
     GroupLeave {
@@ -273,6 +284,8 @@ pub enum ClientMessage {
         rid: Option<u64>,
         /// The group.
         group: GroupName,
+        /// The signed record of the change.
+        record: Box<GroupRecord>,
     },
     /// Make a member an admin (owners and admins).
     GroupPromote {
@@ -283,6 +296,8 @@ pub enum ClientMessage {
         group: GroupName,
         /// Who.
         user: UserName,
+        /// The signed record of the change.
+        record: Box<GroupRecord>,
     },
     /// The groups the sender is in.
     GroupList {
@@ -290,13 +305,17 @@ pub enum ClientMessage {
         #[serde(skip_serializing_if = "Option::is_none")]
         rid: Option<u64>,
     },
-    /// A group's members and roles (members only).
+    /// A group's members and roles, and its signed records (members only).
     GroupInfo {
         /// Request id, echoed back.
         #[serde(skip_serializing_if = "Option::is_none")]
         rid: Option<u64>,
         /// The group.
         group: GroupName,
+        /// The epoch the client has verified: records after it are sent.
+        /// Absent: records from the one that added the asking user.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        since: Option<u64>,
     },
     /// Send one envelope, wrapped for every current member, to a group.
     GroupSend {
@@ -536,6 +555,19 @@ pub enum ServerMessage {
         rid: Option<u64>,
         /// The group and its members.
         info: GroupInfo,
+        /// Signed records the client asked for (`group_info`), oldest
+        /// first, at most [`crate::group::MAX_RECORDS_PER_ANSWER`].
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        records: Vec<GroupRecord>,
+    },
+    /// A membership change, pushed to every member before and after it.
+    GroupChange {
+        /// Mailbox sequence number; acknowledge with `ack`.
+        seq: i64,
+        /// When the server applied it.
+        server_ts: UnixMillis,
+        /// The signed record.
+        record: Box<GroupRecord>,
     },
     /// The groups the user is in.
     Groups {
@@ -586,7 +618,7 @@ impl ServerMessage {
             | Self::Groups { rid, .. }
             | Self::Membership { rid, .. }
             | Self::Error { rid, .. } => *rid,
-            Self::Message { .. } | Self::Delivered { .. } => None,
+            Self::Message { .. } | Self::Delivered { .. } | Self::GroupChange { .. } => None,
         }
     }
 

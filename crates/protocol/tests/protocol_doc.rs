@@ -73,6 +73,7 @@ fn server_examples_decode() {
         "group",
         "groups",
         "membership",
+        "group_change",
     ] {
         assert!(kinds.iter().any(|k| k == kind), "no example for {kind}");
     }
@@ -109,6 +110,8 @@ fn every_error_code_is_documented() {
         "not_an_admin",
         "group_full",
         "cannot_remove_owner",
+        "group_changed",
+        "bad_record",
     ] {
         let parsed: telepound_protocol::ErrorCode =
             serde_json::from_str(&format!("\"{code}\"")).unwrap();

@@ -699,6 +699,9 @@ impl Connection {
                 to: entry.sender.clone(),
                 at: entry.server_ts,
             }),
+            EntryKind::GroupChange => {
+                codec::render_group_change(entry.seq, entry.server_ts, &entry.envelope)
+            }
         };
         self.send_frame(Message::Text(text.into())).await
     }

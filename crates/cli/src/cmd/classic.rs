@@ -312,14 +312,9 @@ async fn send_to_group(
         } else if path.is_dir() {
             println!("{file} is a folder, not a file; sending the text without it.");
         } else {
-            let me = link.session.user().clone();
-            let members: Vec<UserName> = match link.session.group_info(group).await {
-                Ok(info) => info
-                    .members
-                    .into_iter()
-                    .map(|m| m.user)
-                    .filter(|u| *u != me)
-                    .collect(),
+            // Only the verified members may fetch the file.
+            let members = match link.session.group_recipients(group).await {
+                Ok(m) => m,
                 Err(e) => {
                     println!("Not sent: {}", one_line(&e.to_string()));
                     return Ok(());
@@ -338,11 +333,7 @@ async fn send_to_group(
             }
         }
     }
-    match link
-        .session
-        .queue_group(group, text, attachments, None)
-        .await
-    {
+    match link.session.queue_group(group, text, attachments).await {
         Ok(_) => {}
         Err(e) if is_transient(&e) => {
             println!("Not connected: message not sent.");

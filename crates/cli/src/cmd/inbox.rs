@@ -201,24 +201,30 @@ pub async fn report_flush(session: &mut Session, style: Style) -> anyhow::Result
 }
 
 /// A membership change as one line, e.g. "alice added bob, carol". It is
-/// shown only because the sender's signature verified: the server cannot
-/// make one up.
-pub fn event_line(p: &telepound_crypto::Payload, e: &telepound_crypto::GroupEvent) -> String {
-    use telepound_crypto::GroupEventKind as K;
-    let users = e
+/// shown only because it verified against the group's signed history: its
+/// actor signed it and was allowed to make it, so the server cannot make
+/// one up.
+pub fn change_line(l: &telepound_client::GroupLine) -> String {
+    use telepound_protocol::group::ChangeKind as K;
+    let c = &l.change;
+    let users = c
         .users
         .iter()
         .map(|u| u.as_str())
         .collect::<Vec<_>>()
         .join(", ");
-    match e.kind {
-        K::Created if users.is_empty() => format!("{} created the group", p.sender),
-        K::Created => format!("{} created the group with {users}", p.sender),
-        K::Added => format!("{} added {users}", p.sender),
-        K::Removed => format!("{} removed {users}", p.sender),
-        K::Left => format!("{} left", p.sender),
-        K::Promoted => format!("{} made {users} an admin", p.sender),
+    let mut line = match c.kind {
+        K::Created if users.is_empty() => format!("{} created the group", c.actor),
+        K::Created => format!("{} created the group with {users}", c.actor),
+        K::Added => format!("{} added {users}", c.actor),
+        K::Removed => format!("{} removed {users}", c.actor),
+        K::Left => format!("{} left", c.actor),
+        K::Promoted => format!("{} made {users} an admin", c.actor),
+    };
+    if let Some(heir) = &c.heir {
+        line.push_str(&format!("; {heir} is now the owner"));
     }
+    line
 }
 
 /// Prints one inbound item.
@@ -236,7 +242,6 @@ pub fn show(inbound: &Inbound, style: Style) {
                 "server_ts": output::rfc3339(r.server_ts),
                 "text": p.text,
                 "group": p.group,
-                "event": p.event.as_ref().map(|e| json!({"kind": e.kind, "users": e.users})),
                 "attachments": p.attachments.iter().map(|a| json!({
                     "name": a.name, "size": a.size, "media_type": a.media_type,
                     "width": a.image.map(|i| i.width), "height": a.image.map(|i| i.height),
@@ -251,40 +256,49 @@ pub fn show(inbound: &Inbound, style: Style) {
                 .as_ref()
                 .map(|g| format!("#{g} "))
                 .unwrap_or_default();
-            if let Some(e) = &p.event {
-                let _ = writeln!(
-                    out,
-                    "[{}] {group}{}",
-                    output::stamp(p.sent_at),
-                    event_line(p, e)
-                );
-            } else {
-                let _ = writeln!(
-                    out,
-                    "[{}] {group}{}: {}",
-                    output::stamp(p.sent_at),
-                    p.sender,
-                    sanitize(&p.text)
-                );
-            }
+            let _ = writeln!(
+                out,
+                "[{}] {group}{}: {}",
+                output::stamp(p.sent_at),
+                p.sender,
+                sanitize(&p.text)
+            );
             for a in &p.attachments {
                 let _ = writeln!(out, "  attached: {}", crate::preview::describe(a));
             }
         }
-        (Inbound::Message(r), Style::Classic) if r.payload.event.is_some() => {
-            let p = &r.payload;
-            let group = p
-                .group
-                .as_ref()
-                .map(|g| format!("#{g}: "))
-                .unwrap_or_default();
-            let e = p.event.as_ref().expect("checked");
+        (Inbound::GroupChange(l), Style::Json) => {
+            let v = json!({
+                "type": "group_change",
+                "group": l.group,
+                "epoch": l.epoch,
+                "kind": l.change.kind,
+                "actor": l.change.actor,
+                "users": l.change.users,
+                "heir": l.change.heir,
+                "at": output::rfc3339(l.at),
+                "server_ts": output::rfc3339(l.server_ts),
+                "line": change_line(l),
+            });
+            let _ = writeln!(out, "{v}");
+        }
+        (Inbound::GroupChange(l), Style::Line) => {
             let _ = writeln!(
                 out,
-                "\n{group}{} ({} {})",
-                event_line(p, e),
-                output::date(p.sent_at),
-                output::time_of_day(p.sent_at)
+                "[{}] #{} {}",
+                output::stamp(l.server_ts),
+                l.group,
+                change_line(l)
+            );
+        }
+        (Inbound::GroupChange(l), Style::Classic) => {
+            let _ = writeln!(
+                out,
+                "\n#{}: {} ({} {})",
+                l.group,
+                change_line(l),
+                output::date(l.server_ts),
+                output::time_of_day(l.server_ts)
             );
         }
         (Inbound::Message(r), Style::Classic) => {

@@ -169,19 +169,8 @@ async fn deliver(
                 session.peer_keys(u).await?;
                 vec![u.clone()]
             }
-            Target::Group(g) => {
-                let me = session.user().clone();
-                let members: Vec<UserName> = session
-                    .group_info(g)
-                    .await?
-                    .members
-                    .into_iter()
-                    .map(|m| m.user)
-                    .filter(|u| *u != me)
-                    .collect();
-                session.peer_keys_many(&members).await?;
-                members
-            }
+            // Only the verified members may fetch the files.
+            Target::Group(g) => session.group_recipients(g).await?,
         };
         let progress = crate::progress::bars("sending");
         attachments = loop {
@@ -215,7 +204,7 @@ async fn deliver(
     // it: every retry is the same message, stored once.
     let msg_id = match to {
         Target::User(u) => session.queue_with_files(u, text, attachments).await?,
-        Target::Group(g) => session.queue_group(g, text, attachments, None).await?,
+        Target::Group(g) => session.queue_group(g, text, attachments).await?,
     };
     queued.store(true, Ordering::SeqCst);
     let outcome = loop {

@@ -116,4 +116,31 @@ fn group_commands_and_messages() {
     ));
     let out = ok(run(tp(&url, &h("alice"), "alice").arg("inbox")));
     assert!(out.contains("#team bob left"), "{out}");
+
+    // A server that slips carol back in without any admin's signed record:
+    // alice's client refuses to send, in one line naming the group and her.
+    let db = dir.path().join("data").join("telepound.sqlite3");
+    tokio::runtime::Runtime::new().unwrap().block_on(async {
+        use sqlx::Connection;
+        let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO group_members (group_name, user_name, role, joined_at) VALUES ('team', 'carol', 0, 0)",
+        )
+        .execute(&mut c)
+        .await
+        .unwrap();
+        c.close().await.unwrap();
+    });
+    let e = fails(
+        run(tp(&url, &h("alice"), "alice").args(["send", "--group", "team", "for carol?"])),
+        1,
+    );
+    assert!(
+        e.contains("#team") && e.contains("lists carol as a member"),
+        "{e}"
+    );
+    let out = ok(run(tp(&url, &h("carol"), "carol").arg("inbox")));
+    assert!(!out.contains("for carol?"), "{out}");
 }

@@ -1,16 +1,19 @@
 //! Group requests: create, add, remove, leave, promote, list, info, send.
 //! The rules themselves are applied by the store's writer, in the same
-//! transaction as the change (see `store::groups`).
+//! transaction as the change (see `store::groups`). Each change carries the
+//! record its actor signed; its signature is checked here, under the
+//! actor's published identity key, before the writer sees it.
 
 use std::sync::Arc;
 
 use serde_json::value::RawValue;
+use telepound_protocol::group::{ChangeKind, GroupRecord, MAX_RECORDS_PER_ANSWER};
 use telepound_protocol::message::GroupInfo;
 use telepound_protocol::{ErrorCode, GroupName, MsgId, ServerMessage, UserName};
 
 use super::{HandlerError, HandlerResult, MAX_LIST};
 use crate::server::Shared;
-use crate::store::groups::{GroupDone, GroupOp, GroupRefusal};
+use crate::store::groups::{ChangeOp, GroupDone, GroupOp, GroupRefusal};
 use crate::store::{EntryKind, NewEntry};
 
 /// Users named in a request must exist.
@@ -31,16 +34,77 @@ async fn check_users(shared: &Shared, users: &[UserName]) -> Result<(), HandlerE
     }
 }
 
-/// Runs a change and answers with the group as it is now.
-async fn change(shared: &Shared, rid: Option<u64>, group: GroupName, op: GroupOp) -> HandlerResult {
+fn bad_record(message: impl Into<String>) -> HandlerError {
+    HandlerError::with(ErrorCode::BadRecord, message)
+}
+
+/// Checks that `record` is for this request and signed by `user`.
+async fn check_record(
+    shared: &Shared,
+    user: &UserName,
+    group: &GroupName,
+    kind: ChangeKind,
+    record: &GroupRecord,
+) -> Result<(), HandlerError> {
+    record.check_shape().map_err(bad_record)?;
+    if &record.group != group || record.change.kind != kind || &record.change.actor != user {
+        return Err(bad_record(format!(
+            "the signed record is not a {} by {user} in #{group}",
+            kind.request()
+        )));
+    }
+    let keys = shared.store.public_keys(std::slice::from_ref(user)).await?;
+    let bad_sig = || bad_record("the record's signature does not verify under your identity key");
+    let (_, keys) = keys.first().ok_or_else(bad_sig)?;
+    let id: [u8; 32] = keys
+        .identity
+        .0
+        .as_slice()
+        .try_into()
+        .map_err(|_| bad_sig())?;
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&id).map_err(|_| bad_sig())?;
+    let sig = ed25519_dalek::Signature::from_slice(&record.sig.0).map_err(|_| bad_sig())?;
+    key.verify_strict(&record.signed_bytes(), &sig)
+        .map_err(|_| bad_sig())
+}
+
+/// Checks the record, runs the change and answers with the group as it is
+/// now.
+async fn change(
+    shared: &Shared,
+    user: &UserName,
+    rid: Option<u64>,
+    group: GroupName,
+    kind: ChangeKind,
+    users: Vec<UserName>,
+    record: Box<GroupRecord>,
+) -> HandlerResult {
+    check_record(shared, user, &group, kind, &record).await?;
+    let now = crate::now_ms();
+    let op = GroupOp::Change(Box::new(ChangeOp {
+        group: group.clone(),
+        actor: user.clone(),
+        kind,
+        users,
+        record_json: Arc::from(telepound_protocol::codec::encode(&record)),
+        hash: record.hash(),
+        record: *record,
+        msg_id: MsgId::new(),
+        expires_at: now + shared.config.message_ttl.as_millis() as i64,
+    }));
     let result = shared
         .store
-        .group(op, shared.config.max_group_members, crate::now_ms())
+        .group(op, shared.config.max_group_members, now)
         .await?;
     match result {
-        Ok(GroupDone::Members(members)) => Ok(ServerMessage::Group {
+        Ok(GroupDone::Changed(c)) => Ok(ServerMessage::Group {
             rid,
-            info: GroupInfo { group, members },
+            info: GroupInfo {
+                group,
+                epoch: c.epoch,
+                members: c.members,
+            },
+            records: Vec::new(),
         }),
         Ok(GroupDone::Sent(_)) => Err(HandlerError::new(ErrorCode::Internal)),
         Err(GroupRefusal::Rule(code, message)) => Err(HandlerError::with(code, message)),
@@ -51,21 +115,26 @@ async fn change(shared: &Shared, rid: Option<u64>, group: GroupName, op: GroupOp
 /// `group_create`.
 ///
 /// # Errors
-/// `unknown_user`, `group_exists`, `group_full`, `internal`.
+/// `unknown_user`, `group_exists`, `group_full`, `bad_record`, `internal`.
 pub async fn create(
     shared: &Shared,
     user: &UserName,
     rid: Option<u64>,
     group: GroupName,
     members: Vec<UserName>,
+    record: Box<GroupRecord>,
 ) -> HandlerResult {
     check_users(shared, &members).await?;
-    let op = GroupOp::Create {
-        group: group.clone(),
-        creator: user.clone(),
+    let r = change(
+        shared,
+        user,
+        rid,
+        group.clone(),
+        ChangeKind::Created,
         members,
-    };
-    let r = change(shared, rid, group.clone(), op).await;
+        record,
+    )
+    .await;
     if r.is_ok() {
         tracing::info!(group = %group, "group created");
     }
@@ -75,33 +144,32 @@ pub async fn create(
 /// `group_add`.
 ///
 /// # Errors
-/// `unknown_user`, `unknown_group`, `not_an_admin`, `group_full`.
+/// `unknown_user`, `unknown_group`, `not_an_admin`, `group_full`,
+/// `group_changed`, `bad_record`.
 pub async fn add(
     shared: &Shared,
     user: &UserName,
     rid: Option<u64>,
     group: GroupName,
     users: Vec<UserName>,
+    record: Box<GroupRecord>,
 ) -> HandlerResult {
     check_users(shared, &users).await?;
-    let op = GroupOp::Add {
-        group: group.clone(),
-        actor: user.clone(),
-        users,
-    };
-    change(shared, rid, group, op).await
+    change(shared, user, rid, group, ChangeKind::Added, users, record).await
 }
 
 /// `group_remove`.
 ///
 /// # Errors
-/// `unknown_group`, `not_an_admin`, `cannot_remove_owner`.
+/// `unknown_group`, `not_an_admin`, `cannot_remove_owner`, `group_changed`,
+/// `bad_record`.
 pub async fn remove(
     shared: &Shared,
     user: &UserName,
     rid: Option<u64>,
     group: GroupName,
     users: Vec<UserName>,
+    record: Box<GroupRecord>,
 ) -> HandlerResult {
     if users.len() > MAX_LIST {
         return Err(HandlerError::with(
@@ -109,48 +177,54 @@ pub async fn remove(
             format!("at most {MAX_LIST} users per request"),
         ));
     }
-    let op = GroupOp::Remove {
-        group: group.clone(),
-        actor: user.clone(),
-        users,
-    };
-    change(shared, rid, group, op).await
+    change(shared, user, rid, group, ChangeKind::Removed, users, record).await
 }
 
 /// `group_leave`: answers with the group as it is after (without the user).
 ///
 /// # Errors
-/// `unknown_group`.
+/// `unknown_group`, `group_changed`, `bad_record`.
 pub async fn leave(
     shared: &Shared,
     user: &UserName,
     rid: Option<u64>,
     group: GroupName,
+    record: Box<GroupRecord>,
 ) -> HandlerResult {
-    let op = GroupOp::Leave {
-        group: group.clone(),
-        user: user.clone(),
-    };
-    change(shared, rid, group, op).await
+    change(
+        shared,
+        user,
+        rid,
+        group,
+        ChangeKind::Left,
+        Vec::new(),
+        record,
+    )
+    .await
 }
 
 /// `group_promote`.
 ///
 /// # Errors
-/// `unknown_group`, `not_an_admin`.
+/// `unknown_group`, `not_an_admin`, `group_changed`, `bad_record`.
 pub async fn promote(
     shared: &Shared,
     user: &UserName,
     rid: Option<u64>,
     group: GroupName,
     target: UserName,
+    record: Box<GroupRecord>,
 ) -> HandlerResult {
-    let op = GroupOp::Promote {
-        group: group.clone(),
-        actor: user.clone(),
-        user: target,
-    };
-    change(shared, rid, group, op).await
+    change(
+        shared,
+        user,
+        rid,
+        group,
+        ChangeKind::Promoted,
+        vec![target],
+        record,
+    )
+    .await
 }
 
 /// `group_list`.
@@ -164,7 +238,8 @@ pub async fn list(shared: &Shared, user: &UserName, rid: Option<u64>) -> Handler
     })
 }
 
-/// `group_info`, for members only.
+/// `group_info`, for members only: the members, and the signed records
+/// after `since` (absent: from the one that last added the user).
 ///
 /// # Errors
 /// `unknown_group` (also for a group the user is not in).
@@ -173,12 +248,33 @@ pub async fn info(
     user: &UserName,
     rid: Option<u64>,
     group: GroupName,
+    since: Option<u64>,
 ) -> HandlerResult {
-    match shared.store.group_members(&group).await? {
-        Some(members) if members.iter().any(|m| &m.user == user) => Ok(ServerMessage::Group {
-            rid,
-            info: GroupInfo { group, members },
-        }),
+    match shared
+        .store
+        .group_view(&group, user, since, MAX_RECORDS_PER_ANSWER)
+        .await?
+    {
+        Some(view) if view.members.iter().any(|m| &m.user == user) => {
+            let records = view
+                .records
+                .iter()
+                .map(|r| serde_json::from_str::<GroupRecord>(r))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| {
+                    tracing::error!(cause = %e, group = %group, "stored group record does not decode");
+                    HandlerError::new(ErrorCode::Internal)
+                })?;
+            Ok(ServerMessage::Group {
+                rid,
+                info: GroupInfo {
+                    group,
+                    epoch: view.epoch,
+                    members: view.members,
+                },
+                records,
+            })
+        }
         _ => Err(HandlerError::with(
             ErrorCode::UnknownGroup,
             format!("no group #{group}, or you are not in it"),
@@ -257,7 +353,7 @@ pub async fn send(
                 recipient_online: false,
             })
         }
-        Ok(GroupDone::Members(_)) => Err(HandlerError::new(ErrorCode::Internal)),
+        Ok(GroupDone::Changed(_)) => Err(HandlerError::new(ErrorCode::Internal)),
         Err(GroupRefusal::Membership(members)) => Ok(ServerMessage::Membership {
             rid,
             group,

@@ -108,41 +108,65 @@ pub async fn dispatch(shared: &Arc<Shared>, user: &UserName, msg: ClientMessage)
             let shared = shared.clone();
             Box::pin(async move { finish(rid, presence::handle(&shared, users, rid).await) })
         }
-        ClientMessage::GroupCreate { group, members, .. } => {
-            let (shared, user) = (shared.clone(), user.clone());
-            Box::pin(async move {
-                finish(
-                    rid,
-                    group::create(&shared, &user, rid, group, members).await,
-                )
-            })
-        }
-        ClientMessage::GroupAdd { group, users, .. } => {
-            let (shared, user) = (shared.clone(), user.clone());
-            Box::pin(
-                async move { finish(rid, group::add(&shared, &user, rid, group, users).await) },
-            )
-        }
-        ClientMessage::GroupRemove { group, users, .. } => {
-            let (shared, user) = (shared.clone(), user.clone());
-            Box::pin(
-                async move { finish(rid, group::remove(&shared, &user, rid, group, users).await) },
-            )
-        }
-        ClientMessage::GroupLeave { group, .. } => {
-            let (shared, user) = (shared.clone(), user.clone());
-            Box::pin(async move { finish(rid, group::leave(&shared, &user, rid, group).await) })
-        }
-        ClientMessage::GroupPromote {
+        ClientMessage::GroupCreate {
             group,
-            user: target,
+            members,
+            record,
             ..
         } => {
             let (shared, user) = (shared.clone(), user.clone());
             Box::pin(async move {
                 finish(
                     rid,
-                    group::promote(&shared, &user, rid, group, target).await,
+                    group::create(&shared, &user, rid, group, members, record).await,
+                )
+            })
+        }
+        ClientMessage::GroupAdd {
+            group,
+            users,
+            record,
+            ..
+        } => {
+            let (shared, user) = (shared.clone(), user.clone());
+            Box::pin(async move {
+                finish(
+                    rid,
+                    group::add(&shared, &user, rid, group, users, record).await,
+                )
+            })
+        }
+        ClientMessage::GroupRemove {
+            group,
+            users,
+            record,
+            ..
+        } => {
+            let (shared, user) = (shared.clone(), user.clone());
+            Box::pin(async move {
+                finish(
+                    rid,
+                    group::remove(&shared, &user, rid, group, users, record).await,
+                )
+            })
+        }
+        ClientMessage::GroupLeave { group, record, .. } => {
+            let (shared, user) = (shared.clone(), user.clone());
+            Box::pin(
+                async move { finish(rid, group::leave(&shared, &user, rid, group, record).await) },
+            )
+        }
+        ClientMessage::GroupPromote {
+            group,
+            user: target,
+            record,
+            ..
+        } => {
+            let (shared, user) = (shared.clone(), user.clone());
+            Box::pin(async move {
+                finish(
+                    rid,
+                    group::promote(&shared, &user, rid, group, target, record).await,
                 )
             })
         }
@@ -150,9 +174,11 @@ pub async fn dispatch(shared: &Arc<Shared>, user: &UserName, msg: ClientMessage)
             let (shared, user) = (shared.clone(), user.clone());
             Box::pin(async move { finish(rid, group::list(&shared, &user, rid).await) })
         }
-        ClientMessage::GroupInfo { group, .. } => {
+        ClientMessage::GroupInfo { group, since, .. } => {
             let (shared, user) = (shared.clone(), user.clone());
-            Box::pin(async move { finish(rid, group::info(&shared, &user, rid, group).await) })
+            Box::pin(
+                async move { finish(rid, group::info(&shared, &user, rid, group, since).await) },
+            )
         }
         ClientMessage::GroupSend {
             msg_id,

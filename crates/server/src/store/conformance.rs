@@ -532,131 +532,199 @@ pub async fn blobs(store: Arc<dyn Store>, _: Arc<Recorder>) {
 /// Groups: the rules, succession, and sends checked against membership in
 /// the same transaction.
 pub async fn groups(store: Arc<dyn Store>, rec: Arc<Recorder>) {
-    use super::groups::{GroupDone, GroupOp, GroupRefusal};
+    use super::groups::{ChangeOp, GroupDone, GroupOp, GroupRefusal, GroupResult};
+    use telepound_protocol::group::{Change, ChangeKind, GENESIS_PREV, GroupRecord, apply_change};
     use telepound_protocol::message::Role;
     use telepound_protocol::{ErrorCode, GroupName};
     let g = GroupName::new("team").unwrap();
     let (alice, bob, carol, dave) = (name("alice"), name("bob"), name("carol"), name("dave"));
+    // The record of a change as the rules make it from `prev` (dummy
+    // signature: the handler checks signatures, not the store).
+    let record = |prev: Option<&GroupRecord>, kind, actor: &UserName, users: &[UserName]| {
+        let members = prev.map(|p| p.members.clone()).unwrap_or_default();
+        let a = apply_change(&g, &members, kind, actor, users, usize::MAX).unwrap();
+        GroupRecord {
+            group: g.clone(),
+            epoch: prev.map_or(0, |p| p.epoch + 1),
+            prev: B64(prev.map_or(GENESIS_PREV, GroupRecord::hash).to_vec()),
+            at: 10,
+            change: Change {
+                kind,
+                actor: actor.clone(),
+                users: a.users,
+                heir: a.heir,
+            },
+            members: a.members,
+            sig: B64(vec![0; 64]),
+        }
+    };
+    let op = |r: &GroupRecord, users: &[UserName]| {
+        GroupOp::Change(Box::new(ChangeOp {
+            group: g.clone(),
+            actor: r.change.actor.clone(),
+            kind: r.change.kind,
+            users: users.to_vec(),
+            record_json: Arc::from(serde_json::to_string(r).unwrap()),
+            hash: r.hash(),
+            record: r.clone(),
+            msg_id: MsgId::new(),
+            expires_at: 1000,
+        }))
+    };
     let run = |op: GroupOp| {
         let store = store.clone();
         async move { store.group(op, 4, 10).await.unwrap() }
     };
-    let members = |r: super::groups::GroupResult| match r {
-        Ok(GroupDone::Members(m)) => m
+    let members = |r: GroupResult| match r {
+        Ok(GroupDone::Changed(c)) => c
+            .members
             .into_iter()
             .map(|m| (m.user.as_str().to_owned(), m.role))
             .collect::<Vec<_>>(),
         other => panic!("{other:?}"),
     };
-    let code = |r: super::groups::GroupResult| match r {
+    let code = |r: GroupResult| match r {
         Err(GroupRefusal::Rule(c, _)) => c,
         other => panic!("{other:?}"),
     };
+    let lines = || rec.stored.lock().unwrap().len();
 
-    let m = members(
-        run(GroupOp::Create {
-            group: g.clone(),
-            creator: alice.clone(),
-            members: vec![bob.clone()],
-        })
-        .await,
+    let r0 = record(
+        None,
+        ChangeKind::Created,
+        &alice,
+        std::slice::from_ref(&bob),
     );
+    let m = members(run(op(&r0, std::slice::from_ref(&bob))).await);
     assert_eq!(
         m,
         vec![("alice".into(), Role::Owner), ("bob".into(), Role::Member)]
     );
+    assert_eq!(lines(), 2, "alice and bob get the creation line");
+    let view = store.group_view(&g, &bob, None, 10).await.unwrap().unwrap();
+    assert_eq!((view.epoch, view.records.len()), (Some(0), 1));
     assert_eq!(
-        code(
-            run(GroupOp::Create {
-                group: g.clone(),
-                creator: carol.clone(),
-                members: vec![]
-            })
-            .await
-        ),
-        ErrorCode::GroupExists
+        serde_json::from_str::<GroupRecord>(&view.records[0]).unwrap(),
+        r0
     );
-    // A member who is not an admin cannot add or remove.
+    let again = record(None, ChangeKind::Created, &carol, &[]);
+    assert_eq!(code(run(op(&again, &[])).await), ErrorCode::GroupExists);
+    // A member who is not an admin cannot add or remove, whatever they
+    // signed.
+    let mut forged = record(
+        Some(&r0),
+        ChangeKind::Added,
+        &alice,
+        std::slice::from_ref(&carol),
+    );
+    forged.change.actor = bob.clone();
     assert_eq!(
-        code(
-            run(GroupOp::Add {
-                group: g.clone(),
-                actor: bob.clone(),
-                users: vec![carol.clone()]
-            })
-            .await
-        ),
+        code(run(op(&forged, std::slice::from_ref(&carol))).await),
         ErrorCode::NotAnAdmin
     );
+    forged.change.kind = ChangeKind::Removed;
     assert_eq!(
-        code(
-            run(GroupOp::Remove {
-                group: g.clone(),
-                actor: bob.clone(),
-                users: vec![alice.clone()]
-            })
-            .await
-        ),
+        code(run(op(&forged, std::slice::from_ref(&alice))).await),
         ErrorCode::NotAnAdmin
     );
     // Outsiders see no group at all.
+    forged.change.actor = dave.clone();
+    forged.change.kind = ChangeKind::Added;
     assert_eq!(
-        code(
-            run(GroupOp::Add {
-                group: g.clone(),
-                actor: dave.clone(),
-                users: vec![dave.clone()]
-            })
-            .await
-        ),
+        code(run(op(&forged, std::slice::from_ref(&dave))).await),
         ErrorCode::UnknownGroup
     );
-    members(
-        run(GroupOp::Add {
-            group: g.clone(),
-            actor: alice.clone(),
-            users: vec![carol.clone(), bob.clone()],
-        })
-        .await,
+    let r1 = record(
+        Some(&r0),
+        ChangeKind::Added,
+        &alice,
+        &[carol.clone(), bob.clone()],
     );
-    members(
-        run(GroupOp::Promote {
-            group: g.clone(),
-            actor: alice.clone(),
-            user: carol.clone(),
-        })
-        .await,
+    assert_eq!(r1.change.users, vec![carol.clone()], "only who changed");
+    members(run(op(&r1, &[carol.clone(), bob.clone()])).await);
+    assert_eq!(lines(), 5, "alice, bob and carol get the line");
+    // A record naming a member the change does not make, or one signed
+    // for an older state, changes nothing.
+    let mut wrong = record(
+        Some(&r1),
+        ChangeKind::Promoted,
+        &alice,
+        std::slice::from_ref(&carol),
     );
-    // An admin cannot remove the owner; the limit holds.
+    wrong.members[1].role = Role::Admin;
     assert_eq!(
-        code(
-            run(GroupOp::Remove {
-                group: g.clone(),
-                actor: carol.clone(),
-                users: vec![alice.clone()]
-            })
-            .await
-        ),
+        code(run(op(&wrong, std::slice::from_ref(&carol))).await),
+        ErrorCode::BadRecord
+    );
+    let stale = record(
+        Some(&r0),
+        ChangeKind::Promoted,
+        &alice,
+        std::slice::from_ref(&bob),
+    );
+    assert_eq!(
+        code(run(op(&stale, std::slice::from_ref(&bob))).await),
+        ErrorCode::GroupChanged
+    );
+    let r2 = record(
+        Some(&r1),
+        ChangeKind::Promoted,
+        &alice,
+        std::slice::from_ref(&carol),
+    );
+    members(run(op(&r2, std::slice::from_ref(&carol))).await);
+    // A retry of a change already made answers again and stores nothing.
+    let before = lines();
+    let m = members(run(op(&r2, std::slice::from_ref(&carol))).await);
+    assert_eq!(m[2], ("carol".into(), Role::Admin));
+    assert_eq!(lines(), before);
+    // An admin cannot remove the owner, and a removal refused for one user
+    // removes no one.
+    let mut both = r2.clone();
+    both.epoch = 3;
+    both.change = Change {
+        kind: ChangeKind::Removed,
+        actor: carol.clone(),
+        users: vec![bob.clone(), alice.clone()],
+        heir: None,
+    };
+    assert_eq!(
+        code(run(op(&both, &[bob.clone(), alice.clone()])).await),
         ErrorCode::CannotRemoveOwner
     );
-    members(
-        run(GroupOp::Add {
-            group: g.clone(),
-            actor: carol.clone(),
-            users: vec![dave.clone()],
-        })
-        .await,
-    );
     assert_eq!(
-        code(
-            run(GroupOp::Add {
-                group: g.clone(),
-                actor: alice.clone(),
-                users: vec![name("erin")]
-            })
-            .await
-        ),
+        store.group_members(&g).await.unwrap().unwrap().len(),
+        3,
+        "nobody removed"
+    );
+    let r3 = record(
+        Some(&r2),
+        ChangeKind::Added,
+        &carol,
+        std::slice::from_ref(&dave),
+    );
+    members(run(op(&r3, std::slice::from_ref(&dave))).await);
+    let full = record(Some(&r3), ChangeKind::Added, &alice, &[name("erin")]);
+    assert_eq!(
+        code(run(op(&full, &[name("erin")])).await),
         ErrorCode::GroupFull
+    );
+    // dave is served the chain from the record that added him.
+    let view = store
+        .group_view(&g, &dave, None, 10)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((view.epoch, view.records.len()), (Some(3), 1));
+    let view = store
+        .group_view(&g, &bob, Some(1), 1)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<GroupRecord>(&view.records[0]).unwrap(),
+        r2,
+        "after epoch 1, at most 1"
     );
 
     // A send wrapped for the wrong membership is refused with the right one,
@@ -670,7 +738,7 @@ pub async fn groups(store: Arc<dyn Store>, rec: Arc<Recorder>) {
         expires_at: 1000,
         envelope: "{\"g\":1}".into(),
     };
-    let before = rec.stored.lock().unwrap().len();
+    let before = lines();
     let wrong = run(GroupOp::Send {
         group: g.clone(),
         sender: alice.clone(),
@@ -687,7 +755,7 @@ pub async fn groups(store: Arc<dyn Store>, rec: Arc<Recorder>) {
             dave.clone()
         ]))
     );
-    assert_eq!(rec.stored.lock().unwrap().len(), before);
+    assert_eq!(lines(), before);
     let all = vec![alice.clone(), bob.clone(), carol.clone(), dave.clone()];
     let ok = run(GroupOp::Send {
         group: g.clone(),
@@ -700,33 +768,26 @@ pub async fn groups(store: Arc<dyn Store>, rec: Arc<Recorder>) {
         matches!(ok, Ok(GroupDone::Sent(ref s)) if s.iter().all(Option::is_some)),
         "{ok:?}"
     );
+    assert_eq!(lines(), before + 3, "announced to each member");
+    let dave_box = store.fetch(&dave, 0, 10).await.unwrap();
     assert_eq!(
-        rec.stored.lock().unwrap().len(),
-        before + 3,
-        "announced to each member"
+        dave_box.iter().map(|e| e.kind).collect::<Vec<_>>(),
+        vec![EntryKind::GroupChange, EntryKind::GroupMessage]
     );
     assert_eq!(
-        store.fetch(&dave, 0, 10).await.unwrap()[0].kind,
-        EntryKind::GroupMessage
+        serde_json::from_str::<GroupRecord>(&dave_box[0].envelope).unwrap(),
+        r3
     );
 
-    // The owner leaves: the longest-standing admin (carol) inherits.
-    let m = members(
-        run(GroupOp::Leave {
-            group: g.clone(),
-            user: alice.clone(),
-        })
-        .await,
-    );
+    // The owner leaves: the longest-standing admin (carol) inherits, and
+    // the record says so.
+    let r4 = record(Some(&r3), ChangeKind::Left, &alice, &[]);
+    assert_eq!(r4.change.heir, Some(carol.clone()));
+    let m = members(run(op(&r4, &[])).await);
     assert_eq!(m[1], ("carol".into(), Role::Owner), "{m:?}");
     // The last admin leaves: the longest-standing member inherits.
-    let m = members(
-        run(GroupOp::Leave {
-            group: g.clone(),
-            user: carol.clone(),
-        })
-        .await,
-    );
+    let r5 = record(Some(&r4), ChangeKind::Left, &carol, &[]);
+    let m = members(run(op(&r5, &[])).await);
     assert_eq!(
         m,
         vec![("bob".into(), Role::Owner), ("dave".into(), Role::Member)]
@@ -734,25 +795,20 @@ pub async fn groups(store: Arc<dyn Store>, rec: Arc<Recorder>) {
     let list = store.groups_of(&dave).await.unwrap();
     assert_eq!((list[0].group.clone(), list[0].members), (g.clone(), 2));
     // Everyone leaves: the group is gone and its name free.
-    let _ = run(GroupOp::Leave {
-        group: g.clone(),
-        user: bob.clone(),
-    })
-    .await;
-    let _ = run(GroupOp::Leave {
-        group: g.clone(),
-        user: dave.clone(),
-    })
-    .await;
+    let r6 = record(Some(&r5), ChangeKind::Left, &bob, &[]);
+    members(run(op(&r6, &[])).await);
+    let r7 = record(Some(&r6), ChangeKind::Left, &dave, &[]);
+    assert!(members(run(op(&r7, &[])).await).is_empty());
     assert!(store.group_members(&g).await.unwrap().is_none());
-    members(
-        run(GroupOp::Create {
-            group: g.clone(),
-            creator: dave.clone(),
-            members: vec![],
-        })
-        .await,
+    assert!(
+        store
+            .group_view(&g, &dave, None, 10)
+            .await
+            .unwrap()
+            .is_none()
     );
+    let fresh = record(None, ChangeKind::Created, &dave, &[]);
+    members(run(op(&fresh, &[])).await);
 }
 
 /// The ack window (the suite opens stores with a window of half a second):

@@ -1,59 +1,55 @@
 //! Group rules, applied inside the writer's transaction so that membership
 //! changes and group sends are strictly ordered: a message accepted after
 //! a removal is never delivered to the removed member.
+//!
+//! Every membership change comes with the record its actor signed (see
+//! `telepound_protocol::group`). In one transaction the writer works out
+//! the whole change under the rules (all of it or nothing: a refusal writes
+//! nothing), checks that the record names exactly that result and builds on
+//! the group's latest record, applies it, appends the record to the group's
+//! log, and stores it as a change line for every member before and after.
+//! So a change is never applied without its line, nor a line stored for a
+//! change that did not happen.
 
+use std::sync::Arc;
+
+use telepound_protocol::group::{
+    Applied, ChangeKind, GENESIS_PREV, GroupRecord, RecordMember, apply_change,
+};
 use telepound_protocol::message::{GroupMember, Role, UnixMillis};
-use telepound_protocol::{ErrorCode, GroupName, UserName};
+use telepound_protocol::{ErrorCode, GroupName, MsgId, UserName};
 
 use super::writer::WriteConn;
-use super::{NewEntry, Result};
+use super::{EntryKind, NewEntry, Result};
+
+/// A membership change and the record signed for it.
+#[derive(Debug, Clone)]
+pub struct ChangeOp {
+    /// The group.
+    pub group: GroupName,
+    /// Who acts (the session's user; the record's actor and signer).
+    pub actor: UserName,
+    /// What they do.
+    pub kind: ChangeKind,
+    /// Whom, as requested (for `group_create`: the first members).
+    pub users: Vec<UserName>,
+    /// The signed record (its signature already checked).
+    pub record: GroupRecord,
+    /// The record as stored and delivered.
+    pub record_json: Arc<str>,
+    /// [`GroupRecord::hash`] of it.
+    pub hash: [u8; 32],
+    /// The change lines' message id (one for all members).
+    pub msg_id: MsgId,
+    /// When the change lines expire if never acknowledged.
+    pub expires_at: UnixMillis,
+}
 
 /// A change to a group, or a send to it.
 #[derive(Debug, Clone)]
 pub enum GroupOp {
-    /// A new group, owned by `creator`.
-    Create {
-        /// The group.
-        group: GroupName,
-        /// Its owner.
-        creator: UserName,
-        /// Its other first members.
-        members: Vec<UserName>,
-    },
-    /// `actor` adds `users`.
-    Add {
-        /// The group.
-        group: GroupName,
-        /// Who acts.
-        actor: UserName,
-        /// Who joins.
-        users: Vec<UserName>,
-    },
-    /// `actor` removes `users`.
-    Remove {
-        /// The group.
-        group: GroupName,
-        /// Who acts.
-        actor: UserName,
-        /// Who goes.
-        users: Vec<UserName>,
-    },
-    /// `user` leaves.
-    Leave {
-        /// The group.
-        group: GroupName,
-        /// Who leaves.
-        user: UserName,
-    },
-    /// `actor` makes `user` an admin.
-    Promote {
-        /// The group.
-        group: GroupName,
-        /// Who acts.
-        actor: UserName,
-        /// Who becomes an admin.
-        user: UserName,
-    },
+    /// A membership change (create, add, remove, leave, promote).
+    Change(Box<ChangeOp>),
     /// `sender` sends to the group, having wrapped for `recipients`.
     Send {
         /// The group.
@@ -70,17 +66,29 @@ pub enum GroupOp {
 /// A refused group request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GroupRefusal {
-    /// Refused by a rule.
+    /// Refused by a rule (or a stale or wrong record).
     Rule(ErrorCode, String),
     /// A send wrapped for another membership: here is the current one.
     Membership(Vec<UserName>),
 }
 
+/// A membership change done.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Changed {
+    /// The members after it (none left: the group is gone).
+    pub members: Vec<GroupMember>,
+    /// The epoch of the group's latest record.
+    pub epoch: Option<u64>,
+    /// The change lines stored, with their sequence numbers (none for a
+    /// retry of a change already made).
+    pub lines: Vec<(NewEntry, i64)>,
+}
+
 /// What a group request did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GroupDone {
-    /// The members after the change (none left: the group is gone).
-    Members(Vec<GroupMember>),
+    /// A membership change.
+    Changed(Changed),
     /// The send's mailbox sequence numbers (`None` for a retry).
     Sent(Vec<Option<i64>>),
 }
@@ -108,162 +116,29 @@ fn refuse(code: ErrorCode, msg: impl Into<String>) -> GroupResult {
     Err(GroupRefusal::Rule(code, msg.into()))
 }
 
-fn is_admin(members: &[GroupMember], user: &UserName) -> Option<bool> {
-    members
-        .iter()
-        .find(|m| &m.user == user)
-        .map(|m| m.role != Role::Member)
-}
-
 /// Applies `op` within the open transaction on `conn`. `max` is the member
-/// limit; users named must exist (the handler checks before).
+/// limit; users named must exist and the record's signature must have been
+/// checked (the handler does both before).
 pub(crate) async fn apply<C: WriteConn>(
     conn: &mut C,
     op: &GroupOp,
     max: usize,
     now: UnixMillis,
 ) -> Result<GroupResult> {
-    let group = match op {
-        GroupOp::Create { group, .. }
-        | GroupOp::Add { group, .. }
-        | GroupOp::Remove { group, .. }
-        | GroupOp::Leave { group, .. }
-        | GroupOp::Promote { group, .. }
-        | GroupOp::Send { group, .. } => group,
-    };
-    let current = conn.group_members(group).await?;
-    if let GroupOp::Create {
-        creator, members, ..
-    } = op
-    {
-        if current.is_some() {
-            return Ok(refuse(
-                ErrorCode::GroupExists,
-                format!("#{group} exists; choose another name"),
-            ));
-        }
-        let mut others: Vec<&UserName> = members.iter().filter(|m| *m != creator).collect();
-        others.sort();
-        others.dedup();
-        if others.len() + 1 > max {
-            return Ok(refuse(
-                ErrorCode::GroupFull,
-                format!("groups have at most {max} members"),
-            ));
-        }
-        conn.create_group(group, now).await?;
-        conn.add_member(group, creator, Role::Owner, now).await?;
-        for m in others {
-            conn.add_member(group, m, Role::Member, now).await?;
-        }
-        return Ok(Ok(GroupDone::Members(
-            conn.group_members(group).await?.unwrap_or_default(),
-        )));
-    }
-    // Everything else needs the group, and the actor in it.
-    let members = match current {
-        Some(m) if !m.is_empty() => m,
-        _ => {
-            return Ok(refuse(
-                ErrorCode::UnknownGroup,
-                format!("no group #{group}, or you are not in it"),
-            ));
-        }
-    };
-    let not_in = |u: &UserName| {
-        refuse(
-            ErrorCode::UnknownGroup,
-            format!("no group #{group}, or {u} is not in it"),
-        )
-    };
     match op {
-        GroupOp::Create { .. } => unreachable!("handled above"),
-        GroupOp::Add { actor, users, .. } => {
-            match is_admin(&members, actor) {
-                None => return Ok(not_in(actor)),
-                Some(false) => {
-                    return Ok(refuse(
-                        ErrorCode::NotAnAdmin,
-                        ErrorCode::NotAnAdmin.describe(),
-                    ));
-                }
-                Some(true) => {}
-            }
-            let mut new: Vec<&UserName> = users
-                .iter()
-                .filter(|u| !members.iter().any(|m| &m.user == *u))
-                .collect();
-            new.sort();
-            new.dedup();
-            if members.len() + new.len() > max {
-                return Ok(refuse(
-                    ErrorCode::GroupFull,
-                    format!("#{group} would have more than {max} members"),
-                ));
-            }
-            for u in new {
-                conn.add_member(group, u, Role::Member, now).await?;
-            }
-        }
-        GroupOp::Remove { actor, users, .. } => {
-            let actor_role = match members.iter().find(|m| &m.user == actor) {
-                None => return Ok(not_in(actor)),
-                Some(m) => m.role,
-            };
-            if actor_role == Role::Member {
-                return Ok(refuse(
-                    ErrorCode::NotAnAdmin,
-                    ErrorCode::NotAnAdmin.describe(),
-                ));
-            }
-            for u in users {
-                match members.iter().find(|m| &m.user == u) {
-                    None => {}
-                    Some(m) if m.role == Role::Owner && actor_role != Role::Owner => {
-                        return Ok(refuse(
-                            ErrorCode::CannotRemoveOwner,
-                            ErrorCode::CannotRemoveOwner.describe(),
-                        ));
-                    }
-                    Some(_) => conn.remove_member(group, u).await?,
-                }
-            }
-            succeed(conn, group).await?;
-        }
-        GroupOp::Leave { user, .. } => {
-            if is_admin(&members, user).is_none() {
-                return Ok(not_in(user));
-            }
-            conn.remove_member(group, user).await?;
-            succeed(conn, group).await?;
-        }
-        GroupOp::Promote { actor, user, .. } => {
-            match is_admin(&members, actor) {
-                None => return Ok(not_in(actor)),
-                Some(false) => {
-                    return Ok(refuse(
-                        ErrorCode::NotAnAdmin,
-                        ErrorCode::NotAnAdmin.describe(),
-                    ));
-                }
-                Some(true) => {}
-            }
-            match members.iter().find(|m| &m.user == user) {
-                None => return Ok(not_in(user)),
-                Some(m) if m.role == Role::Member => {
-                    conn.set_role(group, user, Role::Admin).await?
-                }
-                Some(_) => {}
-            }
-        }
+        GroupOp::Change(c) => change(conn, c, max, now).await,
         GroupOp::Send {
+            group,
             sender,
             recipients,
             entries,
-            ..
         } => {
-            if is_admin(&members, sender).is_none() {
-                return Ok(not_in(sender));
+            let members = conn.group_members(group).await?.unwrap_or_default();
+            if !members.iter().any(|m| &m.user == sender) {
+                return Ok(refuse(
+                    ErrorCode::UnknownGroup,
+                    format!("no group #{group}, or {sender} is not in it"),
+                ));
             }
             let mut current: Vec<UserName> = members.into_iter().map(|m| m.user).collect();
             current.sort();
@@ -280,29 +155,147 @@ pub(crate) async fn apply<C: WriteConn>(
             for e in entries {
                 seqs.push(conn.insert(e, body).await?);
             }
-            return Ok(Ok(GroupDone::Sent(seqs)));
+            Ok(Ok(GroupDone::Sent(seqs)))
         }
     }
-    Ok(Ok(GroupDone::Members(
-        conn.group_members(group).await?.unwrap_or_default(),
-    )))
 }
 
-/// After members left: the group goes when empty; with no admin left, the
-/// longest-standing member inherits it; with admins but no owner, the
-/// longest-standing admin becomes owner.
-async fn succeed<C: WriteConn>(conn: &mut C, group: &GroupName) -> Result<()> {
-    let left = conn.group_members(group).await?.unwrap_or_default();
-    if left.is_empty() {
-        return conn.delete_group(group).await;
+async fn change<C: WriteConn>(
+    conn: &mut C,
+    c: &ChangeOp,
+    max: usize,
+    now: UnixMillis,
+) -> Result<GroupResult> {
+    let group = &c.group;
+    let record = &c.record;
+    let current = conn.group_members(group).await?;
+    let head = match current {
+        Some(_) => conn.group_head(group).await?,
+        None => None,
+    };
+    // A retry of a change already made (its answer was lost): the same
+    // record is in the log, so answer as if it had just been made.
+    if current.is_some()
+        && conn
+            .group_record_hash(group, record.epoch)
+            .await?
+            .as_deref()
+            == Some(&c.hash[..])
+    {
+        return Ok(Ok(GroupDone::Changed(Changed {
+            members: current.unwrap_or_default(),
+            epoch: head.map(|(e, _)| e),
+            lines: Vec::new(),
+        })));
     }
-    if left.iter().any(|m| m.role == Role::Owner) {
-        return Ok(());
-    }
-    // Members are listed longest-standing first.
-    let heir = left
+    let old: Vec<RecordMember> = current
         .iter()
-        .find(|m| m.role == Role::Admin)
-        .unwrap_or(&left[0]);
-    conn.set_role(group, &heir.user, Role::Owner).await
+        .flatten()
+        .map(|m| RecordMember {
+            user: m.user.clone(),
+            role: m.role,
+        })
+        .collect();
+    // The whole change is worked out first; nothing is written unless all
+    // of it is allowed.
+    let applied = match apply_change(group, &old, c.kind, &c.actor, &c.users, max) {
+        Ok(a) => a,
+        Err(r) => return Ok(refuse(r.code, r.message)),
+    };
+    let (epoch, prev) = match (c.kind, head) {
+        (ChangeKind::Created, _) => (0, GENESIS_PREV.to_vec()),
+        (_, Some((e, h))) => (e + 1, h),
+        (_, None) => {
+            return Ok(refuse(
+                ErrorCode::BadRecord,
+                format!("#{group} has no signed membership history; create it anew"),
+            ));
+        }
+    };
+    if record.epoch != epoch || record.prev.0 != prev {
+        return Ok(refuse(
+            ErrorCode::GroupChanged,
+            format!(
+                "#{group} changed since your client looked (it is at epoch {}); try again",
+                epoch.saturating_sub(1)
+            ),
+        ));
+    }
+    if let Err(why) = matches(&applied, c) {
+        return Ok(refuse(ErrorCode::BadRecord, why));
+    }
+    if c.kind == ChangeKind::Created {
+        conn.create_group(group, now).await?;
+    }
+    let new = &applied.members;
+    for m in &old {
+        match new.iter().find(|n| n.user == m.user) {
+            None => conn.remove_member(group, &m.user).await?,
+            Some(n) if n.role != m.role => conn.set_role(group, &m.user, n.role).await?,
+            Some(_) => {}
+        }
+    }
+    // In the record's order, so the server's "longest-standing first" is
+    // the record's.
+    for n in new {
+        if !old.iter().any(|m| m.user == n.user) {
+            conn.add_member(group, &n.user, n.role, now, record.epoch)
+                .await?;
+        }
+    }
+    // Everyone before and after hears of it: a removed member learns of
+    // their removal, a new member of their joining.
+    let mut told: Vec<&UserName> = old.iter().map(|m| &m.user).collect();
+    for n in new {
+        if !told.contains(&&n.user) {
+            told.push(&n.user);
+        }
+    }
+    let body = conn.insert_body(&c.record_json).await?;
+    let mut lines = Vec::with_capacity(told.len());
+    for u in told {
+        let e = NewEntry {
+            recipient: u.clone(),
+            kind: EntryKind::GroupChange,
+            sender: c.actor.clone(),
+            msg_id: c.msg_id,
+            server_ts: now,
+            expires_at: c.expires_at,
+            envelope: c.record_json.clone(),
+        };
+        if let Some(seq) = conn.insert(&e, Some(body)).await? {
+            lines.push((e, seq));
+        }
+    }
+    if new.is_empty() {
+        // The last one out: the group, its log and its name go.
+        conn.delete_group(group).await?;
+        return Ok(Ok(GroupDone::Changed(Changed {
+            members: Vec::new(),
+            epoch: None,
+            lines,
+        })));
+    }
+    conn.insert_record(group, record.epoch, &c.hash, &c.record_json)
+        .await?;
+    Ok(Ok(GroupDone::Changed(Changed {
+        members: conn.group_members(group).await?.unwrap_or_default(),
+        epoch: Some(record.epoch),
+        lines,
+    })))
+}
+
+/// Whether the signed record names exactly the change the rules produce.
+fn matches(applied: &Applied, c: &ChangeOp) -> std::result::Result<(), String> {
+    let r = &c.record;
+    if !applied.changes_anything(c.kind) {
+        return Err(format!("that changes nothing in #{}", c.group));
+    }
+    if r.change.users != applied.users || r.change.heir != applied.heir {
+        return Err("the signed record names other users than the change affects".into());
+    }
+    if r.members != applied.members {
+        return Err("the signed record's member list is not the group after the change".into());
+    }
+    Ok(())
 }

@@ -90,6 +90,9 @@ pub enum EntryKind {
     Receipt,
     /// A sealed group message (acknowledging it makes no receipt).
     GroupMessage,
+    /// A signed group record: a membership change line (`envelope` holds
+    /// the record's JSON, `sender` its actor).
+    GroupChange,
 }
 
 impl EntryKind {
@@ -98,6 +101,7 @@ impl EntryKind {
             Self::Message => 0,
             Self::Receipt => 1,
             Self::GroupMessage => 2,
+            Self::GroupChange => 3,
         }
     }
 
@@ -106,13 +110,14 @@ impl EntryKind {
             0 => Ok(Self::Message),
             1 => Ok(Self::Receipt),
             2 => Ok(Self::GroupMessage),
+            3 => Ok(Self::GroupChange),
             other => Err(StoreError::Corrupt(format!("mailbox kind {other}"))),
         }
     }
 }
 
 /// A mailbox entry to store.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewEntry {
     /// Whose mailbox.
     pub recipient: UserName,
@@ -189,6 +194,17 @@ pub struct BlobRecord {
     pub expires_at: UnixMillis,
     /// Who may fetch it, and whether each has (done).
     pub recipients: Vec<(UserName, bool)>,
+}
+
+/// A group read in one snapshot (see [`Store::group_view`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupView {
+    /// Members, longest-standing first.
+    pub members: Vec<GroupMember>,
+    /// The epoch of the latest signed record (`None`: no signed history).
+    pub epoch: Option<u64>,
+    /// The records asked for, as stored JSON, oldest first.
+    pub records: Vec<String>,
 }
 
 /// The storage interface. One behaviour suite ([`conformance`]) runs against
@@ -299,6 +315,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// A group's members, longest-standing first; `None` if no such group.
     async fn group_members(&self, group: &GroupName) -> Result<Option<Vec<GroupMember>>>;
+
+    /// A group as `user` asks for it, read in one snapshot: its members,
+    /// the epoch of its latest record, and up to `limit` records (as
+    /// stored JSON, oldest first) after epoch `since`, or with `since`
+    /// absent from the one that last added `user`. `None` if no such group.
+    async fn group_view(
+        &self,
+        group: &GroupName,
+        user: &UserName,
+        since: Option<u64>,
+        limit: usize,
+    ) -> Result<Option<GroupView>>;
 
     /// The groups `user` is in, with their role and size.
     async fn groups_of(&self, user: &UserName) -> Result<Vec<GroupSummary>>;

@@ -19,9 +19,9 @@ use telepound_protocol::{GroupName, UserName};
 use super::groups::{GroupOp, GroupResult, role_from_i64, role_to_i16};
 use super::writer::{CommitListener, WriteConn, Writer};
 use super::{
-    AckedEntry, BlobRecord, EntryKind, NewBlob, NewEntry, NewUser, Result, Store, StoredEntry,
-    UserRecord, WriterConfig, check_applied, group_name, ksf_from_text, ksf_to_text, migration,
-    msg_id, user_name,
+    AckedEntry, BlobRecord, EntryKind, GroupView, NewBlob, NewEntry, NewUser, Result, Store,
+    StoredEntry, UserRecord, WriterConfig, check_applied, group_name, ksf_from_text, ksf_to_text,
+    migration, msg_id, user_name,
 };
 
 fn migrator() -> sqlx::migrate::Migrator {
@@ -45,6 +45,11 @@ fn migrator() -> sqlx::migrate::Migrator {
             4,
             "shared bodies",
             include_str!("../../migrations/postgres/0004_shared_bodies.sql"),
+        ),
+        migration(
+            5,
+            "group log",
+            include_str!("../../migrations/postgres/0005_group_log.sql"),
         ),
     ])
 }
@@ -75,6 +80,7 @@ pub const APP_ROLE_GRANTS: &[&str] = &[
     "GRANT SELECT, INSERT, DELETE ON groups TO {role}",
     "GRANT SELECT, INSERT, UPDATE, DELETE ON group_members TO {role}",
     "GRANT SELECT, INSERT, DELETE ON bodies TO {role}",
+    "GRANT SELECT, INSERT, DELETE ON group_log TO {role}",
     "GRANT SELECT ON _sqlx_migrations TO {role}",
 ];
 
@@ -342,14 +348,16 @@ impl WriteConn for PgWriter {
         user: &UserName,
         role: Role,
         now: UnixMillis,
+        epoch: u64,
     ) -> Result<()> {
         sqlx::query(
-            "INSERT INTO group_members (group_name, user_name, role, joined_at) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO group_members (group_name, user_name, role, joined_at, joined_epoch) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(group.as_str())
         .bind(user.as_str())
         .bind(role_to_i16(role))
         .bind(now)
+        .bind(epoch as i64)
         .execute(&mut self.conn)
         .await?;
         Ok(())
@@ -375,14 +383,59 @@ impl WriteConn for PgWriter {
     }
 
     async fn delete_group(&mut self, group: &GroupName) -> Result<()> {
-        sqlx::query("DELETE FROM group_members WHERE group_name = $1")
-            .bind(group.as_str())
-            .execute(&mut self.conn)
-            .await?;
-        sqlx::query("DELETE FROM groups WHERE name = $1")
-            .bind(group.as_str())
-            .execute(&mut self.conn)
-            .await?;
+        for sql in [
+            "DELETE FROM group_members WHERE group_name = $1",
+            "DELETE FROM group_log WHERE group_name = $1",
+            "DELETE FROM groups WHERE name = $1",
+        ] {
+            sqlx::query(sql)
+                .bind(group.as_str())
+                .execute(&mut self.conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn group_head(&mut self, group: &GroupName) -> Result<Option<(u64, Vec<u8>)>> {
+        let row: Option<(i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT epoch, hash FROM group_log WHERE group_name = $1 ORDER BY epoch DESC LIMIT 1",
+        )
+        .bind(group.as_str())
+        .fetch_optional(&mut self.conn)
+        .await?;
+        Ok(row.map(|(e, h)| (e as u64, h)))
+    }
+
+    async fn group_record_hash(
+        &mut self,
+        group: &GroupName,
+        epoch: u64,
+    ) -> Result<Option<Vec<u8>>> {
+        Ok(
+            sqlx::query_scalar("SELECT hash FROM group_log WHERE group_name = $1 AND epoch = $2")
+                .bind(group.as_str())
+                .bind(epoch as i64)
+                .fetch_optional(&mut self.conn)
+                .await?,
+        )
+    }
+
+    async fn insert_record(
+        &mut self,
+        group: &GroupName,
+        epoch: u64,
+        hash: &[u8; 32],
+        record: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO group_log (group_name, epoch, hash, record) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(group.as_str())
+        .bind(epoch as i64)
+        .bind(&hash[..])
+        .bind(record)
+        .execute(&mut self.conn)
+        .await?;
         Ok(())
     }
 }
@@ -762,6 +815,72 @@ impl Store for PgStore {
             .map(|r| member_from_row(&r))
             .collect::<Result<Vec<_>>>()
             .map(Some)
+    }
+
+    async fn group_view(
+        &self,
+        group: &GroupName,
+        user: &UserName,
+        since: Option<u64>,
+        limit: usize,
+    ) -> Result<Option<GroupView>> {
+        // One snapshot for every read, so the members and the records
+        // always agree (READ COMMITTED would take one per statement).
+        let mut tx = self
+            .pool
+            .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            .await?;
+        let exists: Option<i64> =
+            sqlx::query_scalar("SELECT 1::BIGINT FROM groups WHERE name = $1")
+                .bind(group.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let rows = sqlx::query(
+            "SELECT user_name, role, joined_at, joined_epoch FROM group_members WHERE group_name = $1 ORDER BY id",
+        )
+        .bind(group.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut members = Vec::with_capacity(rows.len());
+        let mut joined = None;
+        for r in &rows {
+            let m = member_from_row(r)?;
+            if &m.user == user {
+                joined = r.try_get::<Option<i64>, _>("joined_epoch")?;
+            }
+            members.push(m);
+        }
+        let epoch: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(epoch) FROM group_log WHERE group_name = $1")
+                .bind(group.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+        let from = match since {
+            Some(e) => Some(e as i64 + 1),
+            None => joined,
+        };
+        let records = match from {
+            Some(from) => {
+                sqlx::query_scalar(
+                    "SELECT record FROM group_log WHERE group_name = $1 AND epoch >= $2 ORDER BY epoch LIMIT $3",
+                )
+                .bind(group.as_str())
+                .bind(from)
+                .bind(limit as i64)
+                .fetch_all(&mut *tx)
+                .await?
+            }
+            None => Vec::new(),
+        };
+        tx.commit().await?;
+        Ok(Some(GroupView {
+            members,
+            epoch: epoch.map(|e| e as u64),
+            records,
+        }))
     }
 
     async fn groups_of(&self, user: &UserName) -> Result<Vec<GroupSummary>> {

@@ -21,9 +21,9 @@ use telepound_protocol::{GroupName, UserName};
 use super::groups::{GroupOp, GroupResult, role_from_i64, role_to_i16};
 use super::writer::{CommitListener, WriteConn, Writer};
 use super::{
-    AckedEntry, BlobRecord, EntryKind, NewBlob, NewEntry, NewUser, Result, Store, StoredEntry,
-    UserRecord, WriterConfig, check_applied, group_name, ksf_from_text, ksf_to_text, migration,
-    msg_id, user_name,
+    AckedEntry, BlobRecord, EntryKind, GroupView, NewBlob, NewEntry, NewUser, Result, Store,
+    StoredEntry, UserRecord, WriterConfig, check_applied, group_name, ksf_from_text, ksf_to_text,
+    migration, msg_id, user_name,
 };
 
 fn migrator() -> sqlx::migrate::Migrator {
@@ -47,6 +47,11 @@ fn migrator() -> sqlx::migrate::Migrator {
             4,
             "shared bodies",
             include_str!("../../migrations/sqlite/0004_shared_bodies.sql"),
+        ),
+        migration(
+            5,
+            "group log",
+            include_str!("../../migrations/sqlite/0005_group_log.sql"),
         ),
     ])
 }
@@ -490,14 +495,16 @@ impl WriteConn for SqliteWriter {
         user: &UserName,
         role: Role,
         now: UnixMillis,
+        epoch: u64,
     ) -> Result<()> {
         sqlx::query(
-            "INSERT INTO group_members (group_name, user_name, role, joined_at) VALUES (?, ?, ?, ?)",
+            "INSERT INTO group_members (group_name, user_name, role, joined_at, joined_epoch) VALUES (?, ?, ?, ?, ?)",
         )
         .bind(group.as_str())
         .bind(user.as_str())
         .bind(role_to_i16(role))
         .bind(now)
+        .bind(epoch as i64)
         .execute(&mut self.conn)
         .await?;
         Ok(())
@@ -523,12 +530,55 @@ impl WriteConn for SqliteWriter {
     }
 
     async fn delete_group(&mut self, group: &GroupName) -> Result<()> {
-        sqlx::query("DELETE FROM group_members WHERE group_name = ?")
+        for sql in [
+            "DELETE FROM group_members WHERE group_name = ?",
+            "DELETE FROM group_log WHERE group_name = ?",
+            "DELETE FROM groups WHERE name = ?",
+        ] {
+            sqlx::query(sql)
+                .bind(group.as_str())
+                .execute(&mut self.conn)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn group_head(&mut self, group: &GroupName) -> Result<Option<(u64, Vec<u8>)>> {
+        let row: Option<(i64, Vec<u8>)> = sqlx::query_as(
+            "SELECT epoch, hash FROM group_log WHERE group_name = ? ORDER BY epoch DESC LIMIT 1",
+        )
+        .bind(group.as_str())
+        .fetch_optional(&mut self.conn)
+        .await?;
+        Ok(row.map(|(e, h)| (e as u64, h)))
+    }
+
+    async fn group_record_hash(
+        &mut self,
+        group: &GroupName,
+        epoch: u64,
+    ) -> Result<Option<Vec<u8>>> {
+        Ok(
+            sqlx::query_scalar("SELECT hash FROM group_log WHERE group_name = ? AND epoch = ?")
+                .bind(group.as_str())
+                .bind(epoch as i64)
+                .fetch_optional(&mut self.conn)
+                .await?,
+        )
+    }
+
+    async fn insert_record(
+        &mut self,
+        group: &GroupName,
+        epoch: u64,
+        hash: &[u8; 32],
+        record: &str,
+    ) -> Result<()> {
+        sqlx::query("INSERT INTO group_log (group_name, epoch, hash, record) VALUES (?, ?, ?, ?)")
             .bind(group.as_str())
-            .execute(&mut self.conn)
-            .await?;
-        sqlx::query("DELETE FROM groups WHERE name = ?")
-            .bind(group.as_str())
+            .bind(epoch as i64)
+            .bind(&hash[..])
+            .bind(record)
             .execute(&mut self.conn)
             .await?;
         Ok(())
@@ -901,6 +951,69 @@ impl Store for SqliteStore {
             .map(|r| member_from_row(&r))
             .collect::<Result<Vec<_>>>()
             .map(Some)
+    }
+
+    async fn group_view(
+        &self,
+        group: &GroupName,
+        user: &UserName,
+        since: Option<u64>,
+        limit: usize,
+    ) -> Result<Option<GroupView>> {
+        // One read transaction: in WAL mode every read in it sees the same
+        // snapshot, so the members and the records always agree.
+        let mut tx = self.pool.begin().await?;
+        let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM groups WHERE name = ?")
+            .bind(group.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Ok(None);
+        }
+        let rows = sqlx::query(
+            "SELECT user_name, role, joined_at, joined_epoch FROM group_members WHERE group_name = ? ORDER BY id",
+        )
+        .bind(group.as_str())
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut members = Vec::with_capacity(rows.len());
+        let mut joined = None;
+        for r in &rows {
+            let m = member_from_row(r)?;
+            if &m.user == user {
+                joined = r.try_get::<Option<i64>, _>("joined_epoch")?;
+            }
+            members.push(m);
+        }
+        let epoch: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(epoch) FROM group_log WHERE group_name = ?")
+                .bind(group.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+        // Records with epoch >= from.
+        let from = match since {
+            Some(e) => Some(e as i64 + 1),
+            None => joined,
+        };
+        let records = match from {
+            Some(from) => {
+                sqlx::query_scalar(
+                    "SELECT record FROM group_log WHERE group_name = ? AND epoch >= ? ORDER BY epoch LIMIT ?",
+                )
+                .bind(group.as_str())
+                .bind(from)
+                .bind(limit as i64)
+                .fetch_all(&mut *tx)
+                .await?
+            }
+            None => Vec::new(),
+        };
+        tx.commit().await?;
+        Ok(Some(GroupView {
+            members,
+            epoch: epoch.map(|e| e as u64),
+            records,
+        }))
     }
 
     async fn groups_of(&self, user: &UserName) -> Result<Vec<GroupSummary>> {

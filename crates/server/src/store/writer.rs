@@ -197,20 +197,34 @@ pub(crate) trait WriteConn: Send + 'static {
     async fn group_members(&mut self, group: &GroupName) -> Result<Option<Vec<GroupMember>>>;
     /// Creates an empty group.
     async fn create_group(&mut self, group: &GroupName, now: UnixMillis) -> Result<()>;
-    /// Adds a member.
+    /// Adds a member, who joined with the record of `epoch`.
     async fn add_member(
         &mut self,
         group: &GroupName,
         user: &UserName,
         role: Role,
         now: UnixMillis,
+        epoch: u64,
     ) -> Result<()>;
     /// Removes a member.
     async fn remove_member(&mut self, group: &GroupName, user: &UserName) -> Result<()>;
     /// Changes a member's role.
     async fn set_role(&mut self, group: &GroupName, user: &UserName, role: Role) -> Result<()>;
-    /// Deletes an empty group.
+    /// Deletes an empty group and its log.
     async fn delete_group(&mut self, group: &GroupName) -> Result<()>;
+    /// The epoch and hash of a group's latest record.
+    async fn group_head(&mut self, group: &GroupName) -> Result<Option<(u64, Vec<u8>)>>;
+    /// The hash of a group's record of `epoch`.
+    async fn group_record_hash(&mut self, group: &GroupName, epoch: u64)
+    -> Result<Option<Vec<u8>>>;
+    /// Appends a record to a group's log.
+    async fn insert_record(
+        &mut self,
+        group: &GroupName,
+        epoch: u64,
+        hash: &[u8; 32],
+        record: &str,
+    ) -> Result<()>;
 }
 
 /// Makes committed writes durable (blocking; run off the async threads).
@@ -494,14 +508,21 @@ async fn apply<C: WriteConn>(
                     let result = super::groups::apply(conn, op, *max, *now).await?;
                     // Its inserts took seqs above the ones set aside.
                     seqs.free.clear();
-                    if let (Ok(GroupDone::Sent(seqs)), GroupOp::Send { entries, .. }) =
-                        (&result, op)
-                    {
-                        for (e, seq) in entries.iter().zip(seqs) {
-                            if let Some(seq) = seq {
+                    match (&result, op) {
+                        (Ok(GroupDone::Sent(seqs)), GroupOp::Send { entries, .. }) => {
+                            for (e, seq) in entries.iter().zip(seqs) {
+                                if let Some(seq) = seq {
+                                    notices
+                                        .push(Notice::Stored(e.recipient.clone(), stored(e, *seq)));
+                                }
+                            }
+                        }
+                        (Ok(GroupDone::Changed(c)), _) => {
+                            for (e, seq) in &c.lines {
                                 notices.push(Notice::Stored(e.recipient.clone(), stored(e, *seq)));
                             }
                         }
+                        _ => {}
                     }
                     WriteResult::Group(result)
                 }
