@@ -107,7 +107,21 @@ pub struct Server {
 }
 
 impl Drop for Server {
+    /// Asks the server to stop (SIGTERM), so that a profiler wrapped
+    /// around it gets to write its data, then kills it after 3 s.
     fn drop(&mut self) {
+        // SAFETY: kill has no memory preconditions; the pid is our child's.
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -226,7 +226,7 @@ impl Connection {
                 }
             };
             let step = match event {
-                Event::Shutdown => return self.shut_down().await,
+                Event::Shutdown => return Box::pin(self.shut_down()).await,
                 Event::Kicked => {
                     tracing::warn!("outbox full: disconnecting a client that is not reading");
                     let _ = self
@@ -239,7 +239,7 @@ impl Connection {
                 }
                 Event::Answer(answer) => self.write(&answer).await,
                 Event::Push(out) => self.on_push(out).await,
-                Event::Page(page) => self.on_page(page).await,
+                Event::Page(page) => Box::pin(self.on_page(page)).await,
                 Event::Frame(frame) => match self.on_frame(frame).await {
                     Ok(()) => Ok(()),
                     Err(ending) => return ending,
@@ -406,11 +406,14 @@ impl Connection {
     async fn on_request(&mut self, msg: ClientMessage) -> Result<(), axum::Error> {
         let rid = msg.rid();
         let Some(user) = self.user.clone() else {
-            let reply = self.on_unauthenticated(msg).await;
+            // Boxed, here and on the other rare paths below: the login
+            // futures are large, and inline they would make every idle
+            // connection's task that large.
+            let reply = Box::pin(self.on_unauthenticated(msg)).await;
             return self.write(&reply).await;
         };
         if let ClientMessage::Sync { rid, after, limit } = msg {
-            return self.start_sync(rid, &user, after, limit).await;
+            return Box::pin(self.start_sync(rid, &user, after, limit)).await;
         }
         let pending = handler::dispatch(&self.shared, &user, msg).await;
         self.in_flight.push_back(pending);
