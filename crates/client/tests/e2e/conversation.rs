@@ -4,6 +4,11 @@ use telepound_client::{Error, Inbound};
 use telepound_protocol::ErrorCode;
 
 use crate::util::*;
+use telepound_testkit::{http_get, metric, spawn_server_with};
+
+async fn metrics(server: &telepound_testkit::TestServer) -> String {
+    http_get(server.addr, "/metrics").await.1
+}
 
 #[tokio::test]
 async fn offline_message_is_read_on_a_fresh_machine_with_only_the_password() {
@@ -260,5 +265,58 @@ async fn a_server_refuses_weak_password_stretching_before_any_work() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::UnknownUser));
+    server.stop().await;
+}
+
+/// The ack window, end to end: a message bob acknowledges at once is
+/// accepted without ever being written (the metrics say so and his
+/// mailbox stays empty); one he leaves unacknowledged is written when the
+/// window closes, and is still there for his next login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quick_ack_from_an_online_recipient_saves_the_disk_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = telepound_testkit::test_config(dir.path());
+    // Long enough that bob's client acknowledges in time on a busy machine.
+    config.writer.ack_window = std::time::Duration::from_secs(2);
+    let server = spawn_server_with(config).await;
+    let url = server.url();
+    let (ha, hb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (mut alice, mut ae) = user(&url, "alice", ha.path()).await;
+    let (mut bob, mut be) = user(&url, "bob", hb.path()).await;
+    assert!(drain(&mut bob, &mut be).await.is_empty(), "bob is live");
+    // alice too, so her receipts come live rather than stored.
+    assert!(drain(&mut alice, &mut ae).await.is_empty());
+
+    let sending = tokio::spawn(async move {
+        let out = alice.send_text(&name("bob"), "quick").await;
+        (alice, out)
+    });
+    let got = next_inbound(&mut bob, &mut be, 10).await; // shows and acknowledges
+    assert_eq!(texts(&[got]), vec!["quick"]);
+    let (mut alice, out) = sending.await.unwrap();
+    assert!(out.unwrap().recipient_online);
+    let m = metrics(&server).await;
+    assert_eq!(
+        metric(&m, "telepound_ack_window_total{outcome=\"acked\"}"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&m, "telepound_ack_window_total{outcome=\"written\"}"),
+        Some(0.0)
+    );
+    assert_eq!(metric(&m, "telepound_mailbox_depth"), Some(0.0));
+
+    // bob's client receives the next one but does not acknowledge it.
+    let out = alice.send_text(&name("bob"), "later").await.unwrap();
+    assert!(out.recipient_online);
+    let m = metrics(&server).await;
+    assert_eq!(
+        metric(&m, "telepound_ack_window_total{outcome=\"written\"}"),
+        Some(1.0)
+    );
+    assert_eq!(metric(&m, "telepound_mailbox_depth"), Some(1.0));
+    drop((bob, be));
+    let (mut bob, mut be) = login(&url, "bob", hb.path()).await;
+    assert_eq!(texts(&drain(&mut bob, &mut be).await), vec!["later"]);
     server.stop().await;
 }
