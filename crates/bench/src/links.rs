@@ -100,9 +100,17 @@ pub fn sealed_envelope(from: &UserName, to: &UserName) -> String {
 /// A raw, resumed WebSocket session.
 pub async fn tp_connect(addr: std::net::SocketAddr, acct: &TpAccount) -> anyhow::Result<Ws> {
     // Without TCP_NODELAY small frames wait for delayed ACKs (40 ms).
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async_with_config(format!("ws://{addr}/v1/ws"), None, true)
-            .await?;
+    // A 32 KiB read buffer: tungstenite zero-fills its whole read buffer
+    // before each read, which at the default 128 KiB made the load
+    // generator, not the server, the bottleneck.
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .read_buffer_size(32 * 1024);
+    let (mut ws, _) = tokio_tungstenite::connect_async_with_config(
+        format!("ws://{addr}/v1/ws"),
+        Some(config),
+        true,
+    )
+    .await?;
     use base64::Engine;
     let token = base64::engine::general_purpose::STANDARD.encode(&acct.token);
     ws.send(Message::Text(
@@ -172,13 +180,20 @@ impl TpTx {
         let (sink, mut stream) = ws.split();
         let (acks_tx, acks) = mpsc::unbounded_channel();
         tokio::spawn(async move {
+            let mut refused = 0u64;
             while let Some(Ok(m)) = stream.next().await {
-                if let Message::Text(t) = m
-                    && let Some(rest) = t.as_str().strip_prefix(r#"{"type":"accepted","rid":"#)
-                {
+                let Message::Text(t) = m else { continue };
+                if let Some(rest) = t.as_str().strip_prefix(r#"{"type":"accepted","rid":"#) {
                     let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
                     if let Ok(n) = digits.parse() {
                         let _ = acks_tx.send(n);
+                    }
+                } else if t.as_str().starts_with(r#"{"type":"error""#) {
+                    // A refused send never arrives: say why, so that a gap
+                    // the receiver reports is not mistaken for a loss.
+                    refused += 1;
+                    if refused == 1 || refused.is_power_of_two() {
+                        eprintln!("   telepound refused {refused} send(s); latest: {t}");
                     }
                 }
             }
@@ -315,8 +330,21 @@ impl Rx for TpRx {
 
 // --------------------------------------------------------------- NATS core
 
-fn nats_payload(seq: u64) -> Bytes {
-    let mut v = vec![b'x'; BODY];
+/// Bytes of a Telepound envelope for a `BODY`-byte text between two users
+/// (what the `*-env` peers carry, so that both sides move the same bytes).
+pub fn envelope_len() -> usize {
+    static LEN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *LEN.get_or_init(|| {
+        let (a, b) = (
+            UserName::new("alice").expect("valid"),
+            UserName::new("bob").expect("valid"),
+        );
+        sealed_envelope(&a, &b).len()
+    })
+}
+
+fn nats_payload(seq: u64, body: usize) -> Bytes {
+    let mut v = vec![b'x'; body.max(8)];
     v[..8].copy_from_slice(&seq.to_le_bytes());
     Bytes::from(v)
 }
@@ -334,13 +362,19 @@ pub async fn nats_client(addr: std::net::SocketAddr) -> anyhow::Result<async_nat
 pub struct NatsTx {
     client: async_nats::Client,
     subject: String,
+    body: usize,
 }
 
-/// A NATS core sender on `subject`.
-pub async fn nats_tx(addr: std::net::SocketAddr, subject: &str) -> anyhow::Result<NatsTx> {
+/// A NATS core sender on `subject`, of `body`-byte payloads.
+pub async fn nats_tx(
+    addr: std::net::SocketAddr,
+    subject: &str,
+    body: usize,
+) -> anyhow::Result<NatsTx> {
     Ok(NatsTx {
         client: nats_client(addr).await?,
         subject: subject.to_owned(),
+        body,
     })
 }
 
@@ -348,7 +382,7 @@ pub async fn nats_tx(addr: std::net::SocketAddr, subject: &str) -> anyhow::Resul
 impl Tx for NatsTx {
     async fn send(&mut self, seq: u64) -> anyhow::Result<()> {
         self.client
-            .publish(self.subject.clone(), nats_payload(seq))
+            .publish(self.subject.clone(), nats_payload(seq, self.body))
             .await?;
         Ok(())
     }
@@ -409,10 +443,16 @@ pub struct JsTx {
     subject: String,
     js: async_nats::jetstream::Context,
     acks: mpsc::UnboundedSender<u64>,
+    body: usize,
 }
 
-/// A JetStream publisher on `subject` and its acknowledged numbers.
-pub async fn js_tx(addr: std::net::SocketAddr, subject: &str) -> anyhow::Result<Durable> {
+/// A JetStream publisher on `subject` of `body`-byte payloads, and its
+/// acknowledged numbers.
+pub async fn js_tx(
+    addr: std::net::SocketAddr,
+    subject: &str,
+    body: usize,
+) -> anyhow::Result<Durable> {
     let js = js_stream(addr).await?;
     let (acks, rx) = mpsc::unbounded_channel();
     Ok(Durable {
@@ -420,6 +460,7 @@ pub async fn js_tx(addr: std::net::SocketAddr, subject: &str) -> anyhow::Result<
             subject: subject.to_owned(),
             js,
             acks,
+            body,
         }),
         acks: rx,
     })
@@ -430,7 +471,7 @@ impl Tx for JsTx {
     async fn send(&mut self, seq: u64) -> anyhow::Result<()> {
         let ack = self
             .js
-            .publish(self.subject.clone(), nats_payload(seq))
+            .publish(self.subject.clone(), nats_payload(seq, self.body))
             .await
             .map_err(|e| anyhow::anyhow!("publish: {e}"))?;
         let acks = self.acks.clone();
@@ -585,7 +626,8 @@ mod tests {
                 .parse::<telepound_protocol::MsgId>()
                 .is_ok()
         );
-        assert_eq!(nats_seq(&nats_payload(99)), Some(99));
+        assert_eq!(nats_seq(&nats_payload(99, BODY)), Some(99));
+        assert_eq!(nats_payload(1, 3000).len(), 3000);
         let frame = telepound_protocol::codec::render_message(
             7,
             &msg_id(3, 42).parse().unwrap(),

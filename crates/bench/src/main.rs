@@ -59,7 +59,7 @@ pub struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "telepound,nats,jetstream,prosody"
+        default_value = "telepound,nats,jetstream,nats-env,jetstream-env,prosody"
     )]
     pub peers: Vec<Peer>,
     /// Pin each server to CPU 0 and the load generator to CPU 1.

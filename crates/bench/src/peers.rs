@@ -24,6 +24,12 @@ pub enum Peer {
     Nats,
     /// NATS JetStream on file storage: the durable-queue reference.
     Jetstream,
+    /// NATS core carrying payloads as large as Telepound's envelopes.
+    #[value(name = "nats-env")]
+    NatsEnv,
+    /// JetStream carrying payloads as large as Telepound's envelopes.
+    #[value(name = "jetstream-env")]
+    JetstreamEnv,
     /// Prosody, XMPP: the self-hosted chat-server reference.
     Prosody,
 }
@@ -35,6 +41,8 @@ impl Peer {
             Peer::Telepound => "telepound",
             Peer::Nats => "nats",
             Peer::Jetstream => "jetstream",
+            Peer::NatsEnv => "nats-env",
+            Peer::JetstreamEnv => "jetstream-env",
             Peer::Prosody => "prosody",
         }
     }
@@ -47,6 +55,8 @@ impl Peer {
             Peer::Telepound | Peer::Prosody => s != Crypto,
             Peer::Nats => matches!(s, Routing | Latency | Idle),
             Peer::Jetstream => matches!(s, Durable | Backlog),
+            Peer::NatsEnv => matches!(s, Routing | Latency),
+            Peer::JetstreamEnv => matches!(s, Durable | Backlog),
         }
     }
 }
@@ -71,7 +81,8 @@ outbox_bytes = 67108864
 /// A running system.
 enum Running {
     Tp(Server),
-    Nats(Server),
+    /// With the payload size its links carry.
+    Nats(Server, usize),
     Prosody(crate::xmpp::Prosody),
 }
 
@@ -82,22 +93,26 @@ impl Running {
             Peer::Telepound => {
                 Running::Tp(Server::telepound(&telepound_bin(args)?, cpu, TELEPOUND_CONFIG).await?)
             }
-            Peer::Nats => Running::Nats(Server::nats(cpu, false).await?),
-            Peer::Jetstream => Running::Nats(Server::nats(cpu, true).await?),
+            Peer::Nats => Running::Nats(Server::nats(cpu, false).await?, links::BODY),
+            Peer::Jetstream => Running::Nats(Server::nats(cpu, true).await?, links::BODY),
+            Peer::NatsEnv => Running::Nats(Server::nats(cpu, false).await?, links::envelope_len()),
+            Peer::JetstreamEnv => {
+                Running::Nats(Server::nats(cpu, true).await?, links::envelope_len())
+            }
             Peer::Prosody => Running::Prosody(crate::xmpp::Prosody::start(cpu).await?),
         })
     }
 
     fn pid(&self) -> u32 {
         match self {
-            Running::Tp(s) | Running::Nats(s) => s.pid,
+            Running::Tp(s) | Running::Nats(s, _) => s.pid,
             Running::Prosody(p) => p.pid,
         }
     }
 
     fn addr(&self) -> std::net::SocketAddr {
         match self {
-            Running::Tp(s) | Running::Nats(s) => s.addr,
+            Running::Tp(s) | Running::Nats(s, _) => s.addr,
             Running::Prosody(p) => p.addr,
         }
     }
@@ -179,7 +194,8 @@ async fn tp_accounts(url: &str, prefix: &str, n: usize) -> anyhow::Result<Vec<Tp
 /// Sender→recipient pairs, however each system names its ends.
 enum Ends {
     Tp(Vec<(TpAccount, TpAccount, Arc<str>)>),
-    Nats,
+    /// With the payload size.
+    Nats(usize),
     Xmpp(Vec<(String, String)>),
 }
 
@@ -199,7 +215,7 @@ impl Ends {
                         .collect(),
                 )
             }
-            Running::Nats(_) => Ends::Nats,
+            Running::Nats(_, body) => Ends::Nats(*body),
             Running::Prosody(p) => {
                 let mut v = Vec::with_capacity(n);
                 for i in 0..n {
@@ -230,11 +246,11 @@ impl Ends {
                     let (tx, _acks) = TpTx::open(addr, s, &r.user, env.clone()).await?;
                     v.push((Box::new(tx), Box::new(rx)));
                 }
-                (Ends::Nats, _) => {
+                (Ends::Nats(body), _) => {
                     let subject = format!("bench.live.{round}.{i}");
                     let rx = links::nats_rx(addr, &subject).await?;
                     v.push((
-                        Box::new(links::nats_tx(addr, &subject).await?),
+                        Box::new(links::nats_tx(addr, &subject, *body).await?),
                         Box::new(rx),
                     ));
                 }
@@ -262,7 +278,7 @@ impl Ends {
                     acks,
                 })
             }
-            (Ends::Nats, _) => links::js_tx(addr, subject).await,
+            (Ends::Nats(body), _) => links::js_tx(addr, subject, *body).await,
             (Ends::Xmpp(p), Running::Prosody(pr)) => {
                 crate::xmpp_links::durable(pr, &p[i].0, &p[i].1).await
             }
@@ -405,7 +421,7 @@ async fn backlog(args: &Args, peer: Peer, out: &mut Results) -> anyhow::Result<(
         let filled = scenarios::fill(d, args.backlog, 512).await?;
         let took = match (&ends, &run) {
             (Ends::Tp(p), _) => links::tp_drain(run.addr(), &p[0].1, args.backlog).await?,
-            (Ends::Nats, _) => {
+            (Ends::Nats(_), _) => {
                 let (got, took) = links::js_drain(run.addr(), &subject, args.backlog).await?;
                 if got != args.backlog {
                     bail!("JetStream delivered {got} of {}", args.backlog);
@@ -476,7 +492,7 @@ async fn idle(args: &Args, peer: Peer, out: &mut Results) -> anyhow::Result<()> 
                 }
                 None
             }
-            Running::Nats(_) => None,
+            Running::Nats(..) => None,
         };
         tokio::time::sleep(Duration::from_millis(500)).await;
         let before = rss_kib(run.pid())?;
@@ -488,7 +504,7 @@ async fn idle(args: &Args, peer: Peer, out: &mut Results) -> anyhow::Result<()> 
                 }
                 Held::Tp(v)
             }
-            Running::Nats(_) => Held::Tcp(links::nats_idle(run.addr(), n).await?),
+            Running::Nats(..) => Held::Tcp(links::nats_idle(run.addr(), n).await?),
             Running::Prosody(p) => {
                 let mut v = Vec::with_capacity(n);
                 for i in 0..n {
@@ -578,7 +594,7 @@ async fn logins(args: &Args, peer: Peer, out: &mut Results) -> anyhow::Result<()
                 crate::xmpp_links::register(p, u).await?;
             }
         }
-        Running::Nats(_) => bail!("NATS has no password logins here"),
+        Running::Nats(..) => bail!("NATS has no password logins here"),
     }
     let target = LoginTarget {
         users: Arc::new(users),
@@ -706,15 +722,19 @@ async fn default_cost_logins(args: &Args, run: &Running, out: &mut Results) -> a
     };
     let bound = cores as f64 / secs(hash);
     let total = (args.logins / 8).max(8);
-    let (mut rate, mut share) = (Vec::new(), Vec::new());
+    let (mut rate, mut share, mut server_cpu) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..args.repeat {
+        let meter = Meter::start(run.pid())?;
         let took = tp_login_loop(&run.url(), &users, total, 2 * cores).await?;
+        let (c, _) = meter.stop()?;
         let r = total as f64 / secs(took);
         eprintln!(
-            "   default Argon2: {r:.1} logins/s; the hash alone allows {bound:.1}/s on {cores} core(s)"
+            "   default Argon2: {r:.1} logins/s; the hash alone allows {bound:.1}/s on {cores} core(s); server CPU {} µs each",
+            c / total as u64
         );
         rate.push(r);
         share.push(100.0 * r / bound);
+        server_cpu.push(c as f64 / total as f64);
     }
     let setting = format!(
         "Argon2 m=19456 t=2 (default; {:.1} ms per hash on the client)",
@@ -735,6 +755,16 @@ async fn default_cost_logins(args: &Args, run: &Running, out: &mut Results) -> a
         "of the Argon2-only bound",
         "%",
         share,
+    ));
+    // The server's share: OPAQUE puts the Argon2 work on the client, so
+    // this is what bounds logins per server core.
+    out.rows.push(Row::new(
+        "logins",
+        Peer::Telepound,
+        &setting,
+        "server CPU",
+        "µs/login",
+        server_cpu,
     ));
     Ok(())
 }

@@ -262,6 +262,50 @@ impl Results {
             &|v| format!("{v:.0}% of the bound"),
             &|v| v >= 90.0,
         );
+        // The same comparisons against peers carrying payloads as large as
+        // Telepound's envelopes: the same bytes through both servers.
+        push(
+            "same bytes: durable accept, 512 in flight: ≥ 1.5× jetstream-env",
+            ratio(
+                self.find("durable", tp, "512 ", "accepted"),
+                self.find("durable", Peer::JetstreamEnv, "512 ", "accepted"),
+            ),
+            &|r| format!("{r:.2}×"),
+            &|r| r >= 1.5,
+        );
+        push(
+            "same bytes: online routing: ≥ 1× nats-env",
+            ratio(
+                self.find("routing", tp, "", "throughput"),
+                self.find("routing", Peer::NatsEnv, "", "throughput"),
+            ),
+            &|r| format!("{r:.2}×"),
+            &|r| r >= 1.0,
+        );
+        let p99 = self
+            .curve(tp, 10_000)
+            .zip(self.curve(Peer::NatsEnv, 10_000))
+            .map(|(a, b)| a.p99 as f64 / b.p99.max(1) as f64);
+        push(
+            "same bytes: p99 at 10k msgs/s: ≤ nats-env's",
+            p99,
+            &|r| format!("{r:.2}× nats-env's p99"),
+            &|r| r <= 1.0,
+        );
+        push(
+            "same bytes: 100k backlog drained: ≥ 2.5× faster than jetstream-env",
+            ratio(
+                self.find(
+                    "backlog",
+                    Peer::JetstreamEnv,
+                    "",
+                    "login to last acknowledged",
+                ),
+                self.find("backlog", tp, "", "login to last acknowledged"),
+            ),
+            &|r| format!("{r:.2}× faster"),
+            &|r| r >= 2.5,
+        );
         t
     }
 
@@ -481,7 +525,9 @@ pub fn svg(r: &Results) -> String {
         r#"<text transform="translate(16,{}) rotate(-90)" text-anchor="middle">latency</text>"#,
         top + ph / 2.0
     );
-    let colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd"];
+    let colours = [
+        "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b",
+    ];
     let mut peers: Vec<Peer> = r.curves.iter().map(|c| c.peer).collect();
     peers.dedup();
     for (i, p) in peers.iter().enumerate() {
