@@ -135,13 +135,17 @@ pub fn msg_id(epoch: u16, seq: u64) -> String {
 }
 
 /// A fresh epoch for [`msg_id`].
-fn next_epoch() -> u16 {
+pub fn next_epoch() -> u16 {
     static NEXT: std::sync::atomic::AtomicU16 = std::sync::atomic::AtomicU16::new(1);
     NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 fn seq_of_msg_id(s: &str) -> Option<u64> {
     u64::from_str_radix(s.get(24..36)?, 16).ok()
+}
+
+fn epoch_of_msg_id(s: &str) -> Option<u16> {
+    u16::from_str_radix(s.get(9..13)?, 16).ok()
 }
 
 /// Sends `send` frames; answers (`accepted`) are read by a task that
@@ -162,6 +166,7 @@ impl TpTx {
         from: &TpAccount,
         to: &UserName,
         envelope: Arc<str>,
+        epoch: u16,
     ) -> anyhow::Result<(TpTx, mpsc::UnboundedReceiver<u64>)> {
         let mut ws = tp_connect(addr, from).await?;
         // Synced like an interactive client, so delivery receipts come live
@@ -204,7 +209,7 @@ impl TpTx {
                 prefix: format!(r#"","from":"{}","to":"{to}","envelope":"#, from.user),
                 suffix: envelope,
                 queued: 0,
-                epoch: next_epoch(),
+                epoch,
             },
             acks,
         ))
@@ -242,18 +247,27 @@ pub struct TpRx {
     sink: SplitSink<Ws, Message>,
     stream: SplitStream<Ws>,
     pending: Vec<i64>,
+    /// The sender's epoch: messages of another (a run before this one whose
+    /// last messages its receiver never acknowledged, so they are still
+    /// being delivered) are acknowledged and skipped.
+    epoch: u16,
 }
 
 impl TpRx {
     /// Connects `acct`, fetches whatever waits (acknowledging it), and goes
     /// live.
-    pub async fn open(addr: std::net::SocketAddr, acct: &TpAccount) -> anyhow::Result<TpRx> {
+    pub async fn open(
+        addr: std::net::SocketAddr,
+        acct: &TpAccount,
+        epoch: u16,
+    ) -> anyhow::Result<TpRx> {
         let ws = tp_connect(addr, acct).await?;
         let (sink, stream) = ws.split();
         let mut rx = TpRx {
             sink,
             stream,
             pending: Vec::new(),
+            epoch,
         };
         rx.sink
             .send(Message::Text(
@@ -290,11 +304,17 @@ impl TpRx {
 
     /// Parses a `message` push: (mailbox seq, benchmark number).
     fn parse(t: &str) -> Option<(i64, u64)> {
+        Self::parse_with_epoch(t).map(|(seq, n, _)| (seq, n))
+    }
+
+    /// Parses a `message` push: (mailbox seq, benchmark number, epoch).
+    fn parse_with_epoch(t: &str) -> Option<(i64, u64, u16)> {
         let rest = t.strip_prefix(r#"{"type":"message","seq":"#)?;
         let end = rest.find(',')?;
         let seq = rest[..end].parse().ok()?;
         let id = rest.find(r#""msg_id":""#)? + 10;
-        Some((seq, seq_of_msg_id(rest.get(id..id + 36)?)?))
+        let msg_id = rest.get(id..id + 36)?;
+        Some((seq, seq_of_msg_id(msg_id)?, epoch_of_msg_id(msg_id)?))
     }
 }
 
@@ -316,13 +336,15 @@ impl Rx for TpRx {
                 return Ok(None);
             };
             if let Message::Text(t) = frame?
-                && let Some((seq, n)) = Self::parse(t.as_str())
+                && let Some((seq, n, epoch)) = Self::parse_with_epoch(t.as_str())
             {
                 self.pending.push(seq);
                 if self.pending.len() >= 256 {
                     self.ack().await?;
                 }
-                return Ok(Some(n));
+                if epoch == self.epoch {
+                    return Ok(Some(n));
+                }
             }
         }
     }
@@ -640,5 +662,6 @@ mod tests {
             "{}",
         );
         assert_eq!(TpRx::parse(&frame), Some((7, 42)));
+        assert_eq!(TpRx::parse_with_epoch(&frame), Some((7, 42, 3)));
     }
 }

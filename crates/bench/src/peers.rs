@@ -242,8 +242,9 @@ impl Ends {
             match (self, run) {
                 (Ends::Tp(p), _) => {
                     let (s, r, env) = &p[i];
-                    let rx = TpRx::open(addr, r).await?;
-                    let (tx, _acks) = TpTx::open(addr, s, &r.user, env.clone()).await?;
+                    let epoch = links::next_epoch();
+                    let rx = TpRx::open(addr, r, epoch).await?;
+                    let (tx, _acks) = TpTx::open(addr, s, &r.user, env.clone(), epoch).await?;
                     v.push((Box::new(tx), Box::new(rx)));
                 }
                 (Ends::Nats(body), _) => {
@@ -272,7 +273,8 @@ impl Ends {
         match (self, run) {
             (Ends::Tp(p), _) => {
                 let (s, r, env) = &p[i];
-                let (tx, acks) = TpTx::open(addr, s, &r.user, env.clone()).await?;
+                let (tx, acks) =
+                    TpTx::open(addr, s, &r.user, env.clone(), links::next_epoch()).await?;
                 Ok(Durable {
                     tx: Box::new(tx),
                     acks,
@@ -393,6 +395,12 @@ async fn latency(args: &Args, peer: Peer, out: &mut Results) -> anyhow::Result<(
                         peer.name()
                     ));
                     eprintln!("   {rate}/s failed: {e:#}");
+                    if let Running::Tp(_) = run {
+                        eprintln!("   the server's counters then:");
+                        for line in tp_counters(run.addr()).await {
+                            eprintln!("     {line}");
+                        }
+                    }
                     break;
                 }
             }
@@ -408,6 +416,41 @@ async fn latency(args: &Args, peer: Peer, out: &mut Results) -> anyhow::Result<(
         }
     }
     Ok(())
+}
+
+/// The message and connection counters of a Telepound server's
+/// `/metrics`, for a failure report.
+async fn tp_counters(addr: std::net::SocketAddr) -> Vec<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let get = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n")
+            .await?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).await?;
+        anyhow::Ok(text)
+    };
+    match tokio::time::timeout(Duration::from_secs(5), get).await {
+        Ok(Ok(text)) => text
+            .lines()
+            .filter(|l| {
+                !l.starts_with('#')
+                    && [
+                        "messages",
+                        "ack_window",
+                        "disconnects",
+                        "mailbox",
+                        "sessions",
+                        "limited",
+                    ]
+                    .iter()
+                    .any(|k| l.contains(k))
+            })
+            .map(str::to_owned)
+            .collect(),
+        Ok(Err(e)) => vec![format!("cannot read /metrics: {e:#}")],
+        Err(_) => vec!["cannot read /metrics: timed out".into()],
+    }
 }
 
 async fn backlog(args: &Args, peer: Peer, out: &mut Results) -> anyhow::Result<()> {

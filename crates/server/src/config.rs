@@ -85,7 +85,7 @@ pub struct RawConfig {
     /// Most members in a group (default 256).
     pub max_group_members: Option<usize>,
     /// Milliseconds a message for an online recipient waits for their
-    /// acknowledgement before it is written to disk (default 20; 0 writes
+    /// acknowledgement before it is written to disk (default 250; 0 writes
     /// every message at once). Acknowledged in time, it is never written.
     pub ack_window_ms: Option<u64>,
     /// PEM certificate chain for TLS (with `tls_key`).
@@ -289,7 +289,7 @@ impl RawConfig {
                         ));
                     }
                     Some(ms) => ms,
-                    None => 20,
+                    None => 250,
                 }),
                 ..WriterConfig::default()
             },

@@ -54,8 +54,8 @@ impl Default for WriterConfig {
         Self {
             max_batch: 1024,
             queue: 8192,
-            ack_window: Duration::from_millis(20),
-            max_waiting: 8192,
+            ack_window: Duration::from_millis(250),
+            max_waiting: 16_384,
         }
     }
 }
