@@ -916,6 +916,114 @@ pub async fn ack_window(store: Arc<dyn Store>, rec: Arc<Recorder>) {
     assert!(seen.windows(2).all(|w| w[0] < w[1]), "{seen:?}");
 }
 
+/// A group operation's rows take their seqs as it runs, after the batch's
+/// other inserts were handed theirs: announcements must still rise per
+/// recipient, and a fetch must see every entry once, whether the
+/// recipient is live (messages may wait in the ack window) or not.
+pub async fn mixed_batches_announce_in_order(store: Arc<dyn Store>, rec: Arc<Recorder>) {
+    use super::groups::{ChangeOp, GroupDone, GroupOp};
+    use telepound_protocol::GroupName;
+    use telepound_protocol::group::{Change, ChangeKind, GENESIS_PREV, GroupRecord, apply_change};
+    let g = GroupName::new("mix").unwrap();
+    let (alice, bob) = (name("alice"), name("bob"));
+    let a = apply_change(
+        &g,
+        &[],
+        ChangeKind::Created,
+        &alice,
+        std::slice::from_ref(&bob),
+        4,
+    )
+    .unwrap();
+    let r0 = GroupRecord {
+        group: g.clone(),
+        epoch: 0,
+        prev: B64(GENESIS_PREV.to_vec()),
+        at: 10,
+        change: Change {
+            kind: ChangeKind::Created,
+            actor: alice.clone(),
+            users: a.users,
+            heir: a.heir,
+        },
+        members: a.members,
+        sig: B64(vec![0; 64]),
+    };
+    let created = store
+        .group(
+            GroupOp::Change(Box::new(ChangeOp {
+                group: g.clone(),
+                actor: alice.clone(),
+                kind: ChangeKind::Created,
+                users: vec![bob.clone()],
+                record_json: Arc::from(serde_json::to_string(&r0).unwrap()),
+                hash: r0.hash(),
+                record: r0.clone(),
+                msg_id: MsgId::new(),
+                expires_at: 1000,
+            })),
+            4,
+            10,
+        )
+        .await
+        .unwrap();
+    assert!(matches!(created, Ok(GroupDone::Changed(_))), "{created:?}");
+
+    for live in [false, true] {
+        if live {
+            rec.live.lock().unwrap().push(bob.clone());
+        }
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let (store, g, alice, bob) = (store.clone(), g.clone(), alice.clone(), bob.clone());
+            tasks.push(tokio::spawn(async move {
+                if i % 2 == 0 {
+                    let op = GroupOp::Send {
+                        group: g,
+                        sender: alice.clone(),
+                        recipients: vec![alice, bob.clone()],
+                        entries: vec![NewEntry {
+                            recipient: bob,
+                            kind: EntryKind::GroupMessage,
+                            sender: name("alice"),
+                            msg_id: MsgId::new(),
+                            server_ts: 10,
+                            expires_at: 1000,
+                            envelope: "{}".into(),
+                        }],
+                    };
+                    let sent = store.group(op, 4, 10).await.unwrap();
+                    assert!(matches!(sent, Ok(GroupDone::Sent(_))), "{sent:?}");
+                } else {
+                    store
+                        .enqueue(vec![entry("bob", "alice", MsgId::new(), "{}")])
+                        .await
+                        .unwrap();
+                }
+            }));
+        }
+        // Acknowledge direct messages as they are announced, as a live
+        // client would; the rest are written when the window closes.
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let got = store.fetch(&bob, 0, 1000).await.unwrap();
+        let seqs: Vec<i64> = got.iter().map(|e| e.seq).collect();
+        assert!(seqs.windows(2).all(|w| w[0] < w[1]), "{seqs:?}");
+        store.ack(&bob, seqs, 11, 999).await.unwrap();
+        let mut seen = Vec::new();
+        for (r, seq, _) in rec.stored.lock().unwrap().iter() {
+            if *r == bob && !seen.contains(seq) {
+                seen.push(*seq);
+            }
+        }
+        assert!(
+            seen.windows(2).all(|w| w[0] < w[1]),
+            "announced out of order (live: {live}): {seen:?}"
+        );
+    }
+}
+
 /// Generates one `#[tokio::test]` per behaviour check, each on a fresh store
 /// made by `$make(listener)`, an async fn returning
 /// `Option<(Arc<dyn Store>, guard)>` (`None` skips, after saying why).
@@ -924,7 +1032,8 @@ macro_rules! store_conformance_tests {
     ($make:path) => {
         $crate::store_conformance_tests!(@each $make;
             users, server_setup_is_stable, sessions, mailbox, expiry,
-            concurrent_writes_group_commit, receipts, batches, blobs, groups, ack_window);
+            concurrent_writes_group_commit, receipts, batches, blobs, groups, ack_window,
+            mixed_batches_announce_in_order);
     };
     (@each $make:path; $($check:ident),*) => {
         $(

@@ -158,6 +158,7 @@ impl SqliteStore {
                     opts,
                     conn,
                     next_seq: None,
+                    reserved_to: 0,
                 },
                 writer,
                 listener,
@@ -235,30 +236,91 @@ struct SqliteWriter {
     opts: SqliteConnectOptions,
     conn: SqliteConnection,
     /// The next mailbox seq to hand out: this connection is the only
-    /// writer, so it keeps the counter (read once from the database) and
-    /// every insert takes its seq from here, never from AUTOINCREMENT.
+    /// writer, so it keeps the counter (read once from the database and the
+    /// high-water mark) and every insert takes its seq from here, never
+    /// from AUTOINCREMENT.
     next_seq: Option<i64>,
+    /// Seqs below this are covered by the durable high-water mark.
+    reserved_to: i64,
 }
 
+/// Seqs reserved at a time in the high-water-mark file.
+const SEQ_BLOCK: i64 = 1 << 20;
+
 impl SqliteWriter {
+    /// The file beside the database that holds the seq high-water mark.
+    fn seq_file(&self) -> std::path::PathBuf {
+        let mut p = self.opts.get_filename().as_os_str().to_owned();
+        p.push("-seq");
+        p.into()
+    }
+
+    /// Hands out `n` seqs, returning the first. Seqs of messages acknowledged
+    /// in the ack window are never stored, so the database alone cannot say
+    /// which were used; the high-water mark, made durable in blocks before
+    /// any seq of a block is handed out, can. A seq is therefore never
+    /// reused, even after a crash.
     async fn take_seqs(&mut self, n: usize) -> Result<i64> {
-        let next = match self.next_seq {
-            Some(next) => next,
+        let (next, reserved_to) = match self.next_seq {
+            Some(next) => (next, self.reserved_to),
             None => {
-                // AUTOINCREMENT's record covers rows since deleted, so a
-                // seq is never reused.
+                // AUTOINCREMENT's record covers rows since deleted.
                 let used: i64 = sqlx::query_scalar(
                     "SELECT MAX(COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'mailbox'), 0), \
                             COALESCE((SELECT MAX(seq) FROM mailbox), 0))",
                 )
                 .fetch_one(&mut self.conn)
                 .await?;
-                used + 1
+                let mark = read_seq_mark(&self.seq_file()).map_err(sqlx::Error::Io)?;
+                let next = (used + 1).max(mark);
+                (next, next)
             }
         };
-        self.next_seq = Some(next + n as i64);
+        let end = next + n as i64;
+        if end > reserved_to {
+            let mark = end + SEQ_BLOCK;
+            let path = self.seq_file();
+            tokio::task::spawn_blocking(move || write_seq_mark(&path, mark))
+                .await
+                .map_err(|e| sqlx::Error::Io(std::io::Error::other(e)))?
+                .map_err(sqlx::Error::Io)?;
+            self.reserved_to = mark;
+        }
+        self.next_seq = Some(end);
         Ok(next)
     }
+}
+
+/// The high-water mark (every seq handed out is below it), 0 when there is
+/// no file yet.
+fn read_seq_mark(path: &Path) -> std::io::Result<i64> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => text.trim().parse().map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{} does not hold a number", path.display()),
+            )
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
+/// Replaces the high-water mark durably (write, sync, rename, sync the
+/// folder), so a crash leaves the old mark or the new one.
+fn write_seq_mark(path: &Path, mark: i64) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = std::path::PathBuf::from(tmp);
+    let mut f = std::fs::File::create(&tmp)?;
+    writeln!(f, "{mark}")?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[async_trait]

@@ -16,12 +16,14 @@
 //! `delivered`) without a disk write. Otherwise it is written once the
 //! window closes, and the sender hears `accepted` after that commit, as on
 //! the slow path. Either way `accepted` means "on disk, or acknowledged by
-//! its recipient". Three rules keep the order a recipient sees:
-//! - a recipient's waiting messages are written before any later entry of
-//!   theirs (and whenever their mailbox is fetched, see [`Writer::flush`]);
+//! its recipient". These rules keep the order a recipient sees:
+//! - a recipient's waiting messages are written whenever their mailbox is
+//!   fetched (see [`Writer::flush`]), and before a retry of one of them;
 //! - within one batch, a message only waits if nothing of its recipient is
 //!   being written in that batch, so live pushes keep ascending seqs;
-//! - a group operation writes everything waiting first.
+//! - a batch announces its entries in seq order (a group operation's rows
+//!   take their seqs as it runs, above those handed out when the batch was
+//!   put together).
 
 use async_trait::async_trait;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -47,6 +49,8 @@ pub struct WriterConfig {
     /// Most messages waiting in the window at once; past it, messages are
     /// written at once.
     pub max_waiting: usize,
+    /// Most envelope bytes waiting in the window at once, likewise.
+    pub max_waiting_bytes: usize,
 }
 
 impl Default for WriterConfig {
@@ -56,6 +60,7 @@ impl Default for WriterConfig {
             queue: 8192,
             ack_window: Duration::from_millis(250),
             max_waiting: 16_384,
+            max_waiting_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -76,9 +81,10 @@ pub trait CommitListener: Send + Sync + 'static {
     fn must_store_receipt(&self, sender: &UserName) -> bool;
     /// A batch of `ops` operations committed in `elapsed`.
     fn batch_committed(&self, _ops: usize, _elapsed: std::time::Duration) {}
-    /// Whether `recipient` has a connection taking live pushes (and none
-    /// paging through its mailbox): a message for them may wait in the ack
-    /// window instead of being written at once.
+    /// Whether `recipient` has a connection taking live pushes: a message
+    /// for them may wait in the ack window instead of being written at
+    /// once. (A connection still paging through the mailbox is served by
+    /// the flush its fetch makes.)
     fn is_live(&self, _recipient: &UserName) -> bool {
         false
     }
@@ -398,7 +404,17 @@ impl Seqs {
 
     async fn take<C: WriteConn>(&mut self, conn: &mut C, n: usize) -> Result<Vec<i64>> {
         if self.free.len() < n {
-            let more = conn.reserve_seqs(n.max(Self::BLOCK)).await?;
+            let want = n.max(Self::BLOCK);
+            let more = match conn.reserve_seqs(want).await {
+                Ok(more) => more,
+                Err(e) => {
+                    // The connection may be broken (database restarted), and
+                    // only a commit would otherwise replace it.
+                    tracing::warn!(cause = %e, "cannot hand out mailbox seqs; reconnecting and retrying once");
+                    conn.reconnect().await?;
+                    conn.reserve_seqs(want).await?
+                }
+            };
             self.free.extend(more);
         }
         Ok(self.free.drain(..n).collect())
@@ -584,6 +600,8 @@ struct Window {
     /// (due, recipient, seq) in arrival order, which is due order too.
     due: VecDeque<(Instant, UserName, i64)>,
     len: usize,
+    /// Envelope bytes waiting.
+    bytes: usize,
     /// Mirror of `by_recipient`'s keys for [`Writer::flush`].
     shared: Arc<Mutex<HashSet<UserName>>>,
 }
@@ -594,6 +612,7 @@ impl Window {
             by_recipient: HashMap::new(),
             due: VecDeque::new(),
             len: 0,
+            bytes: 0,
             shared,
         }
     }
@@ -614,8 +633,14 @@ impl Window {
                 .expect("waiting lock")
                 .insert(entry.recipient.clone());
         }
+        self.bytes += entry.envelope.len();
         list.push_back(Waiting { seq, entry, reply });
         self.len += 1;
+    }
+
+    /// Whether one more message of `bytes` fits under the caps.
+    fn has_room(&self, cfg: &WriterConfig, bytes: usize) -> bool {
+        self.len < cfg.max_waiting && self.bytes + bytes <= cfg.max_waiting_bytes
     }
 
     /// Whether `e` (same recipient, kind, sender and msg_id) is waiting.
@@ -634,6 +659,7 @@ impl Window {
             self.shared.lock().expect("waiting lock").remove(recipient);
         }
         self.len -= list.len();
+        self.bytes -= list.iter().map(|w| w.entry.envelope.len()).sum::<usize>();
         list
     }
 
@@ -651,6 +677,7 @@ impl Window {
             }
         }
         self.len -= hits.len();
+        self.bytes -= hits.iter().map(|w| w.entry.envelope.len()).sum::<usize>();
         if list.is_empty() {
             self.by_recipient.remove(recipient);
             self.shared.lock().expect("waiting lock").remove(recipient);
@@ -661,6 +688,7 @@ impl Window {
     /// Recipients with a message whose window has closed by `now`.
     fn expired(&mut self, now: Instant) -> Vec<UserName> {
         let mut out = Vec::new();
+        let mut seen = HashSet::new();
         while let Some((due, recipient, seq)) = self.due.front() {
             if *due > now {
                 break;
@@ -670,7 +698,7 @@ impl Window {
                 .get(recipient)
                 .and_then(|l| l.front())
                 .is_some_and(|w| w.seq <= *seq);
-            if still_waiting && !out.contains(recipient) {
+            if still_waiting && seen.insert(recipient.clone()) {
                 out.push(recipient.clone());
             }
             self.due.pop_front();
@@ -759,7 +787,7 @@ async fn sort_jobs<C: WriteConn>(
                 let may_wait = !cfg.ack_window.is_zero()
                     && entries.len() == 1
                     && entries[0].kind == EntryKind::Message
-                    && window.len < cfg.max_waiting
+                    && window.has_room(cfg, entries[0].envelope.len())
                     && !batch.touched.contains(&entries[0].recipient)
                     && !window.holds(&entries[0])
                     && listener.is_live(&entries[0].recipient);
@@ -840,11 +868,12 @@ async fn sort_jobs<C: WriteConn>(
                     let _ = reply.send(Ok(WriteResult::Flushed));
                 }
             }
-            op @ WriteOp::Group { .. } => {
-                batch.write_all_waiting(window);
+            // A group operation's rows take seqs above everything handed
+            // out so far, and the batch announces in seq order, so waiting
+            // messages may go on waiting.
+            op @ (WriteOp::Group { .. } | WriteOp::Expire { .. } | WriteOp::InsertAt(_)) => {
                 batch.push(op, Some(reply));
             }
-            op @ (WriteOp::Expire { .. } | WriteOp::InsertAt(_)) => batch.push(op, Some(reply)),
         }
     }
     Ok(())
@@ -943,9 +972,6 @@ async fn run<C: WriteConn>(
                 let _ = reply.send(Err(StoreError::BatchFailed));
             }
         }
-        if batch.from_window > 0 {
-            listener.ack_window(0, batch.from_window);
-        }
         if !batch.ops.is_empty() {
             commit(
                 &mut conn,
@@ -983,7 +1009,12 @@ async fn commit<C: WriteConn>(
     notices: &mut Vec<Notice>,
     sync_tx: Option<&mpsc::UnboundedSender<Answers>>,
 ) {
-    let Batch { ops, replies, .. } = batch;
+    let Batch {
+        ops,
+        replies,
+        from_window,
+        ..
+    } = batch;
     let started = Instant::now();
     let mut result = apply(conn, seqs, &ops, listener, notices).await;
     if let Err(e) = &result {
@@ -998,6 +1029,16 @@ async fn commit<C: WriteConn>(
     match result {
         Ok(results) => {
             listener.batch_committed(ops.len(), started.elapsed());
+            if from_window > 0 {
+                listener.ack_window(0, from_window);
+            }
+            // In seq order: a group operation's rows took their seqs as it
+            // ran, above inserts later in the batch. Receipts go last, after
+            // any stored receipt they accompany.
+            notices.sort_by_key(|n| match n {
+                Notice::Stored(_, e) => (0, e.seq),
+                Notice::Delivered { .. } => (1, 0),
+            });
             announce(listener, notices);
             let mut answers = Answers::new();
             for (reply, result) in replies.into_iter().zip(results) {

@@ -73,3 +73,48 @@ mod postgres {
         conn.close().await.unwrap();
     }
 }
+
+/// Regression (found in review): a seq handed to a message acknowledged in
+/// the ack window is never stored, so after a restart the database alone
+/// would hand it out again; the durable high-water mark prevents that.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_never_reuses_a_seq_after_a_restart() {
+    use telepound_protocol::{MsgId, UserName};
+    use telepound_server::store::{EntryKind, NewEntry};
+    let dir = tempfile::tempdir().unwrap();
+    let url = DatabaseUrl::Sqlite(dir.path().join("t.sqlite3"));
+    let bob = UserName::new("bob").unwrap();
+    let entry = || NewEntry {
+        recipient: bob.clone(),
+        kind: EntryKind::Message,
+        sender: UserName::new("alice").unwrap(),
+        msg_id: MsgId::new(),
+        server_ts: 1,
+        expires_at: i64::MAX,
+        envelope: "{}".into(),
+    };
+    let rec = Arc::new(Recorder::default());
+    rec.live.lock().unwrap().push(bob.clone());
+    let store = store::open(&url, true, writer(), rec.clone())
+        .await
+        .unwrap();
+    let e = entry();
+    let id = e.msg_id;
+    let sending = {
+        let store = store.clone();
+        tokio::spawn(async move { store.enqueue(vec![e]).await })
+    };
+    let seq = rec.announced("bob", id).await;
+    assert_eq!(store.ack(&bob, vec![seq], 2, 99).await.unwrap(), 1);
+    assert_eq!(sending.await.unwrap().unwrap(), vec![Some(seq)]);
+    assert_eq!(store.mailbox_depth().await.unwrap(), 0, "never written");
+    store.close().await;
+    drop(store);
+
+    let store = store::open(&url, true, writer(), Arc::new(Recorder::default()))
+        .await
+        .unwrap();
+    let next = store.enqueue(vec![entry()]).await.unwrap()[0].unwrap();
+    assert!(next > seq, "seq {seq} handed out again as {next}");
+    store.close().await;
+}
