@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # Runs every cargo-fuzz target for a bounded time (default 60 s each) and
 # prints executions and findings. Needs the nightly toolchain and
-# `cargo install cargo-fuzz`. Crashes land in fuzz/artifacts/TARGET/;
-# turn each into a regression test before fixing it.
+# `cargo install cargo-fuzz`. New inputs go to fuzz/corpus/TARGET/ (not
+# committed); crashes land in fuzz/artifacts/TARGET/. Copy each crash into
+# fuzz/seeds/TARGET/ before fixing it: `cargo test` runs every file there
+# through the target's check (fuzz/checks/, crates/*/tests/fuzz_seeds.rs).
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"
+if ! cargo +nightly fuzz --version >/dev/null 2>&1; then
+  echo "needs the nightly toolchain and cargo-fuzz (cargo install cargo-fuzz)" >&2
+  exit 1
+fi
 secs="${1:-60}"; shift || true
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=(frame_decode server_frame envelope attachment)

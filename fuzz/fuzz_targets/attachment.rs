@@ -1,18 +1,12 @@
 //! The decrypted payload and its attachment descriptors (name, size, media
 //! type, key, hash): parsed after decryption from an authenticated but
 //! possibly malicious sender. Must not panic, and must round-trip.
+//!
+//! The check itself is `fuzz/checks/attachment.rs`, which `cargo test` also runs
+//! over `fuzz/seeds/attachment/`.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use telepound_crypto::{Attachment, Payload};
+#[path = "../checks/attachment.rs"]
+mod check;
 
-fuzz_target!(|data: &[u8]| {
-    if let Ok(p) = serde_json::from_slice::<Payload>(data) {
-        let again = serde_json::to_vec(&p).unwrap();
-        assert_eq!(serde_json::from_slice::<Payload>(&again).unwrap(), p);
-    }
-    if let Ok(a) = serde_json::from_slice::<Vec<Attachment>>(data) {
-        let again = serde_json::to_vec(&a).unwrap();
-        assert_eq!(serde_json::from_slice::<Vec<Attachment>>(&again).unwrap(), a);
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| check::check(data));

@@ -1,24 +1,11 @@
 //! Envelope parsing and opening: a hostile sender or server must not crash
 //! a recipient, and nothing forged may open.
+//!
+//! The check itself is `fuzz/checks/envelope.rs`, which `cargo test` also runs
+//! over `fuzz/seeds/envelope/`.
 #![no_main]
 
-use std::sync::LazyLock;
+#[path = "../checks/envelope.rs"]
+mod check;
 
-use libfuzzer_sys::fuzz_target;
-use telepound_crypto::Identity;
-use telepound_crypto::envelope::Envelope;
-use telepound_protocol::UserName;
-
-static ME: LazyLock<(Identity, Identity, UserName)> =
-    LazyLock::new(|| (Identity::generate(), Identity::generate(), UserName::new("bob").unwrap()));
-
-fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    if let Ok(env) = Envelope::parse(text) {
-        let (me, sender, name) = &*ME;
-        // The fuzzer cannot know our keys: opening must fail, never panic.
-        assert!(env.open(me, name, &sender.peer_keys()).is_err());
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| check::check(data));

@@ -1,17 +1,11 @@
 //! The client's decoder of server frames (a hostile server must not crash
 //! a client), with the same round-trip property.
+//!
+//! The check itself is `fuzz/checks/server_frame.rs`, which `cargo test` also runs
+//! over `fuzz/seeds/server_frame/`.
 #![no_main]
 
-use libfuzzer_sys::fuzz_target;
-use telepound_protocol::codec::{decode_server, encode};
+#[path = "../checks/server_frame.rs"]
+mod check;
 
-fuzz_target!(|data: &[u8]| {
-    let Ok(text) = std::str::from_utf8(data) else {
-        return;
-    };
-    if let Ok(msg) = decode_server(text, 64 * 1024) {
-        let again = encode(&msg);
-        let back = decode_server(&again, usize::MAX).expect("an encoded answer decodes");
-        assert_eq!(encode(&back), again);
-    }
-});
+libfuzzer_sys::fuzz_target!(|data: &[u8]| check::check(data));

@@ -2,10 +2,20 @@
 //! with SIGKILL at random moments and restarted. Every message whose sender
 //! saw `accepted` must reach its recipient exactly once, in order.
 //!
+//! The kills must hit messages in flight, or they prove nothing: the first
+//! comes only once every sender is under way, senders keep sending (one
+//! message at a time, each retried until accepted) until the last restart,
+//! and the test fails unless some kill found a message sent and not yet
+//! accepted and some message cut off by a kill was accepted after a
+//! restart.
+//!
 //! Small by default (it runs in CI); `scripts/crash-test.sh` runs it long
-//! with `CRASH_PAIRS`, `CRASH_MESSAGES` and `CRASH_KILLS`.
+//! with `CRASH_PAIRS`, `CRASH_MESSAGES` (the minimum per pair) and
+//! `CRASH_KILLS`.
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering::SeqCst;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -55,18 +65,59 @@ async fn until_up(link: &mut Link) {
     }
 }
 
-/// Sends `n` messages one after another; returns the texts accepted.
+/// What the senders and the killer share, to show that the kills landed
+/// while messages were in flight.
+#[derive(Default)]
+struct Shared {
+    /// Senders whose first message was accepted: the killer waits for all
+    /// of them, so no kill is spent before the load is there.
+    running: AtomicUsize,
+    /// Messages handed to the server (a flush under way) whose sender has
+    /// not yet seen `accepted`, across all senders.
+    unacked: AtomicUsize,
+    /// Set once the last restarted server is up (or the killer failed):
+    /// from then on a sender stops after its minimum.
+    kills_done: AtomicBool,
+}
+
+/// Sets [`Shared::kills_done`] when the killer ends, even by a panic, so
+/// no sender waits for kills that will never come.
+struct KillsDone(Arc<Shared>);
+
+impl Drop for KillsDone {
+    fn drop(&mut self) {
+        self.0.kills_done.store(true, SeqCst);
+    }
+}
+
+/// One sender's record.
+#[derive(Default)]
+struct Sent {
+    /// Every text queued, in order.
+    sent: Vec<String>,
+    /// Every text whose `accepted` arrived, in order.
+    accepted: Vec<String>,
+    /// Messages whose flush was cut by a lost connection (the server was
+    /// killed holding it, or before it went out) and that a restarted
+    /// server then accepted.
+    accepted_after_a_crash: usize,
+}
+
+/// Sends one message at a time, each only after the last was accepted: at
+/// least `at_least`, and on while the killer is still at work, but never
+/// more than `at_most`.
 async fn sender(
     url: String,
     home: std::path::PathBuf,
-    me: UserName,
-    peer: UserName,
-    n: usize,
-) -> Vec<String> {
+    (me, peer): (UserName, UserName),
+    (at_least, at_most): (usize, usize),
+    shared: Arc<Shared>,
+) -> Sent {
     let mut link = login_retrying(&url, &me, &home).await;
     let mut texts: HashMap<telepound_protocol::MsgId, String> = HashMap::new();
-    let mut accepted = Vec::new();
-    for i in 0..n {
+    let mut out = Sent::default();
+    let mut i = 0;
+    while i < at_most && (i < at_least || !shared.kills_done.load(SeqCst)) {
         let text = format!("{me}->{peer} #{i}");
         let id = loop {
             match link.session.queue_text(&peer, &text).await {
@@ -78,25 +129,37 @@ async fn sender(
                 Err(e) => panic!("queue: {e}"),
             }
         };
-        texts.insert(id, text);
+        texts.insert(id, text.clone());
+        out.sent.push(text);
+        shared.unacked.fetch_add(1, SeqCst);
+        let mut cut = false;
         while link.session.queued() > 0 {
             match link.session.flush_outbox().await {
                 Ok(done) => {
                     for (p, r) in done {
                         r.unwrap_or_else(|e| panic!("refused: {e}"));
-                        accepted.push(texts[&p.msg_id].clone());
+                        out.accepted.push(texts[&p.msg_id].clone());
+                        shared.unacked.fetch_sub(1, SeqCst);
+                        if cut {
+                            out.accepted_after_a_crash += 1;
+                        }
                     }
                 }
                 Err(e) if is_transient(&e) => {
+                    cut = true;
                     link.mark_down();
                     until_up(&mut link).await;
                 }
                 Err(e) => panic!("flush: {e}"),
             }
         }
+        if i == 0 {
+            shared.running.fetch_add(1, SeqCst);
+        }
+        i += 1;
     }
     link.session.client().close().await;
-    accepted
+    out
 }
 
 fn record(seen: &Mutex<Vec<String>>, i: &Inbound) {
@@ -111,7 +174,7 @@ async fn receiver(
     home: std::path::PathBuf,
     me: UserName,
     seen: Arc<Mutex<Vec<String>>>,
-    stop: Arc<tokio::sync::Notify>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut link = login_retrying(&url, &me, &home).await;
     let mut up_to_date = false;
@@ -132,7 +195,8 @@ async fn receiver(
             }
         }
         tokio::select! {
-            () = stop.notified() => break,
+            // (The guard `wait_for` returns must not live on in `select!`.)
+            () = async { drop(stop.wait_for(|stop| *stop).await) } => break,
             step = link.step() => match step.expect("link") {
                 Step::Event(ev) => {
                     let mut acks = Vec::new();
@@ -156,6 +220,9 @@ fn crash_under_load_loses_nothing_accepted() {
     let pairs = env("CRASH_PAIRS", 6);
     let messages = env("CRASH_MESSAGES", 40);
     let kills = env("CRASH_KILLS", 3);
+    // Senders keep going while the killer works; this bounds them should
+    // the server come back slowly (each send waits for the last).
+    let at_most = messages.max(1) * 50;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     // Every client of this test comes from 127.0.0.1: lift the per-address
@@ -187,24 +254,36 @@ fn crash_under_load_loses_nothing_accepted() {
     });
 
     let started = Instant::now();
+    let shared = Arc::new(Shared::default());
+    // For each kill: how many messages were sent and not yet accepted the
+    // moment before the SIGKILL.
     let killer = {
         let data = data.clone();
+        let shared = shared.clone();
         std::thread::spawn(move || {
+            let _done = KillsDone(shared.clone());
             let mut server = server;
             let mut rng = rand::rng();
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while shared.running.load(SeqCst) < pairs {
+                assert!(Instant::now() < deadline, "the senders never got going");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let mut in_flight = Vec::new();
             for _ in 0..kills {
                 std::thread::sleep(Duration::from_millis(rng.random_range(300..1200)));
+                in_flight.push(shared.unacked.load(SeqCst));
                 server.child.kill().unwrap();
                 server.child.wait().unwrap();
                 std::thread::sleep(Duration::from_millis(rng.random_range(50..400)));
                 server.restart_hard(&data);
             }
-            server
+            (server, in_flight)
         })
     };
 
-    let (accepted, seen) = rt.block_on(async {
-        let stop = Arc::new(tokio::sync::Notify::new());
+    let (sent, seen) = rt.block_on(async {
+        let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut receivers = Vec::new();
         let mut seen = Vec::new();
         for (i, (_, r)) in names.iter().enumerate() {
@@ -215,53 +294,72 @@ fn crash_under_load_loses_nothing_accepted() {
                 dir.path().join(format!("r{i}")),
                 r.clone(),
                 s,
-                stop.clone(),
+                stopped.clone(),
             )));
         }
         let mut senders = Vec::new();
-        for (i, (s, r)) in names.iter().enumerate() {
+        for (i, pair) in names.iter().enumerate() {
             senders.push(tokio::spawn(sender(
                 url.clone(),
                 dir.path().join(format!("s{i}")),
-                s.clone(),
-                r.clone(),
-                messages,
+                pair.clone(),
+                (messages, at_most),
+                shared.clone(),
             )));
         }
-        let mut accepted = Vec::new();
+        let mut sent = Vec::new();
         for s in senders {
-            accepted.push(s.await.unwrap());
+            sent.push(s.await.unwrap());
         }
         // Let the receivers catch up with everything accepted.
         let deadline = Instant::now() + Duration::from_secs(60);
         while Instant::now() < deadline
             && seen
                 .iter()
-                .zip(&accepted)
-                .any(|(s, a)| s.lock().unwrap().len() < a.len())
+                .zip(&sent)
+                .any(|(s, a)| s.lock().unwrap().len() < a.accepted.len())
         {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        stop.notify_waiters();
+        let _ = stop.send(true);
         for r in receivers {
             let _ = tokio::time::timeout(Duration::from_secs(5), r).await;
         }
         let seen: Vec<Vec<String>> = seen.iter().map(|s| s.lock().unwrap().clone()).collect();
-        (accepted, seen)
+        (sent, seen)
     });
-    let server = killer.join().unwrap();
-    let total: usize = accepted.iter().map(Vec::len).sum();
-    for (i, (a, s)) in accepted.iter().zip(&seen).enumerate() {
+    let (server, in_flight) = killer.join().unwrap();
+    let total: usize = sent.iter().map(|s| s.accepted.len()).sum();
+    let after_a_crash: usize = sent.iter().map(|s| s.accepted_after_a_crash).sum();
+    for (i, (s, seen)) in sent.iter().zip(&seen).enumerate() {
+        assert!(s.sent.len() >= messages, "pair {i}: sent its minimum");
         assert_eq!(
-            a.len(),
-            messages,
+            s.accepted, s.sent,
             "pair {i}: every message was eventually accepted"
         );
-        assert_eq!(s, a, "pair {i}: delivered exactly once, in order");
+        assert_eq!(
+            seen, &s.accepted,
+            "pair {i}: delivered exactly once, in order"
+        );
     }
     eprintln!(
-        "crash test: {pairs} pairs, {total} messages accepted and delivered exactly once, {kills} SIGKILLs, {:.1} s",
+        "crash test: {pairs} pairs, {total} messages accepted and delivered exactly once \
+         (at least {messages} a pair), {kills} SIGKILLs with {in_flight:?} messages sent and not \
+         yet accepted at each, {after_a_crash} messages cut off by a kill and accepted after a \
+         restart, {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    // The point of the test: kills that land while nothing is in flight
+    // prove nothing about messages in flight.
+    if kills > 0 {
+        assert!(
+            in_flight.iter().any(|&n| n > 0),
+            "no kill landed while a message was unacknowledged: {in_flight:?}"
+        );
+        assert!(
+            after_a_crash > 0,
+            "no message was cut off by a kill and accepted after a restart"
+        );
+    }
     drop(server);
 }
