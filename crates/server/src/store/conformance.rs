@@ -811,7 +811,7 @@ pub async fn groups(store: Arc<dyn Store>, rec: Arc<Recorder>) {
     members(run(op(&fresh, &[])).await);
 }
 
-/// The ack window (the suite opens stores with a window of half a second):
+/// The ack window (the suite opens stores with a window of two seconds):
 /// a message for a live recipient is announced at once and, acknowledged
 /// in time, never written, its sender answered and told `delivered`;
 /// unacknowledged, it is written when the window closes. A fetch sees

@@ -9,7 +9,7 @@ use telepound_server::store::{self, DatabaseUrl, Store, WriterConfig};
 /// a message "in time" does so even on a loaded machine.
 fn writer() -> WriterConfig {
     WriterConfig {
-        ack_window: std::time::Duration::from_millis(500),
+        ack_window: std::time::Duration::from_secs(2),
         ..WriterConfig::default()
     }
 }
