@@ -345,14 +345,19 @@ impl Uploads {
             progress.start(&o.name, size, offset);
             while offset < size {
                 let body = ciphertext(o.path.clone(), o.file_key()?, o.len, offset);
+                let dog = http::Watchdog::new(http.stall_limit());
                 let req = http
                     .request(Method::PATCH, &path, token)
                     .header("upload-offset", offset)
                     .header(hyper::header::CONTENT_LENGTH, size - offset)
                     .header(hyper::header::CONTENT_TYPE, "application/octet-stream")
-                    .body(counting(body, progress.clone()))
+                    .body(counting(body, progress.clone(), dog.clone()))
                     .expect("valid request");
-                let resp = match http.send(req).await {
+                let sent = tokio::select! {
+                    sent = http.send(req) => sent,
+                    () = dog.stalled() => Err(dog.error()),
+                };
+                let resp = match sent {
                     Ok(r) => r,
                     Err(e) => {
                         progress.finish();
@@ -466,11 +471,13 @@ fn ciphertext(
 fn counting(
     stream: impl futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static,
     progress: Arc<dyn Progress>,
+    dog: http::Watchdog,
 ) -> http::Body {
     // Counted as the body hands bytes to the connection.
     let s = stream.map(move |r| {
         if let Ok(b) = &r {
             progress.advance(b.len() as u64);
+            dog.moved();
         }
         r.map(hyper::body::Frame::data)
     });
@@ -512,7 +519,14 @@ pub async fn download(
         if have > 0 {
             req = req.header(hyper::header::RANGE, format!("bytes={have}-"));
         }
-        let answer = http::check(http.send(req.body(http::empty()).expect("valid")).await?)
+        let stall = http.stall_limit();
+        let stalled = || http::Watchdog::new(stall).error();
+        let answer =
+            tokio::time::timeout(stall, http.send(req.body(http::empty()).expect("valid")))
+                .await
+                .map_err(|_| stalled())
+                .inspect_err(|_| progress.finish())??;
+        let answer = http::check(answer)
             .await
             .inspect_err(|_| progress.finish())?;
         let append = answer.resp.status() == hyper::StatusCode::PARTIAL_CONTENT;
@@ -532,7 +546,15 @@ pub async fn download(
         }
         let (resp, _conn) = (answer.resp, answer.conn);
         let mut body = resp.into_body();
-        while let Some(frame) = body.frame().await {
+        loop {
+            // A server that goes silent mid-download ends it after the
+            // limit; the `.part` keeps what arrived.
+            let Ok(frame) = tokio::time::timeout(stall, body.frame()).await else {
+                progress.finish();
+                let _ = out.sync_data();
+                return Err(stalled());
+            };
+            let Some(frame) = frame else { break };
             let frame = match frame {
                 Ok(f) => f,
                 Err(e) => {

@@ -27,6 +27,8 @@ pub struct Http {
     tls: Option<Arc<rustls::ClientConfig>>,
     authority: String,
     connect_timeout: std::time::Duration,
+    /// Longest a transfer may go without moving a byte.
+    stall_limit: std::time::Duration,
 }
 
 impl std::fmt::Debug for Http {
@@ -68,6 +70,7 @@ impl Http {
             tls,
             authority,
             connect_timeout: options.connect_timeout,
+            stall_limit: options.idle_timeout,
         })
     }
 
@@ -132,6 +135,12 @@ impl Http {
         }
     }
 
+    /// Longest a transfer may go without moving a byte before it counts as
+    /// lost (the connection's `idle_timeout`).
+    pub fn stall_limit(&self) -> std::time::Duration {
+        self.stall_limit
+    }
+
     /// A request to `path` with the session token.
     pub fn request(
         &self,
@@ -147,6 +156,62 @@ impl Http {
                 base64::engine::general_purpose::STANDARD.encode(token)
             ),
         )
+    }
+}
+
+/// Watches a transfer for progress: whoever moves bytes calls
+/// [`Watchdog::moved`], and [`Watchdog::stalled`] resolves once nothing has
+/// moved for the limit. A server that goes silent mid-transfer (a vanished
+/// machine keeps TCP open) then ends the transfer with a clear error
+/// instead of holding it forever; what arrived is kept for a resume.
+#[derive(Clone)]
+pub struct Watchdog {
+    start: std::time::Instant,
+    /// Milliseconds since `start` of the last progress.
+    last: Arc<std::sync::atomic::AtomicU64>,
+    limit: std::time::Duration,
+}
+
+impl Watchdog {
+    /// A watchdog that fires after `limit` without progress.
+    pub fn new(limit: std::time::Duration) -> Self {
+        Self {
+            start: std::time::Instant::now(),
+            last: Arc::new(std::sync::atomic::AtomicU64::new(0)),
+            limit,
+        }
+    }
+
+    /// Bytes moved just now.
+    pub fn moved(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last
+            .fetch_max(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Resolves once nothing has moved for the limit.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only sleeps and reads the last stamp.
+    pub async fn stalled(&self) {
+        loop {
+            let last = std::time::Duration::from_millis(
+                self.last.load(std::sync::atomic::Ordering::Relaxed),
+            );
+            let idle = self.start.elapsed().saturating_sub(last);
+            if idle >= self.limit {
+                return;
+            }
+            tokio::time::sleep(self.limit - idle).await;
+        }
+    }
+
+    /// The error for a stalled transfer.
+    pub fn error(&self) -> Error {
+        Error::Disconnected(Some(format!(
+            "the transfer moved nothing for {} s; what arrived is kept, and the next try resumes",
+            self.limit.as_secs()
+        )))
     }
 }
 

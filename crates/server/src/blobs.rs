@@ -28,6 +28,7 @@ use sha2::{Digest, Sha256};
 use telepound_protocol::blob::{BlobError, CreateBlob, CreatedBlob, blob_len, valid_id};
 use telepound_protocol::{ErrorCode, UserName};
 use tokio::io::{AsyncSeekExt, AsyncWriteExt};
+use tokio_util::sync::CancellationToken;
 
 use crate::server::Shared;
 
@@ -39,30 +40,52 @@ pub const UPLOAD_OFFSET: &str = "upload-offset";
 /// Declared blob size header.
 pub const UPLOAD_LENGTH: &str = "upload-length";
 
-/// Uploads in progress: one writer per blob at a time, and a `HEAD` waits
-/// for the writer to record where it stopped, so a client resuming right
-/// after a cut learns the true offset.
+/// Uploads in progress: one writer per blob at a time. A newer request of
+/// the blob's owner (a resume, a `HEAD` asking where to resume) takes over:
+/// it asks the upload in progress to stop, which then records what arrived,
+/// and waits for that. So a client whose connection died without a close
+/// (the old request would otherwise wait for bytes that never come) can
+/// resume at once, and learns the true offset.
 #[derive(Default)]
-pub struct Uploading(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+pub struct Uploading(Mutex<HashMap<String, Arc<Slot>>>);
+
+#[derive(Default)]
+struct Slot {
+    lock: Arc<tokio::sync::Mutex<()>>,
+    /// Cancelled to make the upload in progress stop and save what it has.
+    current: Mutex<CancellationToken>,
+}
 
 /// Longest a request waits for another upload of the same blob to end.
 const UPLOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl Uploading {
-    /// Waits for the blob's writer lock (dropping the guard releases it).
-    async fn lock(&self, id: &str) -> Option<tokio::sync::OwnedMutexGuard<()>> {
-        // std Mutex: a map lookup, never held across the await below.
-        let m = self
+    /// Stops the blob's upload in progress, if any, and takes its writer
+    /// lock (dropping the guard releases it); the token says when a later
+    /// request takes over in turn.
+    async fn take_over(
+        &self,
+        id: &str,
+    ) -> Option<(tokio::sync::OwnedMutexGuard<()>, CancellationToken)> {
+        // std Mutexes: a map lookup and a token swap, never held across the
+        // await below.
+        let slot = self
             .0
             .lock()
             .expect("uploading lock")
             .entry(id.to_owned())
             .or_default()
             .clone();
-        tokio::time::timeout(UPLOAD_WAIT, m.lock_owned()).await.ok()
+        slot.current.lock().expect("upload token").cancel();
+        let guard = tokio::time::timeout(UPLOAD_WAIT, slot.lock.clone().lock_owned())
+            .await
+            .ok()?;
+        let token = CancellationToken::new();
+        *slot.current.lock().expect("upload token") = token.clone();
+        Some((guard, token))
     }
 
-    /// Forgets a blob's lock once nobody holds or waits for it.
+    /// Forgets a blob's slot once nobody holds or waits for it.
     fn release(&self, id: &str) {
         let mut map = self.0.lock().expect("uploading lock");
         if map.get(id).is_some_and(|m| Arc::strong_count(m) == 1) {
@@ -242,9 +265,14 @@ pub async fn status(
     if !valid_id(&id) {
         return not_found();
     }
-    // An upload being cut off records its last bytes as it ends: wait.
-    drop(shared.uploading.lock(&id).await);
-    shared.uploading.release(&id);
+    // The owner asks where to resume: an upload still in progress (its
+    // connection may be dead) stops and records its last bytes first.
+    if let Ok(Some(b)) = shared.store.blob(&id).await
+        && b.owner == me
+    {
+        drop(shared.uploading.take_over(&id).await);
+        shared.uploading.release(&id);
+    }
     match shared.store.blob(&id).await {
         Ok(Some(b)) if b.owner == me || b.recipients.iter().any(|(r, _)| *r == me) => {
             (StatusCode::OK, offset_headers(b.received, b.size)).into_response()
@@ -269,7 +297,13 @@ pub async fn append(
     if !valid_id(&id) {
         return not_found();
     }
-    let Some(lock) = shared.uploading.lock(&id).await else {
+    // Only the owner may take an upload over.
+    match shared.store.blob(&id).await {
+        Ok(Some(b)) if b.owner == me => {}
+        Ok(_) => return not_found(),
+        Err(e) => return internal(e),
+    }
+    let Some((lock, stop)) = shared.uploading.take_over(&id).await else {
         return error(
             StatusCode::CONFLICT,
             ErrorCode::OffsetMismatch,
@@ -280,7 +314,7 @@ pub async fn append(
     // but the upload must still record what arrived, or a resume would
     // start over. Tracked, so a shutdown waits for that record.
     let task = shared.tracker.clone().spawn(async move {
-        let response = append_locked(&shared, &id, &me, &headers, body).await;
+        let response = append_locked(&shared, &id, &me, &headers, body, stop).await;
         drop(lock);
         shared.uploading.release(&id);
         response
@@ -294,6 +328,7 @@ async fn append_locked(
     me: &UserName,
     headers: &HeaderMap,
     body: Body,
+    stop: CancellationToken,
 ) -> Response {
     let (shared, id) = (shared.clone(), id.to_owned());
     let rec = match shared.store.blob(&id).await {
@@ -343,7 +378,20 @@ async fn append_locked(
     let mut since_checkpoint = 0;
     let mut too_big = false;
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
+    let idle = shared.config.idle_timeout;
+    loop {
+        // A later request of the owner takes over, and a client that sends
+        // nothing for the idle timeout is presumed gone: either way, keep
+        // what arrived (below).
+        let next = tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            next = tokio::time::timeout(idle, stream.next()) => match next {
+                Ok(next) => next,
+                Err(_) => break,
+            },
+        };
+        let Some(chunk) = next else { break };
         let Ok(chunk) = chunk else {
             // The client went away: keep what arrived, below.
             break;

@@ -211,3 +211,108 @@ fn follow_notices_a_server_that_goes_silent_and_reconnects() {
     bob.kill().unwrap();
     bob.wait().unwrap();
 }
+
+/// Freezes `proxy` once `after` bytes have moved.
+struct FreezeAt {
+    proxy: std::sync::Arc<Proxy>,
+    seen: std::sync::atomic::AtomicU64,
+    after: u64,
+}
+
+impl telepound_client::Progress for FreezeAt {
+    fn advance(&self, n: u64) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self.seen.fetch_add(n, SeqCst) + n >= self.after {
+            self.proxy.freeze();
+        }
+    }
+}
+
+/// A server that goes silent in the middle of a transfer (its machine
+/// vanished; TCP stays open, nothing more arrives) ends the upload or the
+/// download within the client's idle timeout with a clear error, and the
+/// next try, once the server is reachable, resumes where it stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_to_a_server_gone_silent_ends_in_time_and_resumes() {
+    use std::sync::Arc;
+    use telepound_client::files::{Uploads, download};
+    use telepound_client::http::Http;
+    use telepound_client::{ConnectOptions, NoProgress};
+
+    let server = telepound_testkit::spawn_server().await;
+    let url = server.url();
+    let dir = tempfile::tempdir().unwrap();
+    let (ha, hb, down) = (
+        dir.path().join("a"),
+        dir.path().join("b"),
+        dir.path().join("d"),
+    );
+    let (alice, _ae) = telepound_testkit::user(&url, "alice", &ha).await;
+    let (bob, _be) = telepound_testkit::user(&url, "bob", &hb).await;
+    let file = dir.path().join("big.bin");
+    let data: Vec<u8> = (0..6 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&file, &data).unwrap();
+    let to = [telepound_protocol::UserName::new("bob").unwrap()];
+    let options = ConnectOptions {
+        idle_timeout: Duration::from_secs(2),
+        ..ConnectOptions::default()
+    };
+
+    // Upload through a proxy that goes silent after 1 MiB.
+    let proxy = Arc::new(Proxy::start(server.addr.port()));
+    let via_proxy = Http::new(&proxy.url(), &options).unwrap();
+    let mut uploads = Uploads::load(&ha).unwrap();
+    let mut o = uploads.prepare(&file, &to).await.unwrap();
+    let freeze = Arc::new(FreezeAt {
+        proxy: proxy.clone(),
+        seen: Default::default(),
+        after: 1024 * 1024,
+    });
+    let started = Instant::now();
+    let e = uploads
+        .upload(&via_proxy, alice.token(), &mut o, &to, freeze)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("moved nothing"), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    // The next try, straight to the server, continues the same blob.
+    let direct = alice.http().unwrap();
+    let att = uploads
+        .upload(&direct, alice.token(), &mut o, &to, Arc::new(NoProgress))
+        .await
+        .unwrap();
+
+    // Download through a fresh proxy that goes silent after 2 MiB.
+    let proxy = Arc::new(Proxy::start(server.addr.port()));
+    let via_proxy = Http::new(&proxy.url(), &options).unwrap();
+    let freeze = Arc::new(FreezeAt {
+        proxy: proxy.clone(),
+        seen: Default::default(),
+        after: 2 * 1024 * 1024,
+    });
+    let started = Instant::now();
+    let e = download(&via_proxy, bob.token(), &att, &down, freeze)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("moved nothing"), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    let part = down.join(format!(".telepound-{}.part", att.blob_id));
+    assert!(
+        std::fs::metadata(&part).unwrap().len() >= 1024 * 1024,
+        "kept"
+    );
+    let saved = bob
+        .download(&att, &down, Arc::new(NoProgress))
+        .await
+        .unwrap();
+    assert_eq!(std::fs::read(saved).unwrap(), data);
+    server.stop().await;
+}
