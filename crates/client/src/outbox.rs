@@ -80,6 +80,12 @@ impl Outbox {
         self.items.first()
     }
 
+    /// The waiting messages, oldest first (a copy: sending changes the
+    /// outbox).
+    pub fn items(&self) -> Vec<Pending> {
+        self.items.clone()
+    }
+
     /// Removes the message with `msg_id` and saves.
     ///
     /// # Errors

@@ -1018,9 +1018,10 @@ impl Session {
 
     /// Checks an opened message that names a group: sealed for a membership
     /// epoch this client verified (fetching records when it is newer), by
-    /// a member of that epoch, for exactly that epoch's members. So neither
-    /// an outsider nor a member can make a one-to-one message pass for a
-    /// group message, and nobody can post as a member who is not one.
+    /// a member of that epoch, for exactly that epoch's members, and, when
+    /// that epoch is older than the latest verified one, by someone still a
+    /// member. So neither an outsider nor a member can make a one-to-one
+    /// message pass for a group message, and a removed member cannot post.
     async fn check_group_message(&mut self, payload: &Payload) -> Result<()> {
         let Some(group) = &payload.group else {
             return Ok(());
@@ -1032,10 +1033,14 @@ impl Session {
         let epoch = payload
             .group_epoch
             .ok_or_else(|| refuse("it names no signed membership epoch".into()))?;
-        let mut members = self.groups.load(group)?.and_then(|s| s.members_at(epoch));
+        let mut state = self.groups.load(group)?;
+        let mut members = state.as_ref().and_then(|s| s.members_at(epoch));
         if members.is_none() {
             match self.sync_group(group).await {
-                Ok((_, s)) => members = s.members_at(epoch),
+                Ok((_, s)) => {
+                    members = s.members_at(epoch);
+                    state = Some(s);
+                }
                 // Kept for later: it may check once the connection is back
                 // or a changed key is accepted.
                 Err(
@@ -1060,6 +1065,23 @@ impl Session {
             return Err(refuse(format!(
                 "{} is not a member of #{group} (epoch {epoch})",
                 payload.sender
+            )));
+        }
+        // The server routes nothing into an envelope, so a member removed
+        // since could seal a message for the membership they were still in
+        // and send it one to one. Sealed for an epoch older than the latest
+        // this client verified, a message is shown only if its sender is
+        // still a member now. (A message a member sent just before leaving
+        // arrives before the line saying so, while this client still holds
+        // the older epoch, so it is shown.)
+        if let Some(latest) = state.as_ref().filter(|s| s.epoch > epoch)
+            && latest
+                .members_at(latest.epoch)
+                .is_some_and(|now| !now.contains(&payload.sender))
+        {
+            return Err(refuse(format!(
+                "{} is no longer a member of #{group}, and it is sealed for an earlier membership (epoch {epoch}, now {})",
+                payload.sender, latest.epoch
             )));
         }
         if members != payload.recipients {
@@ -1238,18 +1260,31 @@ impl Session {
     ///   recipient, a group this user is no longer in) leaves the outbox
     ///   and is listed with its error: tell the user.
     /// - Any other failure keeps the message queued, to go out (once, same
-    ///   msg_id) on a later flush, and stops this one so that messages stay
-    ///   in order. A connection error ([`crate::is_transient`]) is returned
-    ///   as the `Err` when nothing was sent before it; anything else (the
-    ///   server failed to store it: `internal`) is the list's last entry,
-    ///   with the message still in the outbox.
+    ///   msg_id) on a later flush, and holds back the later messages of the
+    ///   same conversation (that user, or that group) so that they stay in
+    ///   order; other conversations go on. A connection error
+    ///   ([`crate::is_transient`]) ends the flush and is returned as the
+    ///   `Err` when nothing was sent before it; anything else (the server
+    ///   failed to store it: `internal`; a group whose membership this
+    ///   client cannot verify) is listed with the message still queued.
     ///
     /// # Errors
     /// A connection error before anything was sent; the outbox file.
     pub async fn flush_outbox(&mut self) -> Result<Vec<(Pending, Result<SendOutcome>)>> {
         self.outbox.reload()?;
         let mut done = Vec::new();
-        while let Some(p) = self.outbox.first().cloned() {
+        // Conversations (a user, or a group) whose oldest waiting message
+        // failed: what follows in them waits behind it, but other
+        // conversations go on.
+        let mut held: Vec<(Option<GroupName>, UserName)> = Vec::new();
+        for p in self.outbox.items() {
+            let conversation = match &p.group {
+                Some(g) => (Some(g.clone()), self.user.clone()),
+                None => (None, p.to.clone()),
+            };
+            if held.contains(&conversation) || self.outbox.find(&p.msg_id).is_none() {
+                continue;
+            }
             let sent = match &p.group {
                 Some(g) => self.send_group_sealed(g, p.msg_id).await,
                 None => self.send_sealed(&p.to, p.msg_id, p.envelope.clone()).await,
@@ -1260,8 +1295,8 @@ impl Session {
                 }
                 Err(e) if !crate::is_refusal(&e) => {
                     // Still queued; tried again by the next flush.
+                    held.push(conversation);
                     done.push((p, Err(e)));
-                    return Ok(done);
                 }
                 result => {
                     self.outbox.remove(&p.msg_id)?;

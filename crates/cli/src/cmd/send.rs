@@ -207,6 +207,7 @@ async fn deliver(
         Target::Group(g) => session.queue_group(g, text, attachments).await?,
     };
     queued.store(true, Ordering::SeqCst);
+    let to_target = &to;
     let outcome = loop {
         match session.flush_outbox().await {
             Ok(flushed) => {
@@ -224,8 +225,23 @@ async fn deliver(
                             "telepound: warning: a message to {to} queued earlier was not sent and is dropped: {}",
                             output::one_line(&e.to_string())
                         ),
-                        // It stays queued, and ours behind it.
-                        Err(e) => blocked = Some((to, e)),
+                        // It stays queued; ours waits behind it only if
+                        // it is in the same conversation.
+                        Err(e) => {
+                            let same = match (to_target, &pending.group) {
+                                (Target::Group(g), Some(pg)) => g == pg,
+                                (Target::User(u), None) => *u == pending.to,
+                                _ => false,
+                            };
+                            if same {
+                                blocked = Some((to, e));
+                            } else {
+                                eprintln!(
+                                    "telepound: warning: a message to {to} queued earlier could not be sent yet ({}); it stays queued",
+                                    output::one_line(&e.to_string())
+                                );
+                            }
+                        }
                     }
                 }
                 match (mine, blocked) {

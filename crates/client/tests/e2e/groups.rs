@@ -568,6 +568,59 @@ async fn a_one_to_one_message_naming_a_group_is_not_shown_as_a_group_message() {
     server.stop().await;
 }
 
+/// Regression (found in review): a removed member sealed a message for the
+/// membership they were still in and sent it one to one; it passed for a
+/// group message because the sender was a member at that (old) epoch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_member_cannot_post_by_sealing_for_an_old_membership() {
+    let server = spawn_server().await;
+    let url = server.url();
+    let mut p = people(&url, &["alice", "bob", "mallory"]).await;
+    let team = g("team");
+    p[0].0
+        .group_create(&team, vec![name("bob"), name("mallory")])
+        .await
+        .unwrap();
+    let old = p[2].0.group_info(&team).await.unwrap();
+    p[0].0
+        .group_remove(&team, vec![name("mallory")])
+        .await
+        .unwrap();
+    {
+        let (s, e, _) = &mut p[1];
+        assert_eq!(
+            seen(&drain(s, e).await),
+            vec!["alice Created bob,mallory", "alice Removed mallory"]
+        );
+    }
+    // mallory seals for epoch 0's members, as if sent before her removal.
+    let s = &mut p[2].0;
+    let msg_id = MsgId::new();
+    let payload = Payload {
+        msg_id,
+        sender: name("mallory"),
+        recipients: canonical_recipients(vec![name("alice"), name("bob"), name("mallory")]),
+        group: Some(team.clone()),
+        sent_at: 0,
+        text: "mallory: I am still here".into(),
+        attachments: vec![],
+        group_epoch: old.epoch,
+    };
+    let keys = s.peer_keys_many(&payload.recipients).await.unwrap();
+    let sealed = envelope::seal(s.identity(), &payload, &keys).unwrap();
+    s.send_sealed(&name("bob"), msg_id, sealed).await.unwrap();
+    let (s, e, _) = &mut p[1];
+    let got = drain(s, e).await;
+    assert!(seen(&got).is_empty(), "{got:?}");
+    // (Reported once per delivery: live, and again in the page.)
+    let why = refusals(&got);
+    assert!(!why.is_empty(), "{got:?}");
+    for w in &why {
+        assert!(w.contains("no longer a member of #team"), "{w}");
+    }
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_removal_of_several_users_changes_nothing() {
     let server = spawn_server().await;

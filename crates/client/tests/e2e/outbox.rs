@@ -95,3 +95,49 @@ async fn a_message_the_server_failed_to_store_stays_queued() {
     );
     server.stop().await;
 }
+
+/// A message that cannot go out holds back the later messages of its own
+/// conversation only: a message to someone else goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_message_holds_back_its_own_conversation_only() {
+    let server = spawn_server().await;
+    let url = server.url();
+    let (ha, hb, hc) = (
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+        tempfile::tempdir().unwrap(),
+    );
+    let (mut alice, _ae) = user(&url, "alice", ha.path()).await;
+    let (mut bob, mut be) = user(&url, "bob", hb.path()).await;
+    let (mut carol, mut ce) = user(&url, "carol", hc.path()).await;
+    let stuck = alice.queue_text(&name("bob"), "stuck").await.unwrap();
+    let behind = alice.queue_text(&name("bob"), "behind it").await.unwrap();
+    let other = alice.queue_text(&name("carol"), "for carol").await.unwrap();
+
+    let db = server.data_dir.join("telepound.sqlite3");
+    let mut c = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    // (A trigger takes no bound values; the id is a UUID.)
+    c.execute(sqlx::AssertSqlSafe(format!(
+        "CREATE TRIGGER broken_disk BEFORE INSERT ON mailbox WHEN NEW.msg_id = '{stuck}' \
+         BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
+    )))
+    .await
+    .unwrap();
+    let flushed = alice.flush_outbox().await.unwrap();
+    let ids: Vec<_> = flushed.iter().map(|(p, r)| (p.msg_id, r.is_ok())).collect();
+    assert_eq!(ids, [(stuck, false), (other, true)], "{flushed:?}");
+    assert_eq!(alice.queued(), 2, "bob's two stay, in order");
+    assert_eq!(texts(&drain(&mut carol, &mut ce).await), ["for carol"]);
+
+    c.execute("DROP TRIGGER broken_disk").await.unwrap();
+    let flushed = alice.flush_outbox().await.unwrap();
+    let ids: Vec<_> = flushed.iter().map(|(p, _)| p.msg_id).collect();
+    assert_eq!(ids, [stuck, behind]);
+    assert_eq!(
+        texts(&drain(&mut bob, &mut be).await),
+        ["stuck", "behind it"]
+    );
+    server.stop().await;
+}
