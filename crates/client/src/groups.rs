@@ -292,15 +292,26 @@ impl GroupStates {
         }
     }
 
-    /// Saves a state (atomically).
+    /// Saves a state (atomically), unless another process of this user has
+    /// meanwhile saved a later epoch of the same chain: under the file's
+    /// lock, the one further along wins, so verified state never goes back.
     ///
     /// # Errors
-    /// When the file cannot be written.
+    /// When the file cannot be locked, read or written.
     pub fn save(&self, state: &GroupState) -> Result<()> {
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| Error::io(format!("cannot create {}", self.dir.display()), e))?;
+        let path = self.path(&state.group);
+        let _lock = crate::state::lock(&path)?;
+        // Further along the same chain (a group deleted and made again
+        // under its name is another chain, and replaces it).
+        if self.load(&state.group)?.is_some_and(|current| {
+            current.epoch > state.epoch && current.hashes.get(&state.epoch) == Some(&state.hash)
+        }) {
+            return Ok(());
+        }
         let json = serde_json::to_vec(state).expect("group state serialises");
-        write_atomic(&self.path(&state.group), &json)
+        write_atomic(&path, &json)
     }
 }
 

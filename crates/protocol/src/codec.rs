@@ -409,7 +409,12 @@ pub fn decode_client(text: &str, max: usize) -> Result<ClientMessage, DecodeErro
                 record: b.record,
             }
         }
-        "group_list" => ClientMessage::GroupList { rid },
+        "group_list" => {
+            // No fields of its own, but the whole frame is still checked
+            // (the head is read without the rest).
+            body::<serde::de::IgnoredAny>(text, rid)?;
+            ClientMessage::GroupList { rid }
+        }
         "group_send" => {
             #[derive(Deserialize)]
             struct B {
@@ -818,6 +823,8 @@ mod tests {
         assert_eq!((e.code(), e.rid()), (ErrorCode::Malformed, Some(5)));
         let e = decode_client(r#"{"type":"ack","rid":1,"seqs":[1]} trailing"#, MAX).unwrap_err();
         assert_eq!((e.code(), e.rid()), (ErrorCode::Malformed, Some(1)));
+        let e = decode_client(r#"{"type":"group_list","rid":2,"#, MAX).unwrap_err();
+        assert_eq!((e.code(), e.rid()), (ErrorCode::Malformed, Some(2)));
         // Duplicates, a missing type, a non-object.
         for bad in [
             r#"{"type":"ack","type":"sync","rid":1}"#,

@@ -120,5 +120,45 @@ fn every_error_code_is_documented() {
             DOC.contains(&format!("| `{code}` |")),
             "{code} not in the table"
         );
+        listed(parsed);
+    }
+}
+
+/// Names every code, with no wildcard: a new `ErrorCode` stops this test
+/// from compiling until it is added here and to the list above (and so to
+/// the document).
+fn listed(code: telepound_protocol::ErrorCode) {
+    use telepound_protocol::ErrorCode as C;
+    match code {
+        C::Malformed
+        | C::UnknownType
+        | C::FrameTooLarge
+        | C::BinaryFrame
+        | C::NotAuthenticated
+        | C::AlreadyAuthenticated
+        | C::UserTaken
+        | C::UnknownUser
+        | C::AuthFailed
+        | C::NoLoginInProgress
+        | C::NoRegistrationInProgress
+        | C::SenderMismatch
+        | C::BadKey
+        | C::InvalidToken
+        | C::RateLimited
+        | C::TooManyConnections
+        | C::ShuttingDown
+        | C::Internal
+        | C::FileTooLarge
+        | C::QuotaExceeded
+        | C::NotFound
+        | C::OffsetMismatch
+        | C::Incomplete
+        | C::UnknownGroup
+        | C::GroupExists
+        | C::NotAnAdmin
+        | C::GroupFull
+        | C::CannotRemoveOwner
+        | C::GroupChanged
+        | C::BadRecord => {}
     }
 }

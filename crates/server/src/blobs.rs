@@ -56,17 +56,24 @@ struct Slot {
     current: Mutex<CancellationToken>,
 }
 
+/// A blob's writer lock, held. It keeps its slot alive too, so that
+/// [`Uploading::release`] never forgets a slot somebody holds (a later
+/// request would then take a fresh lock and write beside it).
+struct Held {
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+    _slot: Arc<Slot>,
+    /// Cancelled when a later request takes over.
+    stop: CancellationToken,
+}
+
 /// Longest a request waits for another upload of the same blob to end.
 const UPLOAD_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
 impl Uploading {
     /// Stops the blob's upload in progress, if any, and takes its writer
-    /// lock (dropping the guard releases it); the token says when a later
-    /// request takes over in turn.
-    async fn take_over(
-        &self,
-        id: &str,
-    ) -> Option<(tokio::sync::OwnedMutexGuard<()>, CancellationToken)> {
+    /// lock (dropping the [`Held`] releases it); its token says when a
+    /// later request takes over in turn.
+    async fn take_over(&self, id: &str) -> Option<Held> {
         // std Mutexes: a map lookup and a token swap, never held across the
         // await below.
         let slot = self
@@ -80,9 +87,13 @@ impl Uploading {
         let guard = tokio::time::timeout(UPLOAD_WAIT, slot.lock.clone().lock_owned())
             .await
             .ok()?;
-        let token = CancellationToken::new();
-        *slot.current.lock().expect("upload token") = token.clone();
-        Some((guard, token))
+        let stop = CancellationToken::new();
+        *slot.current.lock().expect("upload token") = stop.clone();
+        Some(Held {
+            _guard: guard,
+            _slot: slot,
+            stop,
+        })
     }
 
     /// Forgets a blob's slot once nobody holds or waits for it.
@@ -303,7 +314,7 @@ pub async fn append(
         Ok(_) => return not_found(),
         Err(e) => return internal(e),
     }
-    let Some((lock, stop)) = shared.uploading.take_over(&id).await else {
+    let Some(held) = shared.uploading.take_over(&id).await else {
         return error(
             StatusCode::CONFLICT,
             ErrorCode::OffsetMismatch,
@@ -314,8 +325,8 @@ pub async fn append(
     // but the upload must still record what arrived, or a resume would
     // start over. Tracked, so a shutdown waits for that record.
     let task = shared.tracker.clone().spawn(async move {
-        let response = append_locked(&shared, &id, &me, &headers, body, stop).await;
-        drop(lock);
+        let response = append_locked(&shared, &id, &me, &headers, body, held.stop.clone()).await;
+        drop(held);
         shared.uploading.release(&id);
         response
     });

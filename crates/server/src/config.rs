@@ -68,7 +68,7 @@ pub struct RawConfig {
     pub message_burst: Option<u32>,
     /// Seconds a connection may stay without logging in (default 30).
     pub auth_timeout_secs: Option<u64>,
-    /// Login or resume attempts a minute for one user name (default 10).
+    /// Login attempts a minute for one user name (default 10).
     pub login_attempts_per_user: Option<u32>,
     /// Login, resume or sign-up attempts a minute from one address
     /// (default 60).

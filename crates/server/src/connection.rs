@@ -529,8 +529,8 @@ impl Connection {
         }
     }
 
-    /// Login and resume attempts are limited per user name and per
-    /// address, `register_start` per address (as a login attempt, and
+    /// Login attempts are limited per user name and per address, resume
+    /// attempts per address, `register_start` per address (as a login attempt, and
     /// against the hourly sign-up budget). OPAQUE puts the password work on
     /// the client, so this limits online guessing and mass sign-ups, not
     /// server CPU. A wrong password never reaches the server as such (the
@@ -538,9 +538,11 @@ impl Connection {
     /// and a successful login or resume refunds it.
     fn throttle(&self, msg: &ClientMessage) -> Result<(), HandlerError> {
         let (user, signup) = match msg {
-            ClientMessage::LoginStart { user, .. } | ClientMessage::Resume { user, .. } => {
-                (Some(user), false)
-            }
+            ClientMessage::LoginStart { user, .. } => (Some(user), false),
+            // Per address only: a resume token cannot be guessed, and a
+            // per-name budget would let anyone keep a user's clients from
+            // reconnecting by spending it.
+            ClientMessage::Resume { .. } => (None, false),
             ClientMessage::RegisterStart { .. } => (None, true),
             _ => return Ok(()),
         };

@@ -1002,8 +1002,8 @@ pub async fn mixed_batches_announce_in_order(store: Arc<dyn Store>, rec: Arc<Rec
                 }
             }));
         }
-        // Acknowledge direct messages as they are announced, as a live
-        // client would; the rest are written when the window closes.
+        // Nothing is acknowledged here: with bob live, direct messages wait
+        // out the window and are then written.
         for t in tasks {
             t.await.unwrap();
         }

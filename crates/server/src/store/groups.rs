@@ -182,9 +182,13 @@ async fn change<C: WriteConn>(
             .as_deref()
             == Some(&c.hash[..])
     {
+        // Only a current member hears the current membership (a former
+        // member retrying their leave, or an old change, does not).
+        let members = current.unwrap_or_default();
+        let still_in = members.iter().any(|m| m.user == c.actor);
         return Ok(Ok(GroupDone::Changed(Changed {
-            members: current.unwrap_or_default(),
-            epoch: head.map(|(e, _)| e),
+            members: if still_in { members } else { Vec::new() },
+            epoch: if still_in { head.map(|(e, _)| e) } else { None },
             lines: Vec::new(),
         })));
     }

@@ -859,7 +859,13 @@ impl Store for PgStore {
                 .fetch_one(&mut *tx)
                 .await?;
         let from = match since {
-            Some(e) => Some(e as i64 + 1),
+            // Past the last epoch there can be (or beyond i64): nothing.
+            Some(e) => Some(
+                i64::try_from(e)
+                    .ok()
+                    .and_then(|e| e.checked_add(1))
+                    .unwrap_or(i64::MAX),
+            ),
             None => joined,
         };
         let records = match from {

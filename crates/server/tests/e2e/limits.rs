@@ -239,31 +239,38 @@ async fn login_attempts_are_limited_per_address() {
     server.stop().await;
 }
 
+/// Regression (found in review): bogus resumes naming alice used up her
+/// per-name budget, so anyone could keep her clients from reconnecting.
+/// Resumes are limited per address only (a token cannot be guessed).
 #[tokio::test]
-async fn resume_attempts_are_limited_per_user_name() {
+async fn a_stranger_spending_resumes_on_a_name_does_not_lock_its_owner_out() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config(dir.path());
     config.limits.login_attempts_per_user = 2;
+    config.limits.login_attempts_per_address = 3;
     let server = spawn_server_with(config).await;
     let url = server.url();
-    let mut raw = Raw::connect(&url).await;
-    for rid in 1..=2 {
-        let v = raw
+    signup(&url, "alice").await;
+    let mut stranger = Raw::connect_from(&url, std::net::Ipv4Addr::new(127, 0, 0, 2)).await;
+    for rid in 1..=3 {
+        let v = stranger
             .recv_after(&format!(
                 r#"{{"type":"resume","rid":{rid},"user":"alice","token":"AAAAAAAA"}}"#
             ))
             .await;
         assert_eq!(v["code"], "invalid_token", "{v}");
     }
-    let v = raw
-        .recv_after(r#"{"type":"resume","rid":3,"user":"alice","token":"AAAAAAAA"}"#)
+    let v = stranger
+        .recv_after(r#"{"type":"resume","rid":4,"user":"alice","token":"AAAAAAAA"}"#)
         .await;
     assert_eq!(v["code"], "rate_limited", "{v}");
-    assert!(v["message"].as_str().unwrap().contains("as alice"), "{v}");
-    let v = raw
-        .recv_after(r#"{"type":"resume","rid":4,"user":"bob","token":"AAAAAAAA"}"#)
-        .await;
-    assert_eq!(v["code"], "invalid_token", "{v}");
+    assert!(
+        v["message"].as_str().unwrap().contains("from your address"),
+        "{v}"
+    );
+    // alice, from her own address, logs in and resumes as usual.
+    let home = tempfile::tempdir().unwrap();
+    let (_raw, _session) = Raw::logged_in(&url, "alice", home.path()).await;
     server.stop().await;
 }
 
