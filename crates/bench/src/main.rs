@@ -106,6 +106,11 @@ pub struct Args {
     /// The `telepound` binary to benchmark (default: next to this one).
     #[arg(long)]
     pub telepound: Option<PathBuf>,
+    /// A line added to the server's config file, such as
+    /// `hibernate_after_ms = 0` (repeatable): for measuring what a setting
+    /// does.
+    #[arg(long = "server-setting", value_name = "LINE")]
+    pub server_settings: Vec<String>,
 }
 
 impl Args {

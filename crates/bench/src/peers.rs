@@ -91,7 +91,11 @@ impl Running {
         let cpu = args.server_cpu();
         Ok(match peer {
             Peer::Telepound => {
-                Running::Tp(Server::telepound(&telepound_bin(args)?, cpu, TELEPOUND_CONFIG).await?)
+                let config = std::iter::once(TELEPOUND_CONFIG)
+                    .chain(args.server_settings.iter().map(String::as_str))
+                    .collect::<Vec<_>>()
+                    .join("\n");
+                Running::Tp(Server::telepound(&telepound_bin(args)?, cpu, &config).await?)
             }
             Peer::Nats => Running::Nats(Server::nats(cpu, false).await?, links::BODY),
             Peer::Jetstream => Running::Nats(Server::nats(cpu, true).await?, links::BODY),
@@ -522,6 +526,9 @@ impl Held {
     }
 }
 
+/// How long the idle connections are held before the memory is read.
+const IDLE_FOR: Duration = Duration::from_secs(5);
+
 async fn idle(args: &Args, peer: Peer, out: &mut Results) -> anyhow::Result<()> {
     let n = args.idle;
     let mut per_conn = Vec::new();
@@ -556,12 +563,19 @@ async fn idle(args: &Args, peer: Peer, out: &mut Results) -> anyhow::Result<()> 
                 Held::Xmpp(v)
             }
         };
+        // Read 1 s after the last connection, and again later: the figure
+        // is the second, after a quiet time longer than any server's own
+        // idle handling (Telepound hibernates a connection with nothing to
+        // do for `hibernate_after_ms`, 10 ms by default).
         tokio::time::sleep(Duration::from_secs(1)).await;
+        let fresh = rss_kib(run.pid())?;
+        tokio::time::sleep(IDLE_FOR - Duration::from_secs(1)).await;
         let after = rss_kib(run.pid())?;
         let each = after.saturating_sub(before) as f64 / n as f64;
         eprintln!(
-            "   {} idle connections: RSS {before} → {after} KiB, {each:.2} KiB each",
-            held.len()
+            "   {} idle connections: RSS {before} → {fresh} KiB 1 s after connecting, {after} KiB after {} s: {each:.2} KiB each",
+            held.len(),
+            IDLE_FOR.as_secs()
         );
         per_conn.push(each);
         drop(held);
@@ -569,7 +583,10 @@ async fn idle(args: &Args, peer: Peer, out: &mut Results) -> anyhow::Result<()> 
     out.rows.push(Row::new(
         "idle",
         peer,
-        &format!("{n} authenticated connections"),
+        &format!(
+            "{n} authenticated connections, idle {} s",
+            IDLE_FOR.as_secs()
+        ),
         "server memory",
         "KiB/conn",
         per_conn,

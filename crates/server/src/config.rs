@@ -88,6 +88,11 @@ pub struct RawConfig {
     /// acknowledgement before it is written to disk (default 250; 0 writes
     /// every message at once). Acknowledged in time, it is never written.
     pub ack_window_ms: Option<u64>,
+    /// Milliseconds a connection with nothing to do waits before it
+    /// hibernates: it gives its WebSocket buffers and most of its task back
+    /// and keeps only what it needs to wake, about 2.6 KiB (default 10: long
+    /// enough to span a burst of frames; 0 never hibernates).
+    pub hibernate_after_ms: Option<u64>,
     /// PEM certificate chain for TLS (with `tls_key`).
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for TLS (with `tls_cert`).
@@ -121,7 +126,7 @@ impl RawConfig {
             header_read_timeout_secs, min_argon2, tls_cert, tls_key, tls_self_signed, max_connections_per_address,
             messages_per_second, message_burst, auth_timeout_secs, login_attempts_per_user,
             login_attempts_per_address, signups_per_address, max_file_mib, quota_mib, blob_ttl_days,
-            max_group_members, ack_window_ms)
+            max_group_members, ack_window_ms, hibernate_after_ms)
     }
 
     /// Validates into a [`Config`], filling defaults.
@@ -293,6 +298,11 @@ impl RawConfig {
                 }),
                 ..WriterConfig::default()
             },
+            hibernate_after: match self.hibernate_after_ms {
+                Some(0) => None,
+                Some(ms) => Some(Duration::from_millis(ms)),
+                None => Some(Duration::from_millis(10)),
+            },
             expiry_interval: Duration::from_secs(3600),
         })
     }
@@ -375,6 +385,8 @@ pub struct Config {
     pub header_read_timeout: Duration,
     /// Group-commit writer tuning.
     pub writer: WriterConfig,
+    /// Quiet time after which a connection hibernates (`None`: never).
+    pub hibernate_after: Option<Duration>,
     /// Weakest Argon2id parameters accepted at sign-up.
     pub min_ksf: KsfParams,
     /// TLS, if on.

@@ -7,21 +7,31 @@
 //! `idle_timeout`, or no login within `auth_timeout`). Requests are answered
 //! in the order they arrived, errors included; `synced` is sent when its page
 //! is read.
+//!
+//! A connection with nothing to do for `hibernate_after` hibernates: it
+//! drops its WebSocket state (read and write buffers) and the loop above
+//! (boxed, so its memory goes too), and waits on a small future for bytes,
+//! a push, shutdown, a kick, or its next ping or deadline; then it builds
+//! them again. Most connections of a chat server are idle most of the time,
+//! so this is most of its memory.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, SinkExt, StreamExt};
 use telepound_protocol::codec::{self, DecodeError};
 use telepound_protocol::{ClientMessage, ErrorCode, ServerMessage, UserName};
-use tokio::sync::mpsc;
+use tokio::io::AsyncReadExt;
+use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use tungstenite::protocol::frame::CloseFrame;
+use tungstenite::protocol::{Role, WebSocketConfig};
+use tungstenite::{Message, Utf8Bytes};
 
 use crate::handler::{self, HandlerError, Pending, login::PendingLogin};
 use crate::hub::{Member, Outbound, PushState};
@@ -29,6 +39,16 @@ use crate::limits::Bucket;
 use crate::listener::Places;
 use crate::server::Shared;
 use crate::store::{self, EntryKind, StoredEntry};
+use crate::ws::{Counted, Upgraded};
+
+/// A connection's WebSocket.
+type Ws = WebSocketStream<Counted<Upgraded>>;
+/// What its reads and writes fail with.
+type WsError = tungstenite::Error;
+
+/// Bytes a hibernating connection reads when it wakes to incoming data;
+/// they go to the WebSocket state built for them.
+const WAKE_READ: usize = 64;
 
 /// Buffered frames after which a busy connection writes out anyway.
 const FLUSH_EVERY: usize = 64;
@@ -76,11 +96,70 @@ enum Event {
     Answer(ServerMessage),
     Push(Outbound),
     Page(store::Result<Vec<StoredEntry>>),
-    Frame(Option<Result<Message, axum::Error>>),
+    Frame(Option<Result<Message, WsError>>),
     Tick,
-    /// The peer has been silent for `idle_timeout`, or has not logged in
-    /// within `auth_timeout`.
-    Deadline,
+    /// The peer's deadline or the connection's quiet time may be up:
+    /// silence for `idle_timeout`, no login within `auth_timeout`, nothing
+    /// to do for `hibernate_after`.
+    Timer,
+}
+
+/// How a turn awake ends.
+enum Turn {
+    Ended(Ending),
+    /// Nothing to do for `hibernate_after`: time to hibernate.
+    Quiet,
+}
+
+/// What woke a hibernating connection, for the turn awake it starts.
+enum Wake {
+    /// The first bytes of incoming data.
+    Bytes(Vec<u8>),
+    Push(Outbound),
+    /// Shutdown, a kick, the ping timer or the deadline: the loop awake
+    /// sees which.
+    Check,
+}
+
+/// The connection's stream: a WebSocket while awake, the bare stream while
+/// hibernating.
+enum Socket {
+    Awake(Box<Ws>),
+    Asleep(Counted<Upgraded>),
+    /// Only between the two.
+    Gone,
+}
+
+/// A hibernating connection's place in the `connections_hibernating`
+/// gauge, given back when it wakes or ends.
+struct Hibernating(Arc<crate::metrics::Metrics>);
+
+impl Hibernating {
+    fn count(metrics: &Arc<crate::metrics::Metrics>) -> Self {
+        metrics
+            .connections_hibernating
+            .fetch_add(1, Ordering::Relaxed);
+        Self(metrics.clone())
+    }
+}
+
+impl Drop for Hibernating {
+    fn drop(&mut self) {
+        self.0
+            .connections_hibernating
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The WebSocket settings of every connection.
+fn ws_config(max_frame: usize) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .max_message_size(Some(max_frame))
+        .max_frame_size(Some(max_frame))
+        .read_buffer_size(4096)
+        // Frames collect up to this much before a write: a burst of pushes
+        // goes out in a few system calls (the connection flushes when idle).
+        .write_buffer_size(16 * 1024)
 }
 
 /// Why the connection ended, for the log and the metrics.
@@ -119,7 +198,7 @@ impl Ending {
 /// Runs one connection until it closes. `_places` hold its TCP
 /// connection's place under the connection cap and the per-address cap for
 /// as long as it lives.
-pub async fn run(shared: Arc<Shared>, socket: WebSocket, peer: SocketAddr, _places: Arc<Places>) {
+pub async fn run(shared: Arc<Shared>, io: Upgraded, peer: SocketAddr, _places: Arc<Places>) {
     let conn_id = shared.next_conn_id();
     let span = tracing::info_span!("conn", conn_id, %peer, user = tracing::field::Empty);
     async move {
@@ -127,6 +206,9 @@ pub async fn run(shared: Arc<Shared>, socket: WebSocket, peer: SocketAddr, _plac
         let metrics = shared.metrics.clone();
         metrics.connections_total.fetch_add(1, Ordering::Relaxed);
         metrics.connections_open.fetch_add(1, Ordering::Relaxed);
+        let config = ws_config(shared.config.max_frame);
+        let socket =
+            WebSocketStream::from_raw_socket(Counted::new(io), Role::Server, Some(config)).await;
         let mut conn = Connection::new(shared, socket, conn_id, peer);
         let ending = conn.serve().await;
         conn.abandon_login();
@@ -144,15 +226,19 @@ pub async fn run(shared: Arc<Shared>, socket: WebSocket, peer: SocketAddr, _plac
 
 struct Connection {
     shared: Arc<Shared>,
-    socket: WebSocket,
+    socket: Socket,
+    /// Set while hibernating.
+    hibernating: Option<Hibernating>,
+    /// Bytes of the frames the WebSocket has handed over, at the fewest
+    /// their sizes allow: equal to the bytes read, nothing is buffered.
+    consumed: u64,
     conn_id: u64,
     user: Option<UserName>,
     membership: Option<Membership>,
-    pending_login: Option<PendingLogin>,
+    pending_login: Option<Box<PendingLogin>>,
     /// The name a `register_start` on this connection was answered for.
     pending_registration: Option<UserName>,
-    outbox_tx: mpsc::Sender<Outbound>,
-    outbox_rx: mpsc::Receiver<Outbound>,
+    /// Its push state and outbox, shared with the hub.
     push_state: Arc<PushState>,
     kick: CancellationToken,
     sync: SyncState,
@@ -162,6 +248,10 @@ struct Connection {
     unflushed: usize,
     in_flight: FuturesOrdered<Pending>,
     last_heard: Instant,
+    /// When the connection last had something to do.
+    last_active: Instant,
+    /// When the next ping is due.
+    next_ping: Instant,
     connected_at: Instant,
     peer: SocketAddr,
     /// Frames this connection may send (the message rate limit).
@@ -171,27 +261,29 @@ struct Connection {
 }
 
 impl Connection {
-    fn new(shared: Arc<Shared>, socket: WebSocket, conn_id: u64, peer: SocketAddr) -> Self {
-        let (outbox_tx, outbox_rx) = mpsc::channel(shared.config.outbox);
+    fn new(shared: Arc<Shared>, socket: Ws, conn_id: u64, peer: SocketAddr) -> Self {
         let limits = &shared.config.limits;
         let frames = Bucket::new(
             f64::from(limits.messages_per_second),
             f64::from(limits.message_burst),
         );
+        let now = Instant::now();
         Self {
-            connected_at: Instant::now(),
+            connected_at: now,
+            last_active: now,
+            next_ping: now + shared.config.ping_interval,
             peer,
             frames,
             refused_in_a_row: 0,
             shared,
-            socket,
+            socket: Socket::Awake(Box::new(socket)),
+            hibernating: None,
+            consumed: 0,
             conn_id,
             user: None,
             membership: None,
             pending_login: None,
             pending_registration: None,
-            outbox_tx,
-            outbox_rx,
             push_state: Arc::new(PushState::default()),
             kick: CancellationToken::new(),
             sync: SyncState::Idle,
@@ -202,13 +294,44 @@ impl Connection {
         }
     }
 
+    /// Serves the connection until it ends: turns awake (boxed, so a
+    /// hibernating connection does not keep their memory) and hibernation.
     async fn serve(&mut self) -> Ending {
+        let mut wake = Wake::Check;
+        loop {
+            match Box::pin(self.serve_awake(wake)).await {
+                Turn::Ended(ending) => return ending,
+                Turn::Quiet => {}
+            }
+            if let Err(ending) = self.fall_asleep().await {
+                return ending;
+            }
+            wake = match self.hibernate().await {
+                Ok(wake) => wake,
+                Err(ending) => return ending,
+            };
+            let part = match &mut wake {
+                Wake::Bytes(part) => std::mem::take(part),
+                _ => Vec::new(),
+            };
+            if let Err(ending) = self.wake_up(part).await {
+                return ending;
+            }
+        }
+    }
+
+    async fn serve_awake(&mut self, wake: Wake) -> Turn {
         let shutdown = self.shared.shutdown.clone();
         let kick = self.kick.clone();
-        let mut ping = tokio::time::interval(self.shared.config.ping_interval);
+        let period = self.shared.config.ping_interval;
+        let mut ping = tokio::time::interval_at(self.next_ping.into(), period);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ping.tick().await;
         let max_in_flight = self.shared.config.max_in_flight;
+        if let Wake::Push(out) = wake
+            && self.on_push(out).await.is_err()
+        {
+            return Turn::Ended(self.write_failed());
+        }
         loop {
             // Frames are buffered, and written out in one go once nothing
             // else is ready: many pushes, one system call.
@@ -219,14 +342,17 @@ impl Connection {
                 Some(event) => event,
                 None => {
                     if self.flush().await.is_err() {
-                        return self.write_failed();
+                        return Turn::Ended(self.write_failed());
                     }
                     self.next_event(&shutdown, &kick, &mut ping, max_in_flight)
                         .await
                 }
             };
+            if !matches!(event, Event::Timer | Event::Tick) {
+                self.last_active = Instant::now();
+            }
             let step = match event {
-                Event::Shutdown => return Box::pin(self.shut_down()).await,
+                Event::Shutdown => return Turn::Ended(Box::pin(self.shut_down()).await),
                 Event::Kicked => {
                     tracing::warn!("outbox full: disconnecting a client that is not reading");
                     let _ = self
@@ -235,29 +361,107 @@ impl Connection {
                             "slow_consumer: reconnect to resume from your mailbox",
                         )
                         .await;
-                    return Ending::SlowConsumer;
+                    return Turn::Ended(Ending::SlowConsumer);
                 }
                 Event::Answer(answer) => self.write(&answer).await,
                 Event::Push(out) => self.on_push(out).await,
                 Event::Page(page) => Box::pin(self.on_page(page)).await,
                 Event::Frame(frame) => match self.on_frame(frame).await {
                     Ok(()) => Ok(()),
-                    Err(ending) => return ending,
+                    Err(ending) => return Turn::Ended(ending),
                 },
-                Event::Tick => self.send_frame(Message::Ping(Default::default())).await,
-                Event::Deadline => {
-                    if self.login_overdue() {
-                        let _ = self.close(close::POLICY, "login_timeout").await;
-                        return Ending::LoginTimeout;
+                Event::Tick => {
+                    self.next_ping = Instant::now() + period;
+                    self.send_frame(Message::Ping(Default::default())).await
+                }
+                Event::Timer => {
+                    if Instant::now() >= self.deadline() {
+                        if self.login_overdue() {
+                            let _ = self.close(close::POLICY, "login_timeout").await;
+                            return Turn::Ended(Ending::LoginTimeout);
+                        }
+                        let _ = self.close(close::POLICY, "idle_timeout").await;
+                        return Turn::Ended(Ending::IdleTimeout);
                     }
-                    let _ = self.close(close::POLICY, "idle_timeout").await;
-                    return Ending::IdleTimeout;
+                    if self.quiet_until().is_some_and(|at| Instant::now() >= at) {
+                        return Turn::Quiet;
+                    }
+                    Ok(())
                 }
             };
             if step.is_err() {
-                return self.write_failed();
+                return Turn::Ended(self.write_failed());
             }
         }
+    }
+
+    /// When the connection may hibernate, if it has nothing in progress:
+    /// no request in flight, no page being read, nothing unwritten, and no
+    /// bytes read but not yet handed over as a frame.
+    fn quiet_until(&self) -> Option<Instant> {
+        let after = self.shared.config.hibernate_after?;
+        let Socket::Awake(ws) = &self.socket else {
+            return None;
+        };
+        let idle = self.in_flight.is_empty()
+            && !matches!(self.sync, SyncState::Fetching { .. })
+            && self.unflushed == 0
+            && ws.get_ref().read() == self.consumed;
+        idle.then(|| self.last_active + after)
+    }
+
+    /// Drops the WebSocket state, keeping the stream, once what it holds to
+    /// write (a pong, say) is written.
+    async fn fall_asleep(&mut self) -> Result<(), Ending> {
+        let Socket::Awake(mut ws) = std::mem::replace(&mut self.socket, Socket::Gone) else {
+            return Err(Ending::WriteFailed);
+        };
+        let timeout = self.write_timeout();
+        if guarded(&self.kick, timeout, ws.flush()).await.is_err() {
+            return Err(self.write_failed());
+        }
+        self.socket = Socket::Asleep(ws.into_inner());
+        self.push_state.shrink();
+        self.hibernating = Some(Hibernating::count(&self.shared.metrics));
+        Ok(())
+    }
+
+    /// Waits, hibernating, for a reason to wake.
+    ///
+    /// # Cancel safety
+    /// Every branch is cancel safe: nothing read is lost.
+    async fn hibernate(&mut self) -> Result<Wake, Ending> {
+        let until = tokio::time::Instant::from_std(self.deadline().min(self.next_ping));
+        let Socket::Asleep(io) = &mut self.socket else {
+            return Err(Ending::WriteFailed);
+        };
+        let mut first = [0u8; WAKE_READ];
+        tokio::select! {
+            biased;
+            () = self.shared.shutdown.cancelled() => Ok(Wake::Check),
+            () = self.kick.cancelled() => Ok(Wake::Check),
+            read = io.read(&mut first) => match read {
+                Ok(0) | Err(_) => Err(Ending::ClientVanished),
+                Ok(n) => Ok(Wake::Bytes(first[..n].to_vec())),
+            },
+            out = self.push_state.recv() => Ok(Wake::Push(out)),
+            () = tokio::time::sleep_until(until) => Ok(Wake::Check),
+        }
+    }
+
+    /// Builds the WebSocket state again, over what was read while
+    /// hibernating.
+    async fn wake_up(&mut self, part: Vec<u8>) -> Result<(), Ending> {
+        let Socket::Asleep(io) = std::mem::replace(&mut self.socket, Socket::Gone) else {
+            return Err(Ending::WriteFailed);
+        };
+        self.hibernating = None;
+        self.shared.metrics.wakeups.fetch_add(1, Ordering::Relaxed);
+        let config = ws_config(self.shared.config.max_frame);
+        let ws = WebSocketStream::from_partially_read(io, part, Role::Server, Some(config)).await;
+        self.socket = Socket::Awake(Box::new(ws));
+        self.last_active = Instant::now();
+        Ok(())
     }
 
     /// When this connection must have heard from its peer again (and, until
@@ -285,6 +489,14 @@ impl Connection {
         Ending::WriteFailed
     }
 
+    /// The WebSocket, while awake (every write happens awake).
+    fn ws(&mut self) -> Result<&mut Ws, WsError> {
+        match &mut self.socket {
+            Socket::Awake(ws) => Ok(ws),
+            _ => Err(WsError::AlreadyClosed),
+        }
+    }
+
     /// The next thing to do. Every branch is cancel-safe, so a turn that
     /// finds nothing ready can be dropped and retried.
     async fn next_event(
@@ -296,7 +508,11 @@ impl Connection {
     ) -> Event {
         let syncing = matches!(self.sync, SyncState::Fetching { .. });
         let reading = self.in_flight.len() < max_in_flight;
-        let deadline = tokio::time::Instant::from_std(self.deadline());
+        let deadline = self.deadline();
+        let timer = self
+            .quiet_until()
+            .map_or(deadline, |quiet| quiet.min(deadline));
+        let timer = tokio::time::Instant::from_std(timer);
         tokio::select! {
                 biased;
             () = shutdown.cancelled() => Event::Shutdown,
@@ -304,27 +520,27 @@ impl Connection {
             Some(answer) = self.in_flight.next(), if !self.in_flight.is_empty() => Event::Answer(answer),
             // Frames before pushes: a steady stream of pushes must not
             // keep a client's requests (or pongs) unread.
-            frame = self.socket.recv(), if reading => Event::Frame(frame),
-            Some(out) = self.outbox_rx.recv() => Event::Push(out),
+            frame = recv(&mut self.socket), if reading => Event::Frame(frame),
+            out = self.push_state.recv() => Event::Push(out),
             page = poll_fetch(&mut self.sync), if syncing => Event::Page(page),
             _ = ping.tick() => Event::Tick,
-            // Checked on its own deadline, not on ping ticks (which could
-            // add a ping interval); not while the connection is not reading,
-            // since then the silence is its own.
-            () = tokio::time::sleep_until(deadline), if reading => Event::Deadline,
+            // The deadline is checked on its own timer, not on ping ticks
+            // (which could add a ping interval); not while the connection is
+            // not reading, since then the silence is its own.
+            () = tokio::time::sleep_until(timer), if reading => Event::Timer,
         }
     }
 
     /// Handles one inbound frame; `Err` ends the connection.
-    async fn on_frame(
-        &mut self,
-        frame: Option<Result<Message, axum::Error>>,
-    ) -> Result<(), Ending> {
+    async fn on_frame(&mut self, frame: Option<Result<Message, WsError>>) -> Result<(), Ending> {
         self.last_heard = Instant::now();
+        if let Some(Ok(m)) = &frame {
+            self.consumed += crate::ws::frame_bytes(payload_len(m));
+        }
         let text = match frame {
             None | Some(Ok(Message::Close(_))) => return Err(Ending::ClientClosed),
             Some(Ok(Message::Text(t))) => t,
-            Some(Ok(Message::Ping(_) | Message::Pong(_))) => return Ok(()),
+            Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => return Ok(()),
             Some(Ok(Message::Binary(_))) => {
                 let e = ServerMessage::error(None, ErrorCode::BinaryFrame);
                 return self.answer(e).await.map_err(|_| Ending::WriteFailed);
@@ -394,7 +610,7 @@ impl Connection {
 
     /// Answers a request that needed no work, in its place: after the
     /// answers to every request before it.
-    async fn answer(&mut self, reply: ServerMessage) -> Result<(), axum::Error> {
+    async fn answer(&mut self, reply: ServerMessage) -> Result<(), WsError> {
         if self.in_flight.is_empty() {
             self.write(&reply).await
         } else {
@@ -403,7 +619,7 @@ impl Connection {
         }
     }
 
-    async fn on_request(&mut self, msg: ClientMessage) -> Result<(), axum::Error> {
+    async fn on_request(&mut self, msg: ClientMessage) -> Result<(), WsError> {
         let rid = msg.rid();
         let Some(user) = self.user.clone() else {
             // Boxed, here and on the other rare paths below: the login
@@ -470,7 +686,7 @@ impl Connection {
             ClientMessage::LoginStart { user, request, .. } => {
                 match handler::login::start(&shared, rid, user, &request.0).await {
                     Ok((reply, pending)) => {
-                        self.pending_login = Some(pending);
+                        self.pending_login = Some(Box::new(pending));
                         Ok(reply)
                     }
                     Err(e) => Err(e),
@@ -479,7 +695,7 @@ impl Connection {
             ClientMessage::LoginFinish { finalization, .. } => match self.pending_login.take() {
                 None => Err(HandlerError::new(ErrorCode::NoLoginInProgress)),
                 Some(pending) => {
-                    match handler::login::finish(&shared, rid, pending, &finalization.0).await {
+                    match handler::login::finish(&shared, rid, *pending, &finalization.0).await {
                         Ok((reply, user)) => {
                             self.shared.metrics.logins.inc("ok");
                             // Only failed or abandoned attempts count.
@@ -584,8 +800,8 @@ impl Connection {
             &user,
             Member {
                 conn_id: self.conn_id,
-                tx: self.outbox_tx.clone(),
                 state: self.push_state.clone(),
+                outbox_len: self.shared.config.outbox,
                 outbox_bytes: self.shared.config.outbox_bytes,
                 kick: self.kick.clone(),
             },
@@ -606,7 +822,7 @@ impl Connection {
         user: &UserName,
         after: i64,
         limit: u32,
-    ) -> Result<(), axum::Error> {
+    ) -> Result<(), WsError> {
         if !(1..=codec::MAX_PAGE).contains(&limit) || after < 0 {
             let e = HandlerError::with(
                 ErrorCode::Malformed,
@@ -629,7 +845,7 @@ impl Connection {
         Ok(())
     }
 
-    async fn on_page(&mut self, page: store::Result<Vec<StoredEntry>>) -> Result<(), axum::Error> {
+    async fn on_page(&mut self, page: store::Result<Vec<StoredEntry>>) -> Result<(), WsError> {
         let SyncState::Fetching {
             rid, limit, pushed, ..
         } = std::mem::replace(&mut self.sync, SyncState::Paging)
@@ -665,7 +881,7 @@ impl Connection {
         self.write(&reply).await
     }
 
-    async fn on_push(&mut self, out: Outbound) -> Result<(), axum::Error> {
+    async fn on_push(&mut self, out: Outbound) -> Result<(), WsError> {
         self.push_state.release(out.cost());
         match out {
             Outbound::Entry(entry) => match &mut self.sync {
@@ -688,7 +904,7 @@ impl Connection {
         }
     }
 
-    async fn send_entry(&mut self, entry: &StoredEntry) -> Result<(), axum::Error> {
+    async fn send_entry(&mut self, entry: &StoredEntry) -> Result<(), WsError> {
         self.cursor = self.cursor.max(entry.seq);
         let text = match entry.kind {
             EntryKind::Message | EntryKind::GroupMessage => codec::render_message(
@@ -711,7 +927,7 @@ impl Connection {
         self.send_frame(Message::Text(text.into())).await
     }
 
-    async fn write(&mut self, msg: &ServerMessage) -> Result<(), axum::Error> {
+    async fn write(&mut self, msg: &ServerMessage) -> Result<(), WsError> {
         self.send_frame(Message::Text(codec::encode(msg).into()))
             .await
     }
@@ -723,11 +939,12 @@ impl Connection {
     ///
     /// A kick (this connection's outbox overflowed) also ends a write that
     /// is stuck: the connection is being dropped anyway.
-    async fn send_frame(&mut self, frame: Message) -> Result<(), axum::Error> {
+    async fn send_frame(&mut self, frame: Message) -> Result<(), WsError> {
         self.unflushed += 1;
         let flush = self.unflushed >= FLUSH_EVERY;
         let timeout = self.write_timeout();
-        guarded(&self.kick, timeout, self.socket.feed(frame)).await?;
+        let kick = self.kick.clone();
+        guarded(&kick, timeout, self.ws()?.feed(frame)).await?;
         if flush {
             self.flush().await?;
         }
@@ -735,13 +952,14 @@ impl Connection {
     }
 
     /// Writes out buffered frames, within the same limits as a write.
-    async fn flush(&mut self) -> Result<(), axum::Error> {
+    async fn flush(&mut self) -> Result<(), WsError> {
         if self.unflushed == 0 {
             return Ok(());
         }
         self.unflushed = 0;
         let timeout = self.write_timeout();
-        guarded(&self.kick, timeout, self.socket.flush()).await
+        let kick = self.kick.clone();
+        guarded(&kick, timeout, self.ws()?.flush()).await
     }
 
     /// How long the next write may take: the idle timeout, but no later
@@ -756,20 +974,20 @@ impl Connection {
     /// Sends a close frame and whatever is buffered before it, best effort
     /// and within [`CLOSE_TIMEOUT`] (whether or not the connection was
     /// kicked: it is ending either way).
-    async fn close(&mut self, code: u16, reason: &str) -> Result<(), axum::Error> {
+    async fn close(&mut self, code: u16, reason: &str) -> Result<(), WsError> {
         let frame = Message::Close(Some(CloseFrame {
-            code,
+            code: code.into(),
             reason: Utf8Bytes::from(reason.to_owned()),
         }));
         self.unflushed = 0;
-        let socket = &mut self.socket;
+        let socket = self.ws()?;
         tokio::time::timeout(CLOSE_TIMEOUT, async {
             socket.feed(frame).await?;
             socket.flush().await
         })
         .await
         .unwrap_or_else(|_| {
-            Err(axum::Error::new(std::io::Error::new(
+            Err(WsError::Io(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 "close timed out",
             )))
@@ -861,44 +1079,50 @@ async fn poll_fetch(sync: &mut SyncState) -> store::Result<Vec<StoredEntry>> {
 async fn guarded(
     kick: &CancellationToken,
     timeout: std::time::Duration,
-    write: impl Future<Output = Result<(), axum::Error>>,
-) -> Result<(), axum::Error> {
+    write: impl Future<Output = Result<(), WsError>>,
+) -> Result<(), WsError> {
     tokio::select! {
         result = tokio::time::timeout(timeout, write) => result.unwrap_or_else(|_| {
             tracing::warn!("write timed out: the client is not reading");
-            Err(axum::Error::new(std::io::Error::new(
+            Err(WsError::Io(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 "write timed out",
             )))
         }),
-        () = kick.cancelled() => Err(axum::Error::new(std::io::Error::other("kicked"))),
+        () = kick.cancelled() => Err(WsError::Io(std::io::Error::other("kicked"))),
     }
 }
 
-fn tungstenite_error(e: &axum::Error) -> Option<&tungstenite::Error> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(s) = source {
-        if let Some(t) = s.downcast_ref::<tungstenite::Error>() {
-            return Some(t);
-        }
-        source = s.source();
-    }
-    None
+fn is_too_big(e: &WsError) -> bool {
+    matches!(e, WsError::Capacity(_))
 }
 
-fn is_too_big(e: &axum::Error) -> bool {
-    matches!(tungstenite_error(e), Some(tungstenite::Error::Capacity(_)))
-}
-
-fn is_reset(e: &axum::Error) -> bool {
+fn is_reset(e: &WsError) -> bool {
     use tungstenite::error::ProtocolError;
     matches!(
-        tungstenite_error(e),
-        Some(
-            tungstenite::Error::Protocol(ProtocolError::ResetWithoutClosingHandshake)
-                | tungstenite::Error::Io(_)
-                | tungstenite::Error::ConnectionClosed
-                | tungstenite::Error::AlreadyClosed
-        )
+        e,
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)
+            | WsError::Io(_)
+            | WsError::ConnectionClosed
+            | WsError::AlreadyClosed
     )
+}
+
+/// The next frame while awake; never while hibernating (not polled then).
+async fn recv(socket: &mut Socket) -> Option<Result<Message, WsError>> {
+    match socket {
+        Socket::Awake(ws) => ws.next().await,
+        _ => std::future::pending().await,
+    }
+}
+
+/// A frame's payload length, as it was on the wire.
+fn payload_len(m: &Message) -> usize {
+    match m {
+        Message::Text(t) => t.len(),
+        Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
+        Message::Close(None) => 0,
+        Message::Close(Some(c)) => 2 + c.reason.len(),
+        Message::Frame(f) => f.payload().len(),
+    }
 }

@@ -4,14 +4,16 @@
 //! multi-node deployment can route between nodes here without touching
 //! the handlers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::task::Poll;
+
+use futures_util::task::AtomicWaker;
 
 use telepound_protocol::message::UnixMillis;
 use telepound_protocol::{MsgId, UserName};
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::store::{CommitListener, StoredEntry};
@@ -44,12 +46,19 @@ impl Outbound {
     }
 }
 
-/// How far a connection is in taking pushes, and how many bytes of pushes
-/// wait in its outbox.
+/// How far a connection is in taking pushes, and its outbox: the pushes
+/// waiting for it, bounded in count and in bytes.
+///
+/// Design decision: a mutex-guarded queue and a waker rather than a tokio
+/// channel, which allocates about 2 KiB per connection up front (its
+/// shared state and a first block of 32 slots); an empty queue here holds
+/// no allocation, so an idle connection's outbox costs a hundred bytes.
 #[derive(Debug, Default)]
 pub struct PushState {
     state: AtomicU8,
     queued_bytes: AtomicUsize,
+    queue: Mutex<VecDeque<Outbound>>,
+    waker: AtomicWaker,
 }
 
 impl PushState {
@@ -85,6 +94,45 @@ impl PushState {
     pub fn release(&self, cost: usize) {
         self.queued_bytes.fetch_sub(cost, Ordering::AcqRel);
     }
+
+    /// Queues `item` unless `max` pushes already wait; wakes the
+    /// connection.
+    fn try_push(&self, item: Outbound, max: usize) -> Result<(), Refused> {
+        {
+            let mut q = self.queue.lock().expect("outbox lock");
+            if q.len() >= max {
+                return Err(Refused::Full);
+            }
+            q.push_back(item);
+        }
+        self.waker.wake();
+        Ok(())
+    }
+
+    /// The next push, once there is one. Only the connection that owns
+    /// this outbox calls it.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a push is taken only when it is returned.
+    pub async fn recv(&self) -> Outbound {
+        std::future::poll_fn(|cx| {
+            // Registered before looking, so a push after the look wakes.
+            self.waker.register(cx.waker());
+            match self.queue.lock().expect("outbox lock").pop_front() {
+                Some(item) => Poll::Ready(item),
+                None => Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// Gives back the memory of an empty outbox (a connection going idle).
+    pub fn shrink(&self) {
+        let mut q = self.queue.lock().expect("outbox lock");
+        if q.is_empty() {
+            q.shrink_to_fit();
+        }
+    }
 }
 
 /// A connection's registration in the hub.
@@ -92,10 +140,10 @@ impl PushState {
 pub struct Member {
     /// The connection's id.
     pub conn_id: u64,
-    /// Its bounded outbox.
-    pub tx: mpsc::Sender<Outbound>,
-    /// Whether it takes mailbox pushes yet, and the bytes in its outbox.
+    /// Whether it takes mailbox pushes yet, and its outbox.
     pub state: Arc<PushState>,
+    /// Most pushes its outbox may hold.
+    pub outbox_len: usize,
     /// Most bytes of pushes its outbox may hold ([`Outbound::cost`]).
     pub outbox_bytes: usize,
     /// Cancelled when the connection must be dropped (its outbox is full).
@@ -185,13 +233,10 @@ impl Hub {
                 }
                 let cost = item.cost();
                 let sent = if member.state.reserve(cost, member.outbox_bytes) {
-                    member.tx.try_send(item.clone()).map_err(|e| {
-                        member.state.release(cost);
-                        match e {
-                            mpsc::error::TrySendError::Full(_) => Refused::Full,
-                            mpsc::error::TrySendError::Closed(_) => Refused::Closed,
-                        }
-                    })
+                    member
+                        .state
+                        .try_push(item.clone(), member.outbox_len)
+                        .inspect_err(|_| member.state.release(cost))
                 } else {
                     Err(Refused::Full)
                 };
@@ -209,8 +254,6 @@ impl Hub {
                         member.kick.cancel();
                         out.kicked += 1;
                     }
-                    // The connection is ending; it leaves the hub itself.
-                    Err(Refused::Closed) => {}
                 }
             }
         }
@@ -222,8 +265,6 @@ impl Hub {
 enum Refused {
     /// Full, in pushes or in bytes.
     Full,
-    /// The connection is ending.
-    Closed,
 }
 
 /// The writer announces committed changes here, in commit order: new

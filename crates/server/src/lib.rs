@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod server;
 pub mod store;
 pub mod tls;
+pub mod ws;
 
 pub use config::{Config, RawConfig};
 pub use server::run;

@@ -22,8 +22,9 @@ use tokio_util::either::Either;
 use crate::limits::PerAddress;
 use crate::metrics::Metrics;
 
-/// A connection's stream: plain or TLS.
-pub type Io = Either<TcpStream, TlsStream<TcpStream>>;
+/// A connection's stream: plain or TLS. The TLS state is boxed: inline it
+/// would make every plain connection's stream as large (over a kilobyte).
+pub type Io = Either<TcpStream, Box<TlsStream<TcpStream>>>;
 
 /// Most TLS handshakes in progress at once.
 const MAX_HANDSHAKES: usize = 256;
@@ -181,7 +182,9 @@ async fn accept_loop(
                     let _permit = permit;
                     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
                         Ok(Ok(stream)) => {
-                            let _ = tx.send((Either::Right(stream), peer, places)).await;
+                            let _ = tx
+                                .send((Either::Right(Box::new(stream)), peer, places))
+                                .await;
                         }
                         Ok(Err(e)) => tracing::debug!(%peer, cause = %e, "TLS handshake failed"),
                         Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),

@@ -95,6 +95,11 @@ pub struct Metrics {
     pub connections_open: AtomicI64,
     /// Connections accepted since start.
     pub connections_total: AtomicU64,
+    /// Open WebSocket connections hibernating (nothing to do, buffers
+    /// given back).
+    pub connections_hibernating: AtomicI64,
+    /// Times a hibernating connection woke.
+    pub wakeups: AtomicU64,
     /// Upgrades refused, by reason.
     pub connections_refused: LabeledCounter,
     /// Logged-in sessions, by how they ended the login.
@@ -128,6 +133,8 @@ impl Default for Metrics {
         Self {
             connections_open: AtomicI64::new(0),
             connections_total: AtomicU64::new(0),
+            connections_hibernating: AtomicI64::new(0),
+            wakeups: AtomicU64::new(0),
             connections_refused: LabeledCounter::new(&[
                 "too_many",
                 "too_many_from_address",
@@ -195,6 +202,18 @@ impl Metrics {
             "telepound_connections_open",
             "Open WebSocket connections.",
             self.connections_open.load(Relaxed).to_string(),
+        );
+        gauge(
+            &mut out,
+            "telepound_connections_hibernating",
+            "Open WebSocket connections hibernating: idle, their buffers given back.",
+            self.connections_hibernating.load(Relaxed).to_string(),
+        );
+        counter(
+            &mut out,
+            "telepound_wakeups_total",
+            "Times a hibernating connection woke.",
+            self.wakeups.load(Relaxed),
         );
         gauge(
             &mut out,

@@ -8,7 +8,6 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::body::Body;
-use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, State};
 use axum::http::Request;
 use axum::http::StatusCode;
@@ -402,7 +401,7 @@ impl CommitListener for Announcer {
 }
 
 async fn ws_upgrade(
-    ws: WebSocketUpgrade,
+    upgrade: crate::ws::WsUpgrade,
     State(shared): State<Arc<Shared>>,
     ConnectInfo(PeerAddr(peer)): ConnectInfo<PeerAddr>,
     Extension(places): Extension<Arc<Places>>,
@@ -411,22 +410,22 @@ async fn ws_upgrade(
         shared.metrics.connections_refused.inc("shutting_down");
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting_down\n").into_response();
     }
-    let max = shared.config.max_frame;
-    ws.max_message_size(max)
-        .max_frame_size(max)
-        .read_buffer_size(4096)
-        // Frames collect up to this much before a write: a burst of pushes
-        // goes out in a few system calls (the connection flushes when idle).
-        .write_buffer_size(16 * 1024)
-        .on_upgrade(move |socket| {
-            let (tracker, abort) = (shared.tracker.clone(), shared.abort.clone());
-            // The WebSocket keeps the TCP connection's places under the caps.
-            let run = crate::connection::run(shared, socket, peer, places);
-            tracker.track_future(async move {
-                tokio::select! {
-                    () = run => {}
-                    () = abort.cancelled() => {}
-                }
-            })
-        })
+    let (response, on_upgrade) = upgrade.accept();
+    let (tracker, abort) = (shared.tracker.clone(), shared.abort.clone());
+    tracker.spawn(async move {
+        let io = match on_upgrade.await {
+            Ok(upgraded) => hyper_util::rt::TokioIo::new(upgraded),
+            Err(e) => {
+                tracing::debug!(%peer, cause = %e, "WebSocket upgrade failed");
+                return;
+            }
+        };
+        // The WebSocket keeps the TCP connection's places under the caps.
+        let run = crate::connection::run(shared, io, peer, places);
+        tokio::select! {
+            () = run => {}
+            () = abort.cancelled() => {}
+        }
+    });
+    response
 }

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod connections;
+mod hibernation;
 mod limits;
 mod liveness;
 mod util;
