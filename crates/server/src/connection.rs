@@ -308,7 +308,10 @@ impl Connection {
             }
             wake = match self.hibernate().await {
                 Ok(wake) => wake,
-                Err(ending) => return ending,
+                Err(ending) => {
+                    self.hibernating = None;
+                    return ending;
+                }
             };
             let part = match &mut wake {
                 Wake::Bytes(part) => std::mem::take(part),
@@ -538,7 +541,15 @@ impl Connection {
             self.consumed += crate::ws::frame_bytes(payload_len(m));
         }
         let text = match frame {
-            None | Some(Ok(Message::Close(_))) => return Err(Ending::ClientClosed),
+            None => return Err(Ending::ClientClosed),
+            Some(Ok(Message::Close(_))) => {
+                // tungstenite has queued the closing handshake's answer:
+                // send it, so the peer sees a clean close.
+                if let Ok(ws) = self.ws() {
+                    let _ = tokio::time::timeout(CLOSE_TIMEOUT, ws.flush()).await;
+                }
+                return Err(Ending::ClientClosed);
+            }
             Some(Ok(Message::Text(t))) => t,
             Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => return Ok(()),
             Some(Ok(Message::Binary(_))) => {

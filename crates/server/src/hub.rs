@@ -154,7 +154,7 @@ pub struct Member {
 #[derive(Default)]
 pub struct Hub {
     // A std Mutex: every critical section is a map lookup and non-blocking
-    // `try_send`s, with no `.await` inside, so it is never held across a
+    // pushes into outboxes, with no `.await` inside, so it is never held across a
     // suspension point.
     members: Mutex<HashMap<UserName, Vec<Member>>>,
 }

@@ -29,7 +29,15 @@ pub struct NotUpgrade(StatusCode, &'static str);
 
 impl IntoResponse for NotUpgrade {
     fn into_response(self) -> Response {
-        (self.0, format!("{}\n", self.1)).into_response()
+        let mut response = (self.0, format!("{}\n", self.1)).into_response();
+        if self.0 == StatusCode::UPGRADE_REQUIRED {
+            // RFC 6455 section 4.4: name the version spoken.
+            response.headers_mut().insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+        }
+        response
     }
 }
 
@@ -57,14 +65,25 @@ impl<S: Send + Sync> FromRequestParts<S> for WsUpgrade {
             .is_none_or(|v| v.as_bytes() != b"13")
         {
             return Err(NotUpgrade(
-                StatusCode::BAD_REQUEST,
+                StatusCode::UPGRADE_REQUIRED,
                 "unsupported WebSocket version (13 is spoken)",
             ));
         }
-        let Some(key) = parts.headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        // RFC 6455 section 4.2.1: 16 bytes, base64-encoded.
+        let Some(key) = parts
+            .headers
+            .get(header::SEC_WEBSOCKET_KEY)
+            .filter(|k| {
+                use base64::Engine;
+                base64::engine::general_purpose::STANDARD
+                    .decode(k.as_bytes())
+                    .is_ok_and(|b| b.len() == 16)
+            })
+            .cloned()
+        else {
             return Err(NotUpgrade(
                 StatusCode::BAD_REQUEST,
-                "the Sec-WebSocket-Key header is missing",
+                "the Sec-WebSocket-Key header is missing or not 16 bytes in base64",
             ));
         };
         let Some(on_upgrade) = parts.extensions.remove::<hyper::upgrade::OnUpgrade>() else {

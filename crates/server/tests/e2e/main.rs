@@ -6,4 +6,5 @@ mod connections;
 mod hibernation;
 mod limits;
 mod liveness;
+mod upgrade;
 mod util;
