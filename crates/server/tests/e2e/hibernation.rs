@@ -44,20 +44,51 @@ async fn read_pings_for(raw: &mut Raw, d: Duration) -> usize {
     pings
 }
 
+/// A server whose connections hibernate after 100 ms of quiet (pinged every
+/// second, dropped after 3 s of silence), with alice logged in through the
+/// library and bob on a raw connection.
+struct Scene {
+    server: telepound_testkit::TestServer,
+    alice: telepound_client::Session,
+    _events: telepound_client::Events,
+    bob: Raw,
+    _dirs: (tempfile::TempDir, tempfile::TempDir, tempfile::TempDir),
+}
+
+impl Scene {
+    async fn new() -> Scene {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = telepound_testkit::test_config(dir.path());
+        config.hibernate_after = Some(Duration::from_millis(100));
+        config.ping_interval = Duration::from_secs(1);
+        config.idle_timeout = Duration::from_secs(3);
+        let server = spawn_server_with(config).await;
+        let url = server.url();
+        let (ha, hb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (alice, events) = user(&url, "alice", ha.path()).await;
+        signup(&url, "bob").await;
+        let (bob, bob_session) = Raw::logged_in(&url, "bob", hb.path()).await;
+        bob_session.client().close().await;
+        Scene {
+            server,
+            alice,
+            _events: events,
+            bob,
+            _dirs: (dir, ha, hb),
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_hibernating_connection_wakes_for_frames_pushes_and_pings_and_loses_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = telepound_testkit::test_config(dir.path());
-    config.hibernate_after = Some(Duration::from_millis(100));
-    config.ping_interval = Duration::from_secs(1);
-    config.idle_timeout = Duration::from_secs(3);
-    let server = spawn_server_with(config).await;
-    let (url, addr) = (server.url(), server.addr);
-    let (ha, hb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (mut alice, _ae) = user(&url, "alice", ha.path()).await;
-    signup(&url, "bob").await;
-    let (mut bob, bob_session) = Raw::logged_in(&url, "bob", hb.path()).await;
-    bob_session.client().close().await;
+    let Scene {
+        server,
+        mut alice,
+        mut bob,
+        _events,
+        _dirs,
+    } = Scene::new().await;
+    let addr = server.addr;
     bob.send(r#"{"type":"sync","rid":2,"after":0,"limit":10}"#)
         .await;
     assert_eq!(bob.recv().await["type"], "synced");
@@ -123,19 +154,15 @@ async fn a_hibernating_connection_wakes_for_frames_pushes_and_pings_and_loses_no
 
 #[tokio::test]
 async fn a_hibernating_peer_that_goes_silent_is_dropped_at_its_deadline() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = telepound_testkit::test_config(dir.path());
-    config.hibernate_after = Some(Duration::from_millis(100));
-    config.ping_interval = Duration::from_secs(1);
-    config.idle_timeout = Duration::from_secs(3);
-    let server = spawn_server_with(config).await;
-    let (url, addr) = (server.url(), server.addr);
-    let (ha, hb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (alice, _ae) = user(&url, "alice", ha.path()).await;
-    signup(&url, "bob").await;
     // bob never reads again: no pong ever goes back.
-    let (raw, bob_session) = Raw::logged_in(&url, "bob", hb.path()).await;
-    bob_session.client().close().await;
+    let Scene {
+        server,
+        alice,
+        bob: raw,
+        _events,
+        _dirs,
+    } = Scene::new().await;
+    let addr = server.addr;
     wait_for(addr, "telepound_connections_hibernating", 1.0).await;
     let start = Instant::now();
     loop {
