@@ -229,9 +229,8 @@ struct Connection {
     socket: Socket,
     /// Set while hibernating.
     hibernating: Option<Hibernating>,
-    /// Bytes of the frames the WebSocket has handed over, at the fewest
-    /// their sizes allow: equal to the bytes read, nothing is buffered.
-    consumed: u64,
+    /// Messages (control frames included) the WebSocket has handed over.
+    handed_over: u64,
     conn_id: u64,
     user: Option<UserName>,
     membership: Option<Membership>,
@@ -278,7 +277,7 @@ impl Connection {
             shared,
             socket: Socket::Awake(Box::new(socket)),
             hibernating: None,
-            consumed: 0,
+            handed_over: 0,
             conn_id,
             user: None,
             membership: None,
@@ -400,7 +399,7 @@ impl Connection {
 
     /// When the connection may hibernate, if it has nothing in progress:
     /// no request in flight, no page being read, nothing unwritten, and no
-    /// bytes read but not yet handed over as a frame.
+    /// bytes read but not yet handed over as a message.
     fn quiet_until(&self) -> Option<Instant> {
         let after = self.shared.config.hibernate_after?;
         let Socket::Awake(ws) = &self.socket else {
@@ -409,7 +408,7 @@ impl Connection {
         let idle = self.in_flight.is_empty()
             && !matches!(self.sync, SyncState::Fetching { .. })
             && self.unflushed == 0
-            && ws.get_ref().read() == self.consumed;
+            && ws.get_ref().drained(self.handed_over);
         idle.then(|| self.last_active + after)
     }
 
@@ -537,8 +536,8 @@ impl Connection {
     /// Handles one inbound frame; `Err` ends the connection.
     async fn on_frame(&mut self, frame: Option<Result<Message, WsError>>) -> Result<(), Ending> {
         self.last_heard = Instant::now();
-        if let Some(Ok(m)) = &frame {
-            self.consumed += crate::ws::frame_bytes(payload_len(m));
+        if let Some(Ok(_)) = &frame {
+            self.handed_over += 1;
         }
         let text = match frame {
             None => return Err(Ending::ClientClosed),
@@ -1124,16 +1123,5 @@ async fn recv(socket: &mut Socket) -> Option<Result<Message, WsError>> {
     match socket {
         Socket::Awake(ws) => ws.next().await,
         _ => std::future::pending().await,
-    }
-}
-
-/// A frame's payload length, as it was on the wire.
-fn payload_len(m: &Message) -> usize {
-    match m {
-        Message::Text(t) => t.len(),
-        Message::Binary(b) | Message::Ping(b) | Message::Pong(b) => b.len(),
-        Message::Close(None) => 0,
-        Message::Close(Some(c)) => 2 + c.reason.len(),
-        Message::Frame(f) => f.payload().len(),
     }
 }

@@ -120,24 +120,105 @@ fn has_token(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool
     })
 }
 
-/// A stream that counts the bytes read from it. Next to the bytes of the
-/// frames the WebSocket layer has handed over ([`frame_bytes`]), it tells
-/// whether that layer holds bytes not yet handed over: only when it holds
-/// none can its state be dropped without losing data.
+/// A stream that follows the WebSocket framing of the bytes read from it
+/// ([`Frames`]). Next to the number of messages the WebSocket layer has
+/// handed over, it tells whether that layer holds anything not yet handed
+/// over: only when it holds nothing can its state be dropped without losing
+/// data.
 pub struct Counted<S> {
     inner: S,
-    read: u64,
+    frames: Frames,
 }
 
 impl<S> Counted<S> {
     /// Wraps `inner`, with nothing read yet.
     pub fn new(inner: S) -> Self {
-        Self { inner, read: 0 }
+        Self {
+            inner,
+            frames: Frames::default(),
+        }
     }
 
-    /// Bytes read from the stream so far.
-    pub fn read(&self) -> u64 {
-        self.read
+    /// Whether everything read has been handed over, given the number of
+    /// messages (control frames included) handed over so far: every frame
+    /// read is complete, no fragmented message is half-way, and as many
+    /// messages were read as were handed over.
+    pub fn drained(&self, handed_over: u64) -> bool {
+        self.frames.at_boundary() && self.frames.messages == handed_over
+    }
+}
+
+/// Where a byte stream of client frames (RFC 6455 section 5.2) stands: it
+/// reads no payload, only headers and lengths.
+#[derive(Debug, Default)]
+pub struct Frames {
+    /// The header read so far (at most 14 bytes).
+    header: [u8; 14],
+    /// Bytes of it read.
+    header_len: usize,
+    /// Payload bytes of the current frame still to come.
+    payload_left: u64,
+    /// Inside a fragmented data message (after a frame without FIN).
+    fragmented: bool,
+    /// Complete messages read: control frames, and data messages at their
+    /// final frame.
+    pub messages: u64,
+}
+
+impl Frames {
+    /// Follows `bytes`, the next bytes of the stream.
+    pub fn feed(&mut self, mut bytes: &[u8]) {
+        while !bytes.is_empty() {
+            if self.payload_left > 0 {
+                let n = self.payload_left.min(bytes.len() as u64);
+                self.payload_left -= n;
+                bytes = &bytes[n as usize..];
+                continue;
+            }
+            self.header[self.header_len] = bytes[0];
+            self.header_len += 1;
+            bytes = &bytes[1..];
+            if let Some(payload) = self.header_complete() {
+                let (fin, opcode) = (self.header[0] & 0x80 != 0, self.header[0] & 0x0f);
+                if opcode >= 8 || fin {
+                    // A control frame, or a data message's last frame: it
+                    // ends a message when its payload has come. Counted
+                    // now, since nothing is at a boundary until it has.
+                    self.messages += 1;
+                }
+                if opcode < 8 {
+                    self.fragmented = !fin;
+                }
+                self.payload_left = payload;
+                self.header_len = 0;
+            }
+        }
+    }
+
+    /// The payload length, once the header is all read.
+    fn header_complete(&self) -> Option<u64> {
+        if self.header_len < 2 {
+            return None;
+        }
+        let mask = if self.header[1] & 0x80 != 0 { 4 } else { 0 };
+        let (ext, short) = match self.header[1] & 0x7f {
+            126 => (2, None),
+            127 => (8, None),
+            n => (0, Some(u64::from(n))),
+        };
+        if self.header_len < 2 + ext + mask {
+            return None;
+        }
+        Some(short.unwrap_or_else(|| {
+            self.header[2..2 + ext]
+                .iter()
+                .fold(0u64, |acc, b| acc << 8 | u64::from(*b))
+        }))
+    }
+
+    /// Between frames, and not inside a fragmented message.
+    pub fn at_boundary(&self) -> bool {
+        self.header_len == 0 && self.payload_left == 0 && !self.fragmented
     }
 }
 
@@ -150,7 +231,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for Counted<S> {
         let before = buf.filled().len();
         let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = polled {
-            self.read += (buf.filled().len() - before) as u64;
+            self.frames.feed(&buf.filled()[before..]);
         }
         polled
     }
@@ -186,50 +267,91 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Counted<S> {
     }
 }
 
-/// The fewest bytes a masked client frame with `payload` bytes takes on
-/// the wire: the header with the shortest length encoding, the mask, the
-/// payload. A message that came in fragments, or with a longer length
-/// encoding than needed, took more; so when the bytes read equal the sum of
-/// this over the messages handed over, nothing is left buffered.
-pub fn frame_bytes(payload: usize) -> u64 {
-    let length = match payload {
-        0..=125 => 0,
-        126..=65_535 => 2,
-        _ => 8,
-    };
-    (2 + length + 4 + payload) as u64
-}
-
 #[cfg(test)]
 mod tests {
-    use super::frame_bytes;
+    use super::Frames;
 
-    #[test]
-    fn frame_sizes_follow_rfc_6455() {
-        assert_eq!(frame_bytes(0), 6);
-        assert_eq!(frame_bytes(125), 131);
-        assert_eq!(frame_bytes(126), 134);
-        assert_eq!(frame_bytes(65_535), 65_543);
-        assert_eq!(frame_bytes(65_536), 65_550);
-    }
-
-    /// Any split of a payload into fragments takes at least as many bytes
-    /// as one frame: the bound `frame_bytes` is used as.
-    #[test]
-    fn fragments_never_take_fewer_bytes_than_one_frame() {
-        for total in [0usize, 1, 100, 125, 126, 300, 65_535, 65_536, 70_000] {
-            for parts in 2..=4usize {
-                let each = total / parts;
-                let mut sizes = vec![each; parts - 1];
-                sizes.push(total - each * (parts - 1));
-                let split: u64 = sizes.iter().map(|&s| frame_bytes(s)).sum();
-                assert!(split >= frame_bytes(total), "{total} in {parts}");
+    /// A masked client frame.
+    fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mut f = vec![(u8::from(fin) << 7) | opcode];
+        match payload.len() {
+            n @ 0..=125 => f.push(0x80 | n as u8),
+            n @ 126..=65_535 => {
+                f.push(0x80 | 126);
+                f.extend_from_slice(&(n as u16).to_be_bytes());
             }
-            // All but one byte in the first fragment.
-            if total > 1 {
-                let split = frame_bytes(total - 1) + frame_bytes(1);
-                assert!(split >= frame_bytes(total), "{total} as {} + 1", total - 1);
+            n => {
+                f.push(0x80 | 127);
+                f.extend_from_slice(&(n as u64).to_be_bytes());
             }
         }
+        let mask = [1, 2, 3, 4];
+        f.extend_from_slice(&mask);
+        f.extend(payload.iter().zip(mask.iter().cycle()).map(|(b, m)| b ^ m));
+        f
+    }
+
+    /// Feeds `stream` in pieces of `step` bytes; returns where it stands
+    /// after each piece.
+    fn follow(stream: &[u8], step: usize) -> Vec<(bool, u64)> {
+        let mut f = Frames::default();
+        stream
+            .chunks(step)
+            .map(|c| {
+                f.feed(c);
+                (f.at_boundary(), f.messages)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn whole_frames_of_every_length_encoding_end_at_a_boundary() {
+        let big = vec![7u8; 70_000];
+        let mut stream = Vec::new();
+        for payload in [
+            &b""[..],
+            b"hi",
+            &[1u8; 125],
+            &[2u8; 126],
+            &[3u8; 65_535],
+            &big,
+        ] {
+            stream.extend(frame(true, 1, payload));
+        }
+        stream.extend(frame(true, 9, b"ping"));
+        for step in [1, 3, 64, 4096, stream.len()] {
+            let seen = follow(&stream, step);
+            assert_eq!(*seen.last().unwrap(), (true, 7), "step {step}");
+        }
+    }
+
+    #[test]
+    fn a_partial_frame_is_not_a_boundary() {
+        let f = frame(true, 1, b"hello there");
+        for cut in 1..f.len() {
+            let mut t = Frames::default();
+            t.feed(&f[..cut]);
+            assert!(!t.at_boundary(), "cut at {cut}");
+            t.feed(&f[cut..]);
+            assert!(t.at_boundary());
+            assert_eq!(t.messages, 1);
+        }
+    }
+
+    #[test]
+    fn a_fragmented_message_is_one_message_and_no_boundary_until_its_end() {
+        let mut t = Frames::default();
+        t.feed(&frame(false, 1, b"part one, "));
+        assert!(!t.at_boundary());
+        assert_eq!(t.messages, 0);
+        // A control frame between fragments is a message of its own.
+        t.feed(&frame(true, 9, b""));
+        assert!(!t.at_boundary());
+        assert_eq!(t.messages, 1);
+        t.feed(&frame(false, 0, b"part two, "));
+        assert!(!t.at_boundary());
+        t.feed(&frame(true, 0, b"the end"));
+        assert!(t.at_boundary());
+        assert_eq!(t.messages, 2);
     }
 }

@@ -144,6 +144,35 @@ async fn a_hibernating_connection_wakes_for_frames_pushes_and_pings_and_loses_no
     let (p, _) = alice.presence(vec![name("bob")]).await.unwrap();
     assert!(p[0].online);
 
+    // A message in fragments, a ping between them, sent while asleep: it is
+    // answered, and the connection hibernates again afterwards.
+    {
+        use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::{Data, OpCode};
+        wait_for(addr, "telepound_connections_hibernating", 1.0).await;
+        let (head, tail) = r#"{"type":"presence","rid":6,"users":["alice"]}"#.split_at(20);
+        let frames = [
+            Message::Frame(Frame::message(
+                head.to_owned(),
+                OpCode::Data(Data::Text),
+                false,
+            )),
+            Message::Ping(Default::default()),
+            Message::Frame(Frame::message(
+                tail.to_owned(),
+                OpCode::Data(Data::Continue),
+                true,
+            )),
+        ];
+        for f in frames {
+            futures_util::SinkExt::send(&mut bob.ws, f).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
+        let v = bob.recv().await;
+        assert_eq!(v["rid"], 6, "{v}");
+        wait_for(addr, "telepound_connections_hibernating", 1.0).await;
+    }
+
     // Shutdown reaches a hibernating connection at once.
     wait_for(addr, "telepound_connections_hibernating", 1.0).await;
     let stop = tokio::spawn(server.stop());
