@@ -9,25 +9,9 @@ mod attachment;
 #[path = "../../../fuzz/checks/envelope.rs"]
 mod envelope;
 
-/// Runs `check` over every file in `fuzz/seeds/TARGET/`, naming the file
-/// that fails.
-fn run_seeds(target: &str, check: fn(&[u8])) {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../fuzz/seeds")
-        .join(target);
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "no seeds in {}", dir.display());
-    for f in files {
-        let data = std::fs::read(&f).unwrap();
-        if std::panic::catch_unwind(|| check(&data)).is_err() {
-            panic!("{} fails the {target} fuzz check", f.display());
-        }
-    }
-}
+#[path = "../../../fuzz/checks/seeds.rs"]
+mod seeds;
+use seeds::run_seeds;
 
 #[test]
 fn envelope_parser_passes_every_envelope_seed() {

@@ -273,12 +273,7 @@ async fn a_transfer_to_a_server_gone_silent_ends_in_time_and_resumes() {
         .upload(&via_proxy, alice.token(), &mut o, &to, freeze)
         .await
         .unwrap_err();
-    assert!(e.to_string().contains("moved nothing"), "{e}");
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "{:?}",
-        started.elapsed()
-    );
+    ended_by_the_stall_limit(&e, started);
     // The next try, straight to the server, continues the same blob.
     let direct = alice.http().unwrap();
     let att = uploads
@@ -298,12 +293,7 @@ async fn a_transfer_to_a_server_gone_silent_ends_in_time_and_resumes() {
     let e = download(&via_proxy, bob.token(), &att, &down, freeze)
         .await
         .unwrap_err();
-    assert!(e.to_string().contains("moved nothing"), "{e}");
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "{:?}",
-        started.elapsed()
-    );
+    ended_by_the_stall_limit(&e, started);
     let part = down.join(format!(".telepound-{}.part", att.blob_id));
     assert!(
         std::fs::metadata(&part).unwrap().len() >= 1024 * 1024,
@@ -315,4 +305,14 @@ async fn a_transfer_to_a_server_gone_silent_ends_in_time_and_resumes() {
         .unwrap();
     assert_eq!(std::fs::read(saved).unwrap(), data);
     server.stop().await;
+}
+
+/// A transfer that stalled ended with the stall limit's error, in time.
+fn ended_by_the_stall_limit(e: &impl std::fmt::Display, started: Instant) {
+    assert!(e.to_string().contains("moved nothing"), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
 }
