@@ -43,8 +43,16 @@ fn main() {
     // The local time zone must be read while the process has one thread
     // (the `time` crate refuses later, for soundness).
     output::init_local_offset();
+    // The server runs one worker per CPU it may use (its affinity mask and
+    // cgroup quota, as `available_parallelism` reads them): more workers
+    // than CPUs only wake each other to steal work and switch between
+    // themselves. A client needs no more than two.
+    let workers = match args.command {
+        args::Command::Serve(_) => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        _ => 2,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+        .worker_threads(workers)
         .enable_all()
         .build()
     {
