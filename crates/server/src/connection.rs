@@ -365,6 +365,11 @@ impl Connection {
                         .await;
                     return Turn::Ended(Ending::SlowConsumer);
                 }
+                // An `ack` without a `rid` asks for no answer (a failure
+                // is still told, as an `error`): a live recipient acks
+                // every push, and an `acked` for each would add a frame,
+                // and a write, to every message.
+                Event::Answer(ServerMessage::Acked { rid: None, .. }) => Ok(()),
                 Event::Answer(answer) => self.write(&answer).await,
                 Event::Push(out) => self.on_push(out).await,
                 Event::Page(page) => Box::pin(self.on_page(page)).await,
