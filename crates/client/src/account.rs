@@ -157,7 +157,8 @@ pub(crate) async fn authenticate(
         return Err(unexpected("login_ok", &answer));
     };
     let identity = backup::open(&sealed.0, user, &export_key)?;
-    if identity.public_keys().identity != keys.identity || identity.public_keys().kem != keys.kem {
+    let mine = identity.public_keys();
+    if mine.identity != keys.identity || mine.kem != keys.kem {
         return Err(Error::Protocol(
             "the server publishes keys that do not match your private keys".into(),
         ));
