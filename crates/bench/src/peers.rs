@@ -774,6 +774,7 @@ async fn default_cost_logins(args: &Args, run: &Running, out: &mut Results) -> a
     let parallel = 2 * cores;
     let total = (args.logins / 4).max(8);
     let (mut rate, mut share, mut server_cpu) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut generator_busy, mut server_busy) = (Vec::new(), Vec::new());
     let mut hashes = Vec::new();
     for _ in 0..args.repeat {
         // Measured right before each loop, so both see the machine alike.
@@ -781,16 +782,22 @@ async fn default_cost_logins(args: &Args, run: &Running, out: &mut Results) -> a
         hashes.push(hash);
         let bound = 1.0 / secs(hash);
         let meter = Meter::start(run.pid())?;
+        let own = Meter::start(std::process::id())?;
         let took = tp_login_loop(&run.url(), &users, total, parallel).await?;
         let (c, _) = meter.stop()?;
+        let (mine, _) = own.stop()?;
         let r = total as f64 / secs(took);
         eprintln!(
-            "   default Argon2: {r:.1} logins/s; the hash alone allows {bound:.1}/s on {cores} core(s), {parallel} at a time; server CPU {} µs each",
-            c / total as u64
+            "   default Argon2: {r:.1} logins/s; the hash alone allows {bound:.1}/s on {cores} core(s), {parallel} at a time; server CPU {} µs each; load generator {:.0}% busy, {} µs each",
+            c / total as u64,
+            100.0 * mine as f64 / (secs(took) * 1e6 * cores as f64),
+            mine / total as u64
         );
         rate.push(r);
         share.push(100.0 * r / bound);
         server_cpu.push(c as f64 / total as f64);
+        generator_busy.push(100.0 * mine as f64 / (secs(took) * 1e6 * cores as f64));
+        server_busy.push(100.0 * c as f64 / (secs(took) * 1e6));
     }
     hashes.sort();
     let hash = hashes[hashes.len() / 2];
@@ -813,6 +820,24 @@ async fn default_cost_logins(args: &Args, run: &Running, out: &mut Results) -> a
         "of the Argon2-only bound",
         "%",
         share,
+    ));
+    // Which side is the limit: the load generator's cores (which do the
+    // hashing) or the server's one core.
+    out.rows.push(Row::new(
+        "logins",
+        Peer::Telepound,
+        &setting,
+        "load generator busy",
+        "%",
+        generator_busy,
+    ));
+    out.rows.push(Row::new(
+        "logins",
+        Peer::Telepound,
+        &setting,
+        "server busy",
+        "% of a core",
+        server_busy,
     ));
     // The server's share: OPAQUE puts the Argon2 work on the client, so
     // this is what bounds logins per server core.

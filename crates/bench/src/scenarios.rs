@@ -214,19 +214,26 @@ pub async fn latency(
     let total = ((warm + measure).as_secs_f64() * per_pair as f64) as u64;
     let skip = (warm.as_secs_f64() * per_pair as f64) as u64;
     let epoch = Instant::now() + Duration::from_millis(50);
+    // The pairs are staggered so that their schedules interleave: pair i's
+    // message seq is due at epoch + (seq * pairs + i) / rate.
+    let due = move |pair: u64, seq: u64| {
+        epoch + Duration::from_secs_f64((seq * n_pairs + pair) as f64 / (per_pair * n_pairs) as f64)
+    };
+    let pacer = Pacer::start(n_pairs, total, due);
     let mut tasks = Vec::new();
     for (i, (mut tx, mut rx)) in pairs.into_iter().enumerate() {
-        // Stagger the pairs so their schedules interleave.
-        let offset = Duration::from_secs_f64(i as f64 / (per_pair * n_pairs) as f64);
-        let start = epoch + offset;
-        let interval = Duration::from_secs_f64(1.0 / per_pair as f64);
+        let pair = i as u64;
+        let tick = pacer.ticks[i].clone();
         let sender = tokio::spawn(async move {
             for seq in 0..total {
-                let due = start + interval.mul_f64(seq as f64);
-                let now = Instant::now();
-                if due > now {
+                let due = due(pair, seq);
+                if due > Instant::now() {
                     tx.flush().await?;
-                    tokio::time::sleep_until(due.into()).await;
+                    // A tick left over from a message sent late may be
+                    // stored: wait until the one for this message.
+                    while due > Instant::now() {
+                        tick.notified().await;
+                    }
                 }
                 tx.send(seq).await?;
             }
@@ -246,7 +253,7 @@ pub async fn latency(
                     bail!("expected message {expected}, got {n}");
                 }
                 let now = Instant::now();
-                let due = start + interval.mul_f64(n as f64);
+                let due = due(pair, n);
                 if n >= skip {
                     first_measured.get_or_insert(now);
                     h.saturating_record(
@@ -265,6 +272,7 @@ pub async fn latency(
         let (h, _rx) = r.await??;
         all.add(&h).context("merging histograms")?;
     }
+    drop(pacer);
     Ok(Latency {
         rate,
         achieved: all.len() as f64 / measure.as_secs_f64(),
@@ -274,6 +282,77 @@ pub async fn latency(
         p999: all.value_at_quantile(0.999),
         max: all.max(),
     })
+}
+
+/// Wakes each pair's sender when its next message is due, from a thread
+/// of its own: tokio's timers have a resolution of one millisecond, which
+/// would add up to a millisecond to every latency (for every system alike),
+/// while a thread sleeping with a 1 µs timer slack wakes within tens of
+/// microseconds of the due time.
+struct Pacer {
+    /// One per pair: its sender waits on it.
+    ticks: Vec<Arc<tokio::sync::Notify>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The pacer's shortest sleep.
+const MIN_GAP: Duration = Duration::from_micros(20);
+
+impl Pacer {
+    /// Ticks pair `i` at `due(i, seq)` for every `seq` below `per_pair`.
+    fn start(
+        pairs: u64,
+        per_pair: u64,
+        due: impl Fn(u64, u64) -> Instant + Send + 'static,
+    ) -> Pacer {
+        let ticks: Vec<_> = (0..pairs)
+            .map(|_| Arc::new(tokio::sync::Notify::new()))
+            .collect();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (ticks, stop) = (ticks.clone(), stop.clone());
+            std::thread::spawn(move || {
+                crate::procs::fine_timer_slack();
+                // Messages in due order: each seq, then each pair.
+                let due_of = |n: u64| due(n % pairs, n / pairs);
+                let (mut n, end) = (0, pairs * per_pair);
+                while n < end {
+                    if stop.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let now = Instant::now();
+                    let at = due_of(n);
+                    if at > now {
+                        // At most one wake-up per MIN_GAP: above that
+                        // rate, messages leave up to MIN_GAP late (and
+                        // that counts in their latency).
+                        std::thread::sleep((at - now).max(MIN_GAP));
+                    }
+                    let now = Instant::now();
+                    while n < end && due_of(n) <= now {
+                        ticks[(n % pairs) as usize].notify_one();
+                        n += 1;
+                    }
+                }
+            })
+        };
+        Pacer {
+            ticks,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Pacer {
+    /// Stops the thread (it ends by itself once the schedule is done).
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Fills a queue with `count` messages through `k`-in-flight durable
