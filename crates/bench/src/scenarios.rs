@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use hdrhistogram::Histogram;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 
 use crate::links::{Durable, Rx, Tx};
 use crate::procs::Meter;
@@ -42,7 +42,9 @@ pub async fn routing(
     for (mut tx, mut rx) in pairs {
         let sem = Arc::new(Semaphore::new(k));
         let sent_total = Arc::new(AtomicU64::new(u64::MAX));
-        let (stop2, sem2, sent2) = (stop.clone(), sem.clone(), sent_total.clone());
+        let done = Arc::new(Notify::new());
+        let (stop2, sem2, sent2, done2) =
+            (stop.clone(), sem.clone(), sent_total.clone(), done.clone());
         let sender = tokio::spawn(async move {
             let mut seq = 0u64;
             while !stop2.load(Ordering::Relaxed) {
@@ -58,18 +60,18 @@ pub async fn routing(
             }
             tx.flush().await?;
             sent2.store(seq, Ordering::Release);
+            done2.notify_one();
             anyhow::Ok(tx)
         });
         let received = received.clone();
         let receiver = tokio::spawn(async move {
             let mut expected = 0u64;
             loop {
-                if expected == sent_total.load(Ordering::Acquire) {
-                    return anyhow::Ok(rx);
-                }
-                let n = match tokio::time::timeout(LOST_AFTER, rx.recv()).await {
-                    Ok(r) => r?.context("link ended")?,
-                    Err(_) => bail!("message {expected} never arrived"),
+                let caught_up = || expected == sent_total.load(Ordering::Acquire);
+                let n = match next_unless_caught_up(rx.recv(), caught_up, &done).await {
+                    Next::CaughtUp => return anyhow::Ok(rx),
+                    Next::TimedOut => bail!("message {expected} never arrived"),
+                    Next::Item(r) => r?.context("link ended")?,
                 };
                 if n != expected {
                     bail!("expected message {expected}, got {n}: lost, duplicated or reordered");
@@ -100,6 +102,41 @@ pub async fn routing(
     })
 }
 
+/// What the receiving side of a closed loop got.
+enum Next<T> {
+    Item(T),
+    /// It has everything its sender sent, and the sender has stopped.
+    CaughtUp,
+    /// Nothing came for [`LOST_AFTER`].
+    TimedOut,
+}
+
+/// Waits for `next`, unless the receiving side has caught up with a
+/// sender that has stopped: it may have received everything before the
+/// sender said how much that was (`done` is notified when it does), and
+/// must not then wait for a message that will never come. `next` is only
+/// dropped unfinished once caught up, when nothing is left in flight.
+async fn next_unless_caught_up<T>(
+    next: impl Future<Output = T>,
+    caught_up: impl Fn() -> bool,
+    done: &Notify,
+) -> Next<T> {
+    tokio::pin!(next);
+    let lost = tokio::time::sleep(LOST_AFTER);
+    tokio::pin!(lost);
+    loop {
+        if caught_up() {
+            return Next::CaughtUp;
+        }
+        tokio::select! {
+            biased;
+            item = &mut next => return Next::Item(item),
+            () = done.notified() => {}
+            () = &mut lost => return Next::TimedOut,
+        }
+    }
+}
+
 /// Closed loop on acknowledgements: each sender keeps `k` messages not yet
 /// acknowledged as stored. Every acknowledgement is checked to come once.
 pub async fn durable(
@@ -115,7 +152,9 @@ pub async fn durable(
     for Durable { mut tx, mut acks } in senders {
         let sem = Arc::new(Semaphore::new(k));
         let sent_total = Arc::new(AtomicU64::new(u64::MAX));
-        let (stop2, sem2, sent2) = (stop.clone(), sem.clone(), sent_total.clone());
+        let done = Arc::new(Notify::new());
+        let (stop2, sem2, sent2, done2) =
+            (stop.clone(), sem.clone(), sent_total.clone(), done.clone());
         let sender = tokio::spawn(async move {
             let mut seq = 0u64;
             while !stop2.load(Ordering::Relaxed) {
@@ -131,6 +170,7 @@ pub async fn durable(
             }
             tx.flush().await?;
             sent2.store(seq, Ordering::Release);
+            done2.notify_one();
             // Kept open until every acknowledgement is in: closing the
             // connection would lose the answers still on their way.
             anyhow::Ok(tx)
@@ -140,12 +180,11 @@ pub async fn durable(
             let mut seen = Vec::<bool>::new();
             let mut count = 0u64;
             loop {
-                if count == sent_total.load(Ordering::Acquire) {
-                    return anyhow::Ok(());
-                }
-                let n = match tokio::time::timeout(LOST_AFTER, acks.recv()).await {
-                    Ok(r) => r.context("acknowledgements ended")?,
-                    Err(_) => bail!("an acknowledgement never came ({count} so far)"),
+                let caught_up = || count == sent_total.load(Ordering::Acquire);
+                let n = match next_unless_caught_up(acks.recv(), caught_up, &done).await {
+                    Next::CaughtUp => return anyhow::Ok(()),
+                    Next::TimedOut => bail!("an acknowledgement never came ({count} so far)"),
+                    Next::Item(r) => r.context("acknowledgements ended")?,
                 } as usize;
                 if seen.len() <= n {
                     seen.resize(n + 1024, false);
@@ -291,7 +330,7 @@ pub async fn latency(
 /// microseconds of the due time.
 struct Pacer {
     /// One per pair: its sender waits on it.
-    ticks: Vec<Arc<tokio::sync::Notify>>,
+    ticks: Vec<Arc<Notify>>,
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -306,9 +345,7 @@ impl Pacer {
         per_pair: u64,
         due: impl Fn(u64, u64) -> Instant + Send + 'static,
     ) -> Pacer {
-        let ticks: Vec<_> = (0..pairs)
-            .map(|_| Arc::new(tokio::sync::Notify::new()))
-            .collect();
+        let ticks: Vec<_> = (0..pairs).map(|_| Arc::new(Notify::new())).collect();
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
             let (ticks, stop) = (ticks.clone(), stop.clone());
