@@ -1592,6 +1592,7 @@ impl Session {
         if seqs.is_empty() {
             return Ok(0);
         }
+        // `request` sets the rid, so the server answers with the count.
         match self
             .client
             .request(ClientMessage::Ack { rid: None, seqs })

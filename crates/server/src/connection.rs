@@ -365,12 +365,7 @@ impl Connection {
                         .await;
                     return Turn::Ended(Ending::SlowConsumer);
                 }
-                // An `ack` without a `rid` asks for no answer (a failure
-                // is still told, as an `error`): a live recipient acks
-                // every push, and an `acked` for each would add a frame,
-                // and a write, to every message.
-                Event::Answer(ServerMessage::Acked { rid: None, .. }) => Ok(()),
-                Event::Answer(answer) => self.write(&answer).await,
+                Event::Answer(answer) => self.answer_request(&answer).await,
                 Event::Push(out) => self.on_push(out).await,
                 Event::Page(page) => Box::pin(self.on_page(page)).await,
                 Event::Frame(frame) => match self.on_frame(frame).await {
@@ -1009,11 +1004,22 @@ impl Connection {
         })
     }
 
+    /// Writes a request's answer, unless the request asked for none: an
+    /// `ack` without a `rid` is answered only when it fails (as an
+    /// `error`). A live recipient acks every push, and an `acked` for each
+    /// would add a frame, and a write, to every message.
+    async fn answer_request(&mut self, answer: &ServerMessage) -> Result<(), WsError> {
+        if let ServerMessage::Acked { rid: None, .. } = answer {
+            return Ok(());
+        }
+        self.write(answer).await
+    }
+
     /// Lets requests in flight finish (their writes may already be
     /// committed: the sender must hear `accepted`), then says goodbye.
     async fn shut_down(&mut self) -> Ending {
         while let Some(answer) = self.in_flight.next().await {
-            if self.write(&answer).await.is_err() {
+            if self.answer_request(&answer).await.is_err() {
                 return Ending::Shutdown;
             }
         }
