@@ -787,16 +787,16 @@ async fn default_cost_logins(args: &Args, run: &Running, out: &mut Results) -> a
         let (c, _) = meter.stop()?;
         let (mine, _) = own.stop()?;
         let r = total as f64 / secs(took);
+        let mine_busy = 100.0 * mine as f64 / (secs(took) * 1e6 * cores as f64);
         eprintln!(
-            "   default Argon2: {r:.1} logins/s; the hash alone allows {bound:.1}/s on {cores} core(s), {parallel} at a time; server CPU {} µs each; load generator {:.0}% busy, {} µs each",
+            "   default Argon2: {r:.1} logins/s; the hash alone allows {bound:.1}/s on {cores} core(s), {parallel} at a time; server CPU {} µs each; load generator {mine_busy:.0}% busy, {} µs each",
             c / total as u64,
-            100.0 * mine as f64 / (secs(took) * 1e6 * cores as f64),
             mine / total as u64
         );
         rate.push(r);
         share.push(100.0 * r / bound);
         server_cpu.push(c as f64 / total as f64);
-        generator_busy.push(100.0 * mine as f64 / (secs(took) * 1e6 * cores as f64));
+        generator_busy.push(mine_busy);
         server_busy.push(100.0 * c as f64 / (secs(took) * 1e6));
     }
     hashes.sort();
@@ -822,7 +822,7 @@ async fn default_cost_logins(args: &Args, run: &Running, out: &mut Results) -> a
         share,
     ));
     // Which side is the limit: the load generator's cores (which do the
-    // hashing) or the server's one core.
+    // hashing, and the rest of the client's work) or the server's core.
     out.rows.push(Row::new(
         "logins",
         Peer::Telepound,

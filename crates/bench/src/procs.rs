@@ -10,7 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 /// Lets the calling thread's sleeps end within about a microsecond of
-/// their time (Linux's default timer slack is 50 µs).
+/// their time (Linux's default timer slack is 50 µs). Best effort: should
+/// the call fail, sleeps are only less precise.
 pub fn fine_timer_slack() {
     // SAFETY: PR_SET_TIMERSLACK takes a number of nanoseconds and only
     // changes the calling thread's timer slack.

@@ -255,23 +255,24 @@ impl Results {
             &|v| format!("{v:.2} µs"),
             &|v| v <= 4.0,
         );
-        // Limited only by the hash: the load generator, whose core does the
-        // hashing, is saturated while the server's core is mostly idle.
+        // The load generator's and the server's CPU use say which side
+        // limits the rate when the ratio falls short.
         let busy = |metric| {
             self.find("logins", tp, "Argon2 m=19456", metric)
-                .map(|r| r.median)
+                .map(|r| format!("{:.0}%", r.median))
+                .unwrap_or_else(|| "not measured".into())
         };
-        let generator = busy("load generator busy").unwrap_or(0.0);
-        let bound = busy("of the Argon2-only bound").unwrap_or(0.0);
+        let (generator, server) = (busy("load generator busy"), busy("server busy"));
         push(
-            "password logins limited only by Argon2 (the hashing load generator ≥ 95% busy, the server ≤ 10%)",
-            busy("server busy"),
+            "password logins limited only by Argon2 (≥ 90% of the hash-only bound)",
+            self.find("logins", tp, "Argon2 m=19456", "of the Argon2-only bound")
+                .map(|r| r.median),
             &|v| {
                 format!(
-                    "load generator {generator:.0}% busy, server {v:.1}%; {bound:.0}% of the hash-only rate"
+                    "{v:.0}% of the bound (load generator {generator} busy, server {server} of a core)"
                 )
             },
-            &|v| generator >= 95.0 && v <= 10.0,
+            &|v| v >= 90.0,
         );
         // The same comparisons against peers carrying payloads as large as
         // Telepound's envelopes: the same bytes through both servers.

@@ -114,8 +114,11 @@ enum Next<T> {
 /// Waits for `next`, unless the receiving side has caught up with a
 /// sender that has stopped: it may have received everything before the
 /// sender said how much that was (`done` is notified when it does), and
-/// must not then wait for a message that will never come. `next` is only
-/// dropped unfinished once caught up, when nothing is left in flight.
+/// must not then wait for a message that will never come. `next` is
+/// dropped unfinished only once caught up, when no message is left in
+/// flight, or on a timeout, which fails the run: either way the link is not
+/// read again (an unfinished Telepound `recv` may drop the acks it was
+/// sending, which is then harmless).
 async fn next_unless_caught_up<T>(
     next: impl Future<Output = T>,
     caught_up: impl Fn() -> bool,
@@ -254,7 +257,8 @@ pub async fn latency(
     let skip = (warm.as_secs_f64() * per_pair as f64) as u64;
     let epoch = Instant::now() + Duration::from_millis(50);
     // The pairs are staggered so that their schedules interleave: pair i's
-    // message seq is due at epoch + (seq * pairs + i) / rate.
+    // message seq is due at epoch + (seq * pairs + i) / (per_pair * pairs),
+    // the offered rate rounded down to a multiple of the pairs.
     let due = move |pair: u64, seq: u64| {
         epoch + Duration::from_secs_f64((seq * n_pairs + pair) as f64 / (per_pair * n_pairs) as f64)
     };
@@ -262,7 +266,7 @@ pub async fn latency(
     let mut tasks = Vec::new();
     for (i, (mut tx, mut rx)) in pairs.into_iter().enumerate() {
         let pair = i as u64;
-        let tick = pacer.ticks[i].clone();
+        let (tick, pacer_stopped) = (pacer.ticks[i].clone(), pacer.stop.clone());
         let sender = tokio::spawn(async move {
             for seq in 0..total {
                 let due = due(pair, seq);
@@ -271,6 +275,9 @@ pub async fn latency(
                     // A tick left over from a message sent late may be
                     // stored: wait until the one for this message.
                     while due > Instant::now() {
+                        if pacer_stopped.load(Ordering::Relaxed) {
+                            bail!("the run ended early");
+                        }
                         tick.notified().await;
                     }
                 }
@@ -339,12 +346,8 @@ struct Pacer {
 const MIN_GAP: Duration = Duration::from_micros(20);
 
 impl Pacer {
-    /// Ticks pair `i` at `due(i, seq)` for every `seq` below `per_pair`.
-    fn start(
-        pairs: u64,
-        per_pair: u64,
-        due: impl Fn(u64, u64) -> Instant + Send + 'static,
-    ) -> Pacer {
+    /// Ticks pair `i` at `due(i, seq)` for every `seq` below `count`.
+    fn start(pairs: u64, count: u64, due: impl Fn(u64, u64) -> Instant + Send + 'static) -> Pacer {
         let ticks: Vec<_> = (0..pairs).map(|_| Arc::new(Notify::new())).collect();
         let stop = Arc::new(AtomicBool::new(false));
         let thread = {
@@ -353,7 +356,7 @@ impl Pacer {
                 crate::procs::fine_timer_slack();
                 // Messages in due order: each seq, then each pair.
                 let due_of = |n: u64| due(n % pairs, n / pairs);
-                let (mut n, end) = (0, pairs * per_pair);
+                let (mut n, end) = (0, pairs * count);
                 while n < end {
                     if stop.load(Ordering::Relaxed) {
                         return;
@@ -383,9 +386,14 @@ impl Pacer {
 }
 
 impl Drop for Pacer {
-    /// Stops the thread (it ends by itself once the schedule is done).
+    /// Stops the thread (it ends by itself once the schedule is done) and,
+    /// when the run ended early, the senders still waiting for a tick. The
+    /// join may hold this worker for up to one gap between messages.
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
+        for tick in &self.ticks {
+            tick.notify_one();
+        }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
