@@ -112,7 +112,13 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(std::time::Duration::from_secs(10));
+            .busy_timeout(std::time::Duration::from_secs(10))
+            // sqlx hands rows from its SQLite thread to the task through a
+            // channel (50 rows by default): a full one stops that thread
+            // until the task has drained it, which on a busy CPU is a pair
+            // of context switches every 50 rows. A page is read whole
+            // anyway (`fetch_all`), so let the channel hold one.
+            .row_buffer_size(telepound_protocol::codec::MAX_PAGE as usize);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(opts.clone())
