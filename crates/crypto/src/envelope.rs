@@ -1,18 +1,36 @@
 //! Message envelopes: a payload signed by its sender, encrypted once, with
 //! the content key wrapped for every recipient.
 //!
+//! Suite `tp2`, the one sealed:
+//!
 //! ```text
 //! payload   = JSON { msg_id, sender, recipients, group, group_epoch, sent_at, text, attachments }
-//! commit    = HKDF-SHA256(content_key, info = "telepound/tp1/commit")   (32 bytes)
-//! header    = "tp1" ‖ msg_id ‖ sender ‖ recipients ‖ group ‖ commit   (the AAD)
-//! sig       = Ed25519(sender identity, "telepound/tp1/sig" ‖ header ‖ payload)
-//! body      = XChaCha20-Poly1305(content_key, aad = header, sig ‖ payload)
+//! commit    = HKDF-SHA256(content_key, info = "telepound/tp2/commit")   (32 bytes)
+//! header    = "tp2" ‖ msg_id ‖ sender ‖ recipients ‖ group ‖ commit   (the AAD)
+//! sig       = Ed25519(sender identity, "telepound/tp2/sig\0" ‖ header ‖ payload)
+//! body      = nonce ‖ XChaCha20-Poly1305(content_key, aad = header, sig ‖ payload)
 //! wrap[r]   = HPKE base mode (X-Wing, HKDF-SHA256, ChaCha20-Poly1305) to r's KEM key,
-//!             info = "telepound/tp1/wrap", aad = header ‖ r, plaintext = content_key
+//!             info = "telepound/tp2/wrap", aad = header ‖ 0 ‖ r, plaintext = content_key
+//! wrap[sender] = nonce ‖ XChaCha20-Poly1305(self_key, aad = header ‖ 0 ‖ sender, content_key)
+//! self_key  = HKDF-SHA256(ikm = the sender's 32-byte X-Wing private key seed, no salt,
+//!                         info = "telepound/tp2/self-wrap")   (32 bytes)
 //! ```
 //!
+//! Nonces are 24 random bytes.
+//!
 //! The sender is always one of the recipients, so the sender's own copy
-//! (local history) opens with the sender's key like any other.
+//! (local history, and a group message re-sealed after a membership
+//! change) opens with the sender's keys like any other. In `tp2` that copy
+//! is wrapped with a symmetric key only the sender's private keys give,
+//! so it costs 72 bytes instead of 1168 (a 1120-byte KEM ciphertext and
+//! the 48-byte sealed key): every machine that opens the sender's key
+//! backup derives the same key. The self key lives as long as the KEM
+//! key: a future rotation of the KEM key must keep the old seeds, or the
+//! sent messages in local history no longer open.
+//!
+//! Suite `tp1` (still opened, for history and mailboxes written before
+//! `tp2`) is the same with `tp1` in every label and an HPKE wrap for the
+//! sender too.
 //!
 //! `commit` makes the body key-committing: ChaCha20-Poly1305 alone is not,
 //! so without it a sender could wrap different content keys for different
@@ -32,11 +50,44 @@ use zeroize::Zeroizing;
 use crate::identity::{Identity, PeerKeys};
 use crate::{Error, Result, xchacha};
 
-/// The only suite this version implements.
+/// The suite this version seals.
+pub const SUITE_TP2: &str = "tp2";
+/// The suite before `tp2`: opened, never sealed.
 pub const SUITE_TP1: &str = "tp1";
-const SIG_CONTEXT: &[u8] = b"telepound/tp1/sig\0";
-const WRAP_INFO: &[u8] = b"telepound/tp1/wrap";
-const COMMIT_INFO: &[u8] = b"telepound/tp1/commit";
+
+/// A suite's name and domain-separation labels.
+struct Suite {
+    name: &'static str,
+    sig: &'static [u8],
+    wrap: &'static [u8],
+    commit: &'static [u8],
+    /// Whether the sender's own wrap is symmetric (under the self key).
+    self_wrap: bool,
+}
+
+const TP2: Suite = Suite {
+    name: SUITE_TP2,
+    sig: b"telepound/tp2/sig\0",
+    wrap: b"telepound/tp2/wrap",
+    commit: b"telepound/tp2/commit",
+    self_wrap: true,
+};
+
+const TP1: Suite = Suite {
+    name: SUITE_TP1,
+    sig: b"telepound/tp1/sig\0",
+    wrap: b"telepound/tp1/wrap",
+    commit: b"telepound/tp1/commit",
+    self_wrap: false,
+};
+
+fn suite(name: &str) -> Option<&'static Suite> {
+    match name {
+        SUITE_TP2 => Some(&TP2),
+        SUITE_TP1 => Some(&TP1),
+        _ => None,
+    }
+}
 /// Ed25519 signature length.
 const SIG_LEN: usize = 64;
 
@@ -139,9 +190,12 @@ pub struct Payload {
 pub struct Wrap {
     /// The recipient.
     pub to: UserName,
-    /// HPKE encapsulated key (1120 bytes for X-Wing).
-    pub enc: B64,
-    /// The content key, HPKE-sealed (32 + 16 bytes).
+    /// HPKE encapsulated key (1120 bytes for X-Wing); absent on the
+    /// sender's own wrap in `tp2`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enc: Option<B64>,
+    /// The content key: HPKE-sealed (32 + 16 bytes), or for the sender's
+    /// own wrap in `tp2`, nonce ‖ XChaCha20-Poly1305 (24 + 32 + 16 bytes).
     pub key: B64,
 }
 
@@ -175,15 +229,16 @@ pub struct OpenedMessage {
     pub payload: Payload,
 }
 
-fn commitment(content_key: &[u8; 32]) -> [u8; 32] {
+fn commitment(suite: &Suite, content_key: &[u8; 32]) -> [u8; 32] {
     let mut c = [0u8; 32];
     hkdf::Hkdf::<sha2::Sha256>::new(None, content_key)
-        .expand(COMMIT_INFO, &mut c)
+        .expand(suite.commit, &mut c)
         .expect("32 bytes is a valid HKDF-SHA256 output length");
     c
 }
 
 fn header(
+    suite: &Suite,
     msg_id: &MsgId,
     sender: &UserName,
     recipients: &[UserName],
@@ -192,7 +247,7 @@ fn header(
 ) -> Vec<u8> {
     // Names are [a-z0-9_-] only, so NUL and ',' separate them unambiguously.
     let mut h = Vec::with_capacity(64 + recipients.len() * 16);
-    h.extend_from_slice(SUITE_TP1.as_bytes());
+    h.extend_from_slice(suite.name.as_bytes());
     h.push(0);
     h.extend_from_slice(msg_id.to_string().as_bytes());
     h.push(0);
@@ -229,7 +284,8 @@ pub fn canonical_recipients(mut names: Vec<UserName>) -> Vec<UserName> {
 
 /// Seals `payload` from `sender` to every recipient in `keys` (which must be
 /// exactly `payload.recipients`, sender included) and returns the envelope
-/// as JSON text.
+/// as JSON text, in suite `tp2`. The sender's own entry in `keys` is not
+/// used: the sender's copy is wrapped under `sender`'s self key.
 ///
 /// # Errors
 /// [`Error::Malformed`] when the key list and the payload's recipients
@@ -250,10 +306,12 @@ pub fn seal(sender: &Identity, payload: &Payload, keys: &[(UserName, PeerKeys)])
             "keys do not match the recipient list".into(),
         ));
     }
+    let suite = &TP2;
     let mut content_key = Zeroizing::new([0u8; 32]);
     crate::random_bytes(content_key.as_mut());
-    let commit = commitment(&content_key);
+    let commit = commitment(suite, &content_key);
     let hdr = header(
+        suite,
         &payload.msg_id,
         &payload.sender,
         &payload.recipients,
@@ -261,10 +319,7 @@ pub fn seal(sender: &Identity, payload: &Payload, keys: &[(UserName, PeerKeys)])
         &commit,
     );
     let payload_json = Zeroizing::new(serde_json::to_vec(payload).expect("payload serialises"));
-    let mut signed = Vec::with_capacity(SIG_CONTEXT.len() + hdr.len() + payload_json.len());
-    signed.extend_from_slice(SIG_CONTEXT);
-    signed.extend_from_slice(&hdr);
-    signed.extend_from_slice(&payload_json);
+    let signed = signed_message(suite, &hdr, &payload_json);
     let sig = sender.sign(&signed);
 
     let mut plain = Zeroizing::new(Vec::with_capacity(SIG_LEN + payload_json.len()));
@@ -275,23 +330,37 @@ pub fn seal(sender: &Identity, payload: &Payload, keys: &[(UserName, PeerKeys)])
 
     let mut wraps = Vec::with_capacity(keys.len());
     for (to, peer) in keys {
-        let (enc, ct) = hpke::single_shot_seal::<ChaCha20Poly1305, HkdfSha256, XWing>(
-            &OpModeS::Base,
-            peer.kem(),
-            WRAP_INFO,
-            content_key.as_ref(),
-            &wrap_aad(&hdr, to),
-        )
-        .map_err(|_| Error::InvalidKey("kem key"))?;
-        wraps.push(Wrap {
-            to: to.clone(),
-            enc: B64(enc.to_bytes().to_vec()),
-            key: B64(ct),
-        });
+        let aad = wrap_aad(&hdr, to);
+        let wrap = if to == &payload.sender {
+            Wrap {
+                to: to.clone(),
+                enc: None,
+                key: B64(xchacha::seal(
+                    sender.self_wrap_key(),
+                    &aad,
+                    content_key.as_ref(),
+                )),
+            }
+        } else {
+            let (enc, ct) = hpke::single_shot_seal::<ChaCha20Poly1305, HkdfSha256, XWing>(
+                &OpModeS::Base,
+                peer.kem(),
+                suite.wrap,
+                content_key.as_ref(),
+                &aad,
+            )
+            .map_err(|_| Error::InvalidKey("kem key"))?;
+            Wrap {
+                to: to.clone(),
+                enc: Some(B64(enc.to_bytes().to_vec())),
+                key: B64(ct),
+            }
+        };
+        wraps.push(wrap);
     }
     wraps.sort_by(|a, b| a.to.cmp(&b.to));
     let env = Envelope {
-        suite: SUITE_TP1.to_owned(),
+        suite: suite.name.to_owned(),
         msg_id: payload.msg_id,
         sender: payload.sender.clone(),
         recipients: payload.recipients.clone(),
@@ -303,19 +372,32 @@ pub fn seal(sender: &Identity, payload: &Payload, keys: &[(UserName, PeerKeys)])
     Ok(serde_json::to_string(&env).expect("envelope serialises"))
 }
 
+/// What the sender signs: the suite's context, the header, the payload
+/// (wiped on drop: the payload holds the text and any file keys).
+fn signed_message(suite: &Suite, hdr: &[u8], payload_json: &[u8]) -> Zeroizing<Vec<u8>> {
+    let mut signed = Zeroizing::new(Vec::with_capacity(
+        suite.sig.len() + hdr.len() + payload_json.len(),
+    ));
+    signed.extend_from_slice(suite.sig);
+    signed.extend_from_slice(hdr);
+    signed.extend_from_slice(payload_json);
+    signed
+}
+
 impl Envelope {
     /// Parses envelope JSON and checks its suite.
     ///
     /// # Errors
-    /// [`Error::UnknownSuite`] for a suite other than `tp1`,
+    /// [`Error::UnknownSuite`] for a suite other than `tp2` or `tp1`,
     /// [`Error::Malformed`] for anything not shaped like an envelope.
     pub fn parse(json: &str) -> Result<Self> {
         #[derive(Deserialize)]
-        struct Suite {
+        struct SuiteName {
             suite: String,
         }
-        let s: Suite = serde_json::from_str(json).map_err(|e| Error::Malformed(e.to_string()))?;
-        if s.suite != SUITE_TP1 {
+        let s: SuiteName =
+            serde_json::from_str(json).map_err(|e| Error::Malformed(e.to_string()))?;
+        if suite(&s.suite).is_none() {
             return Err(Error::UnknownSuite(s.suite.chars().take(32).collect()));
         }
         serde_json::from_str(json).map_err(|e| Error::Malformed(e.to_string()))
@@ -340,38 +422,50 @@ impl Envelope {
         if self.recipients != canonical_recipients(self.recipients.clone()) {
             return Err(Error::Malformed("recipient list not canonical".into()));
         }
+        let suite = suite(&self.suite)
+            .ok_or_else(|| Error::UnknownSuite(self.suite.chars().take(32).collect()))?;
         let wrap = self
             .wraps
             .iter()
             .find(|w| &w.to == my_name)
             .ok_or(Error::NotForMe)?;
         let hdr = header(
+            suite,
             &self.msg_id,
             &self.sender,
             &self.recipients,
             self.group.as_ref(),
             &self.commit.0,
         );
-        let enc = <XWing as hpke::Kem>::EncappedKey::from_bytes(&wrap.enc.0)
-            .map_err(|_| Error::Tampered("encapsulated key"))?;
-        let key = Zeroizing::new(
-            hpke::single_shot_open::<ChaCha20Poly1305, HkdfSha256, XWing>(
-                &OpModeR::Base,
-                me.kem_secret(),
-                &enc,
-                WRAP_INFO,
-                &wrap.key.0,
-                &wrap_aad(&hdr, my_name),
-            )
-            .map_err(|_| Error::Tampered("content key"))?,
-        );
+        let aad = wrap_aad(&hdr, my_name);
+        let key = Zeroizing::new(match &wrap.enc {
+            // The sender's own copy: only the sender's keys give the self key.
+            None if suite.self_wrap && my_name == &self.sender => {
+                xchacha::open(me.self_wrap_key(), &aad, &wrap.key.0)
+                    .ok_or(Error::Tampered("content key"))?
+            }
+            Some(enc) if !(suite.self_wrap && my_name == &self.sender) => {
+                let enc = <XWing as hpke::Kem>::EncappedKey::from_bytes(&enc.0)
+                    .map_err(|_| Error::Tampered("encapsulated key"))?;
+                hpke::single_shot_open::<ChaCha20Poly1305, HkdfSha256, XWing>(
+                    &OpModeR::Base,
+                    me.kem_secret(),
+                    &enc,
+                    suite.wrap,
+                    &wrap.key.0,
+                    &aad,
+                )
+                .map_err(|_| Error::Tampered("content key"))?
+            }
+            _ => return Err(Error::Tampered("wrap of the wrong kind")),
+        });
         let key: &[u8; 32] = key
             .as_slice()
             .try_into()
             .map_err(|_| Error::Tampered("content key length"))?;
         {
             use subtle::ConstantTimeEq;
-            if !bool::from(commitment(key).ct_eq(self.commit.0.as_slice())) {
+            if !bool::from(commitment(suite, key).ct_eq(self.commit.0.as_slice())) {
                 return Err(Error::Tampered("content key does not match its commitment"));
             }
         }
@@ -383,10 +477,7 @@ impl Envelope {
         let (sig, payload_json) = plain.split_at(SIG_LEN);
         let sig = ed25519_dalek::Signature::from_slice(sig)
             .map_err(|_| Error::Tampered("signature encoding"))?;
-        let mut signed = Vec::with_capacity(SIG_CONTEXT.len() + hdr.len() + payload_json.len());
-        signed.extend_from_slice(SIG_CONTEXT);
-        signed.extend_from_slice(&hdr);
-        signed.extend_from_slice(payload_json);
+        let signed = signed_message(suite, &hdr, payload_json);
         sender_keys
             .verifying_key()
             .verify_strict(&signed, &sig)
@@ -534,6 +625,239 @@ mod tests {
             .open(&bob, &name("bob"), &alice.peer_keys())
             .unwrap_err();
         assert!(matches!(err, Error::Tampered(_)), "{err}");
+    }
+
+    /// In `tp2` the sender's own copy is a 72-byte symmetric wrap that any
+    /// machine holding the sender's key backup opens, and nobody else.
+    #[test]
+    fn tp2_wraps_the_senders_copy_with_the_self_key() {
+        let (alice, bob) = (Identity::generate(), Identity::generate());
+        let keys = vec![
+            (name("alice"), alice.peer_keys()),
+            (name("bob"), bob.peer_keys()),
+        ];
+        let p = payload("alice", &["bob"]);
+        let env = Envelope::parse(&seal(&alice, &p, &keys).unwrap()).unwrap();
+        assert_eq!(env.suite, SUITE_TP2);
+        let own = env.wraps.iter().find(|w| w.to == name("alice")).unwrap();
+        assert!(own.enc.is_none());
+        assert_eq!(own.key.0.len(), xchacha::NONCE_LEN + 32 + 16);
+        let theirs = env.wraps.iter().find(|w| w.to == name("bob")).unwrap();
+        assert_eq!(theirs.enc.as_ref().unwrap().0.len(), 1120);
+
+        // Another machine: the identity restored from the backup bundle.
+        let restored = Identity::from_bundle(&alice.to_bundle()).unwrap();
+        let opened = env
+            .open(&restored, &name("alice"), &alice.peer_keys())
+            .unwrap();
+        assert_eq!(opened.payload, p);
+        // Bob cannot open the sender's copy, even naming himself alice.
+        assert!(matches!(
+            env.open(&bob, &name("alice"), &alice.peer_keys()),
+            Err(Error::Tampered("content key"))
+        ));
+        // Alice naming herself bob gets no HPKE key out of bob's wrap.
+        assert!(matches!(
+            env.open(&alice, &name("bob"), &alice.peer_keys()),
+            Err(Error::Tampered(_))
+        ));
+    }
+
+    /// A wrap of the other kind is refused: an HPKE wrap where the
+    /// sender's symmetric one belongs, a symmetric one for anyone else.
+    #[test]
+    fn tp2_refuses_a_wrap_of_the_wrong_kind() {
+        let (alice, bob) = (Identity::generate(), Identity::generate());
+        let keys = vec![
+            (name("alice"), alice.peer_keys()),
+            (name("bob"), bob.peer_keys()),
+        ];
+        let env =
+            Envelope::parse(&seal(&alice, &payload("alice", &["bob"]), &keys).unwrap()).unwrap();
+        let (a, b) = (
+            env.wraps
+                .iter()
+                .position(|w| w.to == name("alice"))
+                .unwrap(),
+            env.wraps.iter().position(|w| w.to == name("bob")).unwrap(),
+        );
+        let mut e = env.clone();
+        e.wraps[a].enc = env.wraps[b].enc.clone();
+        assert!(matches!(
+            e.open(&alice, &name("alice"), &alice.peer_keys()),
+            Err(Error::Tampered("wrap of the wrong kind"))
+        ));
+        let mut e = env.clone();
+        e.wraps[b].enc = None;
+        assert!(matches!(
+            e.open(&bob, &name("bob"), &alice.peer_keys()),
+            Err(Error::Tampered("wrap of the wrong kind"))
+        ));
+    }
+
+    /// The fixtures' keys: alice is `fixed(1, 2)`, bob `fixed(3, 4)`.
+    fn fixed(signing: u8, kem: u8) -> Identity {
+        let mut v = vec![1u8];
+        v.extend_from_slice(&[signing; 32]);
+        v.extend_from_slice(&[kem; 32]);
+        Identity::from_bundle(&v).unwrap()
+    }
+
+    /// The self key is HKDF-SHA256 of the KEM seed, as PROTOCOL.md says
+    /// (computed independently with Python's hmac module).
+    #[test]
+    fn the_self_key_is_derived_as_documented() {
+        let hex: String = fixed(1, 2)
+            .self_wrap_key()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            hex,
+            "630543b013edbf7448fa301e624bb3c0140cd1546dda5436673c5810c87201c7"
+        );
+    }
+
+    /// An envelope whose wrap for `to` holds another key than the one
+    /// committed to, under the right AAD, so only the commitment catches it.
+    fn rewrap_with_another_key(env: &Envelope, to: &str, by: &Identity) -> Envelope {
+        let suite = suite(&env.suite).unwrap();
+        let hdr = header(
+            suite,
+            &env.msg_id,
+            &env.sender,
+            &env.recipients,
+            env.group.as_ref(),
+            &env.commit.0,
+        );
+        let aad = wrap_aad(&hdr, &name(to));
+        let other = [9u8; 32];
+        let mut e = env.clone();
+        let w = e.wraps.iter_mut().find(|w| w.to == name(to)).unwrap();
+        if w.enc.is_none() {
+            w.key = B64(xchacha::seal(by.self_wrap_key(), &aad, &other));
+        } else {
+            let (enc, ct) = hpke::single_shot_seal::<ChaCha20Poly1305, HkdfSha256, XWing>(
+                &OpModeS::Base,
+                by.peer_keys().kem(),
+                suite.wrap,
+                &other,
+                &aad,
+            )
+            .unwrap();
+            w.enc = Some(B64(enc.to_bytes().to_vec()));
+            w.key = B64(ct);
+        }
+        e
+    }
+
+    #[test]
+    fn a_key_other_than_the_committed_one_is_refused_on_both_paths() {
+        let (alice, bob) = (Identity::generate(), Identity::generate());
+        let keys = vec![
+            (name("alice"), alice.peer_keys()),
+            (name("bob"), bob.peer_keys()),
+        ];
+        let env =
+            Envelope::parse(&seal(&alice, &payload("alice", &["bob"]), &keys).unwrap()).unwrap();
+        let committed = Err::<(), _>(Error::Tampered("content key does not match its commitment"));
+        let forged = rewrap_with_another_key(&env, "bob", &bob);
+        assert_eq!(
+            format!(
+                "{:?}",
+                forged
+                    .open(&bob, &name("bob"), &alice.peer_keys())
+                    .map(|_| ())
+            ),
+            format!("{committed:?}")
+        );
+        let forged = rewrap_with_another_key(&env, "alice", &alice);
+        assert_eq!(
+            format!(
+                "{:?}",
+                forged
+                    .open(&alice, &name("alice"), &alice.peer_keys())
+                    .map(|_| ())
+            ),
+            format!("{committed:?}")
+        );
+    }
+
+    /// The sender's own copy is checked like anyone's: its header, and the
+    /// signature against the keys the caller expects.
+    #[test]
+    fn the_senders_copy_is_checked_like_any_other() {
+        let (alice, bob) = (Identity::generate(), Identity::generate());
+        let keys = vec![
+            (name("alice"), alice.peer_keys()),
+            (name("bob"), bob.peer_keys()),
+        ];
+        let env =
+            Envelope::parse(&seal(&alice, &payload("alice", &["bob"]), &keys).unwrap()).unwrap();
+        assert!(matches!(
+            env.open(&alice, &name("alice"), &bob.peer_keys()),
+            Err(Error::Tampered("signature"))
+        ));
+        let mut e = env.clone();
+        e.msg_id = MsgId::new();
+        assert!(matches!(
+            e.open(&alice, &name("alice"), &alice.peer_keys()),
+            Err(Error::Tampered("content key"))
+        ));
+    }
+
+    /// Envelopes sealed by this code for fixed keys: the `tp1` one by the
+    /// code before `tp2`, so both formats keep opening.
+    const TP1_FIXTURE: &str = include_str!("../testdata/tp1_alice_to_bob.json");
+    const TP2_FIXTURE: &str = include_str!("../testdata/tp2_alice_to_bob.json");
+
+    #[test]
+    fn tp2_fixture_opens() {
+        let (alice, bob) = (fixed(1, 2), fixed(3, 4));
+        let env = Envelope::parse(TP2_FIXTURE).unwrap();
+        assert_eq!(env.suite, SUITE_TP2);
+        for (me, my_name) in [(&bob, "bob"), (&alice, "alice")] {
+            let opened = env.open(me, &name(my_name), &alice.peer_keys()).unwrap();
+            assert_eq!(opened.payload.text, "sealed as tp2");
+        }
+    }
+
+    /// A `tp1` envelope relabelled `tp2` (or the other way round) opens
+    /// for nobody.
+    #[test]
+    fn relabelled_suites_do_not_open() {
+        let (alice, bob) = (fixed(1, 2), fixed(3, 4));
+        for (fixture, relabel) in [(TP1_FIXTURE, SUITE_TP2), (TP2_FIXTURE, SUITE_TP1)] {
+            let mut env = Envelope::parse(fixture).unwrap();
+            env.suite = relabel.to_owned();
+            assert!(matches!(
+                env.open(&bob, &name("bob"), &alice.peer_keys()),
+                Err(Error::Tampered("content key"))
+            ));
+            // alice's wrap is of the other suite's kind.
+            assert!(matches!(
+                env.open(&alice, &name("alice"), &alice.peer_keys()),
+                Err(Error::Tampered("wrap of the wrong kind"))
+            ));
+        }
+    }
+
+    /// An envelope sealed by the `tp1` code (kept as a fixture, with fixed
+    /// keys) still opens for both its recipients.
+    #[test]
+    fn tp1_envelopes_still_open() {
+        let (alice, bob) = (fixed(1, 2), fixed(3, 4));
+        let env = Envelope::parse(include_str!("../testdata/tp1_alice_to_bob.json")).unwrap();
+        assert_eq!(env.suite, SUITE_TP1);
+        for (me, my_name) in [(&bob, "bob"), (&alice, "alice")] {
+            let opened = env.open(me, &name(my_name), &alice.peer_keys()).unwrap();
+            assert_eq!(opened.payload.text, "sealed as tp1");
+            assert_eq!(opened.payload.sender, name("alice"));
+        }
+        assert!(matches!(
+            env.open(&bob, &name("bob"), &bob.peer_keys()),
+            Err(Error::Tampered("signature"))
+        ));
     }
 
     #[test]

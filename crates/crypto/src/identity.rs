@@ -20,11 +20,19 @@ pub(crate) type KemSecret = <XWing as hpke::Kem>::PrivateKey;
 /// An X-Wing public key.
 pub(crate) type KemPublic = <XWing as hpke::Kem>::PublicKey;
 
+/// HKDF info for the key that wraps the content key of this user's own
+/// copy of each message they send (suite `tp2`, see `envelope`).
+const SELF_WRAP_INFO: &[u8] = b"telepound/tp2/self-wrap";
+
 /// A user's own key pairs. Zeroized on drop; `Debug` shows no secret.
 pub struct Identity {
     signing: SigningKey,
     kem_secret: KemSecret,
     kem_public: KemPublic,
+    /// Derived from the KEM private key (so every machine that opens the
+    /// key backup has it): wraps the sender's own copy of a message
+    /// without a KEM ciphertext.
+    self_wrap: Zeroizing<[u8; 32]>,
 }
 
 impl std::fmt::Debug for Identity {
@@ -51,10 +59,24 @@ impl Identity {
         let signing = SigningKey::from_bytes(&seed);
         crate::random_bytes(seed.as_mut());
         let (kem_secret, kem_public) = XWing::derive_keypair(seed.as_ref());
+        Self::assemble(signing, kem_secret, kem_public)
+    }
+
+    /// Puts the keys together with the self-wrap key derived from the KEM
+    /// private key. (The `hkdf` crate does not wipe its own state; it is
+    /// dropped at once.)
+    fn assemble(signing: SigningKey, kem_secret: KemSecret, kem_public: KemPublic) -> Self {
+        let mut self_wrap = Zeroizing::new([0u8; 32]);
+        let mut kem = kem_secret.to_bytes();
+        hkdf::Hkdf::<sha2::Sha256>::new(None, &kem)
+            .expand(SELF_WRAP_INFO, self_wrap.as_mut())
+            .expect("32 bytes is a valid HKDF-SHA256 output length");
+        kem.as_mut_slice().zeroize();
         Self {
             signing,
             kem_secret,
             kem_public,
+            self_wrap,
         }
     }
 
@@ -90,14 +112,23 @@ impl Identity {
         &self.kem_secret
     }
 
-    /// The raw private keys. Only for tests that prove secrets never leave
+    /// The key that wraps this user's own copy of what they send.
+    pub(crate) fn self_wrap_key(&self) -> &[u8; 32] {
+        &self.self_wrap
+    }
+
+    /// The raw private keys (identity, KEM, then the derived self-wrap
+    /// key, 32 bytes each). Only for tests that prove secrets never leave
     /// the client (they search the server's database for these bytes);
     /// nothing else may call it.
     #[doc(hidden)]
     #[cfg(feature = "test-secrets")]
     pub fn dangerous_secret_bytes(&self) -> Zeroizing<Vec<u8>> {
         let b = self.to_bundle();
-        Zeroizing::new(b[1..].to_vec())
+        let mut out = Zeroizing::new(Vec::with_capacity(96));
+        out.extend_from_slice(&b[1..]);
+        out.extend_from_slice(self.self_wrap.as_ref());
+        out
     }
 
     /// The private keys as bytes, for sealing into a backup.
@@ -122,11 +153,7 @@ impl Identity {
         let kem_secret = KemSecret::from_bytes(&bytes[33..65])
             .map_err(|_| Error::InvalidKey("kem private key"))?;
         let kem_public = XWing::sk_to_pk(&kem_secret);
-        Ok(Self {
-            signing,
-            kem_secret,
-            kem_public,
-        })
+        Ok(Self::assemble(signing, kem_secret, kem_public))
     }
 }
 

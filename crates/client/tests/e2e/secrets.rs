@@ -35,6 +35,7 @@ async fn converse(url: &str) -> Secrets {
         let secret = s.identity().dangerous_secret_bytes();
         needles.push((format!("{who} identity private key"), secret[..32].to_vec()));
         needles.push((format!("{who} kem private key"), secret[32..64].to_vec()));
+        needles.push((format!("{who} self-wrap key"), secret[64..96].to_vec()));
     }
     Secrets {
         needles,
@@ -92,7 +93,7 @@ async fn sqlite_database_holds_no_plaintext_password_or_private_key() {
     // The envelope really is in there (the search would have found it).
     let db = std::fs::read(dir.join("telepound.sqlite3")).unwrap();
     let wal = std::fs::read(dir.join("telepound.sqlite3-wal")).unwrap_or_default();
-    assert!(contains(&db, b"\"suite\":\"tp1\"") || contains(&wal, b"\"suite\":\"tp1\""));
+    assert!(contains(&db, b"\"suite\":\"tp2\"") || contains(&wal, b"\"suite\":\"tp2\""));
     drop(server);
 }
 
@@ -145,7 +146,7 @@ async fn postgres_database_holds_no_plaintext_password_or_private_key() {
         }
     }
     conn.close().await.unwrap();
-    assert!(contains(&dump, b"tp1"), "the dump has the envelopes");
+    assert!(contains(&dump, b"tp2"), "the dump has the envelopes");
     assert!(
         found_control(&dump, &secrets),
         "the dump has the public key"
