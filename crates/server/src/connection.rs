@@ -195,13 +195,22 @@ impl Ending {
     }
 }
 
-/// Runs one connection until it closes. `_places` hold its TCP
+/// Runs one connection until it closes. `places` hold its TCP
 /// connection's place under the connection cap and the per-address cap for
 /// as long as it lives.
-pub async fn run(shared: Arc<Shared>, io: Upgraded, peer: SocketAddr, _places: Arc<Places>) {
+///
+/// Not an `async fn`: that would keep its arguments in the task beside the
+/// block that moves them, for the connection's whole life.
+pub fn run(
+    shared: Arc<Shared>,
+    io: Upgraded,
+    peer: SocketAddr,
+    places: Arc<Places>,
+) -> impl Future<Output = ()> {
     let conn_id = shared.next_conn_id();
     let span = tracing::info_span!("conn", conn_id, %peer, user = tracing::field::Empty);
     async move {
+        let _places = places;
         tracing::info!("connected");
         let metrics = shared.metrics.clone();
         metrics.connections_total.fetch_add(1, Ordering::Relaxed);
@@ -221,7 +230,44 @@ pub async fn run(shared: Arc<Shared>, io: Upgraded, peer: SocketAddr, _places: A
         tracing::info!(reason = ending.label(), "disconnected");
     }
     .instrument(span)
-    .await
+}
+
+/// Requests being handled, answered in order. The queue is allocated on
+/// the first request and given back when the connection hibernates (an
+/// empty `FuturesOrdered` still holds a shared queue and a stub task).
+#[derive(Default)]
+struct InFlight(Option<FuturesOrdered<Pending>>);
+
+impl InFlight {
+    fn is_empty(&self) -> bool {
+        self.0.as_ref().is_none_or(FuturesOrdered::is_empty)
+    }
+
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, FuturesOrdered::len)
+    }
+
+    fn push_back(&mut self, pending: Pending) {
+        self.0
+            .get_or_insert_with(FuturesOrdered::new)
+            .push_back(pending);
+    }
+
+    /// The next answer, in order; `None` when nothing is in flight.
+    /// Cancel safe, as `FuturesOrdered::next` is.
+    async fn next(&mut self) -> Option<ServerMessage> {
+        match &mut self.0 {
+            Some(queue) => queue.next().await,
+            None => None,
+        }
+    }
+
+    /// Gives the queue back, if it is empty.
+    fn release(&mut self) {
+        if self.is_empty() {
+            self.0 = None;
+        }
+    }
 }
 
 struct Connection {
@@ -245,7 +291,7 @@ struct Connection {
     cursor: i64,
     /// Frames buffered but not yet written out.
     unflushed: usize,
-    in_flight: FuturesOrdered<Pending>,
+    in_flight: InFlight,
     last_heard: Instant,
     /// When the connection last had something to do.
     last_active: Instant,
@@ -288,7 +334,7 @@ impl Connection {
             sync: SyncState::Idle,
             cursor: 0,
             unflushed: 0,
-            in_flight: FuturesOrdered::new(),
+            in_flight: InFlight::default(),
             last_heard: Instant::now(),
         }
     }
@@ -316,7 +362,9 @@ impl Connection {
                 Wake::Bytes(part) => std::mem::take(part),
                 _ => Vec::new(),
             };
-            if let Err(ending) = self.wake_up(part).await {
+            // Boxed: building the WebSocket state is a large future, and
+            // inline it would size every hibernating connection's task.
+            if let Err(ending) = Box::pin(self.wake_up(part)).await {
                 return ending;
             }
         }
@@ -424,6 +472,7 @@ impl Connection {
         }
         self.socket = Socket::Asleep(ws.into_inner());
         self.push_state.shrink();
+        self.in_flight.release();
         self.hibernating = Some(Hibernating::count(&self.shared.metrics));
         Ok(())
     }
