@@ -25,6 +25,56 @@ mod sqlite {
     }
 
     telepound_server::store_conformance_tests!(make);
+
+    /// A new database file gets 8 KiB pages (two or three envelopes each,
+    /// not one); a file made with another size keeps it, and still opens.
+    #[tokio::test]
+    async fn new_files_get_8_kib_pages_and_old_files_keep_theirs() {
+        use sqlx::{ConnectOptions, Connection};
+        let dir = tempfile::tempdir().unwrap();
+        let page_size = |path: std::path::PathBuf| async move {
+            let mut c = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(path)
+                .connect()
+                .await
+                .unwrap();
+            let n: i64 = sqlx::query_scalar("PRAGMA page_size")
+                .fetch_one(&mut c)
+                .await
+                .unwrap();
+            c.close().await.unwrap();
+            n
+        };
+        let fresh = dir.path().join("new.sqlite3");
+        let url = DatabaseUrl::Sqlite(fresh.clone());
+        let s = store::open(&url, true, super::writer(), Arc::new(Recorder::default()))
+            .await
+            .unwrap();
+        s.close().await;
+        assert_eq!(page_size(fresh).await, 8192);
+
+        let old = dir.path().join("old.sqlite3");
+        {
+            let mut c = sqlx::sqlite::SqliteConnectOptions::new()
+                .filename(&old)
+                .create_if_missing(true)
+                .page_size(4096)
+                .connect()
+                .await
+                .unwrap();
+            sqlx::query("CREATE TABLE t (x)")
+                .execute(&mut c)
+                .await
+                .unwrap();
+            c.close().await.unwrap();
+        }
+        let url = DatabaseUrl::Sqlite(old.clone());
+        let s = store::open(&url, true, super::writer(), Arc::new(Recorder::default()))
+            .await
+            .unwrap();
+        s.close().await;
+        assert_eq!(page_size(old).await, 4096);
+    }
 }
 
 mod postgres {
