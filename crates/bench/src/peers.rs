@@ -777,15 +777,19 @@ async fn default_cost_logins(args: &Args, run: &Running, out: &mut Results) -> a
     let (mut generator_busy, mut server_busy) = (Vec::new(), Vec::new());
     let mut hashes = Vec::new();
     for _ in 0..args.repeat {
-        // Measured right before each loop, so both see the machine alike.
-        let hash = hash_time(parallel).await?;
-        hashes.push(hash);
-        let bound = 1.0 / secs(hash);
+        // Measured right before and right after each loop, and averaged,
+        // so that both see the machine alike even when its speed drifts
+        // (on a shared machine the hash rate moved by a quarter between
+        // runs a minute apart).
+        let before = hash_time(parallel).await?;
         let meter = Meter::start(run.pid())?;
         let own = Meter::start(std::process::id())?;
         let took = tp_login_loop(&run.url(), &users, total, parallel).await?;
         let (c, _) = meter.stop()?;
         let (mine, _) = own.stop()?;
+        let hash = (before + hash_time(parallel).await?) / 2;
+        hashes.push(hash);
+        let bound = 1.0 / secs(hash);
         let r = total as f64 / secs(took);
         let mine_busy = 100.0 * mine as f64 / (secs(took) * 1e6 * cores as f64);
         eprintln!(
