@@ -857,7 +857,7 @@ async fn default_cost_logins(args: &Args, run: &Running, out: &mut Results) -> a
 }
 
 /// The load generator's time per default-cost hash, with `parallel`
-/// hashing at once (8 each): its hash-only throughput, as a time per hash.
+/// hashing at once (16 each): its hash-only throughput, as a time per hash.
 async fn hash_time(parallel: usize) -> anyhow::Result<Duration> {
     use telepound_protocol::auth::KsfParams;
     const EACH: u32 = 16;

@@ -1,5 +1,5 @@
 //! The cost of one send to a group of N members (default 256): client time
-//! to seal (one HPKE/X-Wing wrap per member), bytes on the wire, and the
+//! to seal (one HPKE/X-Wing wrap per member but the sender), bytes on the wire, and the
 //! time until the server has stored it for everyone.
 //!
 //! ```sh

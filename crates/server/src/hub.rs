@@ -172,13 +172,11 @@ impl Hub {
     /// Adds a logged-in connection.
     pub fn join(&self, user: &UserName, member: Member) {
         let mut m = self.members.lock().expect("hub lock");
-        let list = m.entry(user.clone()).or_default();
         // Most users have one connection: room for exactly one, not the
         // four a first push would make.
-        if list.capacity() == 0 {
-            list.reserve_exact(1);
-        }
-        list.push(member);
+        m.entry(user.clone())
+            .or_insert_with(|| Vec::with_capacity(1))
+            .push(member);
     }
 
     /// Removes a connection; returns true when it was the user's last.

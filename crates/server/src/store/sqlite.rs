@@ -76,7 +76,8 @@ impl Drop for SqliteStore {
 const PAGE_SIZE: u32 = 8192;
 
 /// WAL pages after which the writer checkpoints by itself (the checkpoint
-/// task normally keeps the WAL far smaller): 64 MiB.
+/// task normally keeps the WAL far smaller): 64 MiB at 8 KiB pages, 32 MiB
+/// in a file made with 4 KiB pages.
 const WRITER_AUTOCHECKPOINT_PAGES: u32 = (64 << 20) / PAGE_SIZE;
 
 /// How often the checkpoint task copies the WAL into the database.

@@ -58,7 +58,7 @@ mod sqlite {
             let mut c = sqlx::sqlite::SqliteConnectOptions::new()
                 .filename(&old)
                 .create_if_missing(true)
-                .page_size(4096)
+                .page_size(2048)
                 .connect()
                 .await
                 .unwrap();
@@ -73,7 +73,7 @@ mod sqlite {
             .await
             .unwrap();
         s.close().await;
-        assert_eq!(page_size(old).await, 4096);
+        assert_eq!(page_size(old).await, 2048);
     }
 }
 
