@@ -149,13 +149,24 @@ fn epoch_of_msg_id(s: &str) -> Option<u16> {
 }
 
 /// Sends `send` frames; answers (`accepted`) are read by a task that
-/// reports their request ids on `acks`.
+/// reports their request ids on `acks`. Dropping it closes the connection.
 pub struct TpTx {
     sink: SplitSink<Ws, Message>,
     prefix: String,
     suffix: Arc<str>,
     queued: usize,
     epoch: u16,
+    /// The task reading the answers. It holds the connection's read half,
+    /// which would keep the connection open (a live, synced client of the
+    /// sender, receiving every later `delivered` receipt) after the sender
+    /// is gone: each round of a scenario left one more behind.
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TpTx {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
 }
 
 impl TpTx {
@@ -184,7 +195,7 @@ impl TpTx {
         }
         let (sink, mut stream) = ws.split();
         let (acks_tx, acks) = mpsc::unbounded_channel();
-        tokio::spawn(async move {
+        let reader = tokio::spawn(async move {
             let mut refused = 0u64;
             while let Some(Ok(m)) = stream.next().await {
                 let Message::Text(t) = m else { continue };
@@ -210,6 +221,7 @@ impl TpTx {
                 suffix: envelope,
                 queued: 0,
                 epoch,
+                reader,
             },
             acks,
         ))
