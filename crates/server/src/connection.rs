@@ -11,9 +11,8 @@
 //! A connection with nothing to do for `hibernate_after` hibernates: it
 //! drops its WebSocket state (read and write buffers), its empty in-flight
 //! queue and the loop above (boxed, so its memory goes too), and waits on a
-//! small future for bytes,
-//! a push, shutdown, a kick, or its next ping or deadline; then it builds
-//! them again. Most connections of a chat server are idle most of the time,
+//! small future for bytes, a push, shutdown, a kick, or its next ping or
+//! deadline; then it builds them again. Most connections of a chat server are idle most of the time,
 //! so this is most of its memory.
 
 use std::net::SocketAddr;

@@ -70,9 +70,10 @@ impl Drop for SqliteStore {
 }
 
 /// The page size of a new database file. 8 KiB against 4 KiB, with
-/// 2.5 KB envelopes: durable accept at 512 in flight 30k -> 44k msgs/s,
-/// 31 -> 21 µs of server CPU each; 1 in flight and the backlog drain no
-/// worse; 16 KiB 32k msgs/s (`telepound-bench --scenarios durable,backlog`).
+/// 2.5 KB envelopes, three runs each way: durable accept at 512 in flight
+/// 23-30k -> 36-44k msgs/s, 31-37 -> 21-26 µs of server CPU each; 1 in
+/// flight and the backlog drain no worse; 16 KiB 32k msgs/s
+/// (`telepound-bench --scenarios durable,backlog`, docs/BENCHMARKS.md).
 const PAGE_SIZE: u32 = 8192;
 
 /// WAL pages after which the writer checkpoints by itself (the checkpoint
