@@ -627,6 +627,18 @@ mod tests {
         assert!(matches!(err, Error::Tampered(_)), "{err}");
     }
 
+    /// Fresh alice and bob, and an envelope from alice to bob.
+    fn alice_to_bob() -> (Identity, Identity, Envelope) {
+        let (alice, bob) = (Identity::generate(), Identity::generate());
+        let keys = vec![
+            (name("alice"), alice.peer_keys()),
+            (name("bob"), bob.peer_keys()),
+        ];
+        let env =
+            Envelope::parse(&seal(&alice, &payload("alice", &["bob"]), &keys).unwrap()).unwrap();
+        (alice, bob, env)
+    }
+
     /// In `tp2` the sender's own copy is a 72-byte symmetric wrap that any
     /// machine holding the sender's key backup opens, and nobody else.
     #[test]
@@ -667,13 +679,7 @@ mod tests {
     /// sender's symmetric one belongs, a symmetric one for anyone else.
     #[test]
     fn tp2_refuses_a_wrap_of_the_wrong_kind() {
-        let (alice, bob) = (Identity::generate(), Identity::generate());
-        let keys = vec![
-            (name("alice"), alice.peer_keys()),
-            (name("bob"), bob.peer_keys()),
-        ];
-        let env =
-            Envelope::parse(&seal(&alice, &payload("alice", &["bob"]), &keys).unwrap()).unwrap();
+        let (alice, bob, env) = alice_to_bob();
         let (a, b) = (
             env.wraps
                 .iter()
@@ -753,47 +759,21 @@ mod tests {
 
     #[test]
     fn a_key_other_than_the_committed_one_is_refused_on_both_paths() {
-        let (alice, bob) = (Identity::generate(), Identity::generate());
-        let keys = vec![
-            (name("alice"), alice.peer_keys()),
-            (name("bob"), bob.peer_keys()),
-        ];
-        let env =
-            Envelope::parse(&seal(&alice, &payload("alice", &["bob"]), &keys).unwrap()).unwrap();
-        let committed = Err::<(), _>(Error::Tampered("content key does not match its commitment"));
-        let forged = rewrap_with_another_key(&env, "bob", &bob);
-        assert_eq!(
-            format!(
-                "{:?}",
-                forged
-                    .open(&bob, &name("bob"), &alice.peer_keys())
-                    .map(|_| ())
-            ),
-            format!("{committed:?}")
-        );
-        let forged = rewrap_with_another_key(&env, "alice", &alice);
-        assert_eq!(
-            format!(
-                "{:?}",
-                forged
-                    .open(&alice, &name("alice"), &alice.peer_keys())
-                    .map(|_| ())
-            ),
-            format!("{committed:?}")
-        );
+        let (alice, bob, env) = alice_to_bob();
+        for (me, my_name) in [(&bob, "bob"), (&alice, "alice")] {
+            let forged = rewrap_with_another_key(&env, my_name, me);
+            assert!(matches!(
+                forged.open(me, &name(my_name), &alice.peer_keys()),
+                Err(Error::Tampered("content key does not match its commitment"))
+            ));
+        }
     }
 
     /// The sender's own copy is checked like anyone's: its header, and the
     /// signature against the keys the caller expects.
     #[test]
     fn the_senders_copy_is_checked_like_any_other() {
-        let (alice, bob) = (Identity::generate(), Identity::generate());
-        let keys = vec![
-            (name("alice"), alice.peer_keys()),
-            (name("bob"), bob.peer_keys()),
-        ];
-        let env =
-            Envelope::parse(&seal(&alice, &payload("alice", &["bob"]), &keys).unwrap()).unwrap();
+        let (alice, bob, env) = alice_to_bob();
         assert!(matches!(
             env.open(&alice, &name("alice"), &bob.peer_keys()),
             Err(Error::Tampered("signature"))

@@ -46,11 +46,15 @@ mod sqlite {
             n
         };
         let fresh = dir.path().join("new.sqlite3");
-        let url = DatabaseUrl::Sqlite(fresh.clone());
-        let s = store::open(&url, true, super::writer(), Arc::new(Recorder::default()))
-            .await
-            .unwrap();
-        s.close().await;
+        // Opens (creating or migrating) and closes the store at `path`.
+        let open_store = |path: std::path::PathBuf| async move {
+            let url = DatabaseUrl::Sqlite(path);
+            let s = store::open(&url, true, super::writer(), Arc::new(Recorder::default()))
+                .await
+                .unwrap();
+            s.close().await;
+        };
+        open_store(fresh.clone()).await;
         assert_eq!(page_size(fresh).await, 8192);
 
         let old = dir.path().join("old.sqlite3");
@@ -68,11 +72,7 @@ mod sqlite {
                 .unwrap();
             c.close().await.unwrap();
         }
-        let url = DatabaseUrl::Sqlite(old.clone());
-        let s = store::open(&url, true, super::writer(), Arc::new(Recorder::default()))
-            .await
-            .unwrap();
-        s.close().await;
+        open_store(old.clone()).await;
         assert_eq!(page_size(old).await, 2048);
     }
 }
