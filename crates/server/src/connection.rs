@@ -466,7 +466,7 @@ impl Connection {
         let Socket::Awake(mut ws) = std::mem::replace(&mut self.socket, Socket::Gone) else {
             return Err(Ending::WriteFailed);
         };
-        let timeout = self.write_timeout();
+        let timeout = self.write_limit().timeout();
         if guarded(&self.kick, timeout, ws.flush()).await.is_err() {
             return Err(self.write_failed());
         }
@@ -1001,9 +1001,11 @@ impl Connection {
     async fn send_frame(&mut self, frame: Message) -> Result<(), WsError> {
         self.unflushed += 1;
         let flush = self.unflushed >= FLUSH_EVERY;
-        let timeout = self.write_timeout();
-        let kick = self.kick.clone();
-        guarded(&kick, timeout, self.ws()?.feed(frame)).await?;
+        let limit = self.write_limit();
+        let Socket::Awake(ws) = &mut self.socket else {
+            return Err(WsError::AlreadyClosed);
+        };
+        bounded(&self.kick, limit, ws.feed(frame)).await?;
         if flush {
             self.flush().await?;
         }
@@ -1016,18 +1018,18 @@ impl Connection {
             return Ok(());
         }
         self.unflushed = 0;
-        let timeout = self.write_timeout();
-        let kick = self.kick.clone();
-        guarded(&kick, timeout, self.ws()?.flush()).await
+        let limit = self.write_limit();
+        let Socket::Awake(ws) = &mut self.socket else {
+            return Err(WsError::AlreadyClosed);
+        };
+        bounded(&self.kick, limit, ws.flush()).await
     }
 
-    /// How long the next write may take: the idle timeout, but no later
-    /// than a moment past the peer's idle deadline, so that a write stuck
-    /// on a vanished peer does not add another idle timeout.
-    fn write_timeout(&self) -> std::time::Duration {
-        let idle = self.shared.config.idle_timeout;
-        let until_deadline = (self.last_heard + idle).saturating_duration_since(Instant::now());
-        until_deadline.max(WRITE_MARGIN).min(idle)
+    fn write_limit(&self) -> WriteLimit {
+        WriteLimit {
+            idle: self.shared.config.idle_timeout,
+            last_heard: self.last_heard,
+        }
     }
 
     /// Sends a close frame and whatever is buffered before it, best effort
@@ -1143,6 +1145,43 @@ async fn poll_fetch(sync: &mut SyncState) -> store::Result<Vec<StoredEntry>> {
         SyncState::Fetching { fetch, .. } => fetch.await,
         _ => std::future::pending().await,
     }
+}
+
+/// What bounds a write: the idle timeout, and when the peer was last heard.
+#[derive(Clone, Copy)]
+struct WriteLimit {
+    idle: std::time::Duration,
+    last_heard: Instant,
+}
+
+impl WriteLimit {
+    /// How long the next write may take: the idle timeout, but no later
+    /// than a moment past the peer's idle deadline, so that a write stuck
+    /// on a vanished peer does not add another idle timeout.
+    fn timeout(self) -> std::time::Duration {
+        let until_deadline =
+            (self.last_heard + self.idle).saturating_duration_since(Instant::now());
+        until_deadline.max(WRITE_MARGIN).min(self.idle)
+    }
+}
+
+/// A socket write, tried once before it is [`guarded`]. Nearly every write
+/// completes at once (the frame goes into the buffer, or the kernel takes
+/// the bytes), and then needs no timer, no clock reading and no watch on
+/// the kick. Setting those up and dropping them for every frame cost 8% of
+/// the server's CPU in online routing (docs/BENCHMARKS.md).
+async fn bounded(
+    kick: &CancellationToken,
+    limit: WriteLimit,
+    write: impl Future<Output = Result<(), WsError>>,
+) -> Result<(), WsError> {
+    let mut write = std::pin::pin!(write);
+    if let std::task::Poll::Ready(done) =
+        std::future::poll_fn(|cx| std::task::Poll::Ready(write.as_mut().poll(cx))).await
+    {
+        return done;
+    }
+    guarded(kick, limit.timeout(), write).await
 }
 
 /// A socket write that gives up after `timeout`, or when `kick` fires.
