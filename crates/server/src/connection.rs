@@ -27,14 +27,13 @@ use telepound_protocol::codec::{self, DecodeError};
 use telepound_protocol::{ClientMessage, ErrorCode, ServerMessage, UserName};
 use tokio::io::AsyncReadExt;
 use tokio_tungstenite::WebSocketStream;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use tungstenite::protocol::frame::CloseFrame;
 use tungstenite::protocol::{Role, WebSocketConfig};
 use tungstenite::{Message, Utf8Bytes};
 
 use crate::handler::{self, HandlerError, Pending, login::PendingLogin};
-use crate::hub::{Member, Outbound, PushState};
+use crate::hub::{Member, Outbound, PushState, Signal};
 use crate::limits::Bucket;
 use crate::listener::Places;
 use crate::server::Shared;
@@ -285,7 +284,8 @@ struct Connection {
     pending_registration: Option<UserName>,
     /// Its push state and outbox, shared with the hub.
     push_state: Arc<PushState>,
-    kick: CancellationToken,
+    /// Counts the connection as open in the hub while it lives.
+    _open: Open,
     sync: SyncState,
     /// Highest mailbox seq sent to the client since the last `sync`.
     cursor: i64,
@@ -313,7 +313,13 @@ impl Connection {
             f64::from(limits.message_burst),
         );
         let now = Instant::now();
+        let push_state = Arc::new(PushState::default());
+        shared.hub.open(conn_id, &push_state);
         Self {
+            _open: Open {
+                shared: shared.clone(),
+                conn_id,
+            },
             connected_at: now,
             last_active: now,
             next_ping: now + shared.config.ping_interval,
@@ -329,8 +335,7 @@ impl Connection {
             membership: None,
             pending_login: None,
             pending_registration: None,
-            push_state: Arc::new(PushState::default()),
-            kick: CancellationToken::new(),
+            push_state,
             sync: SyncState::Idle,
             cursor: 0,
             unflushed: 0,
@@ -371,8 +376,6 @@ impl Connection {
     }
 
     async fn serve_awake(&mut self, wake: Wake) -> Turn {
-        let shutdown = self.shared.shutdown.clone();
-        let kick = self.kick.clone();
         let period = self.shared.config.ping_interval;
         let mut ping = tokio::time::interval_at(self.next_ping.into(), period);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -385,17 +388,14 @@ impl Connection {
         loop {
             // Frames are buffered, and written out in one go once nothing
             // else is ready: many pushes, one system call.
-            let ready = self
-                .next_event(&shutdown, &kick, &mut ping, max_in_flight)
-                .now_or_never();
+            let ready = self.next_event(&mut ping, max_in_flight).now_or_never();
             let event = match ready {
                 Some(event) => event,
                 None => {
                     if self.flush().await.is_err() {
                         return Turn::Ended(self.write_failed());
                     }
-                    self.next_event(&shutdown, &kick, &mut ping, max_in_flight)
-                        .await
+                    self.next_event(&mut ping, max_in_flight).await
                 }
             };
             if !matches!(event, Event::Timer | Event::Tick) {
@@ -467,7 +467,10 @@ impl Connection {
             return Err(Ending::WriteFailed);
         };
         let timeout = self.write_limit().timeout();
-        if guarded(&self.kick, timeout, ws.flush()).await.is_err() {
+        if guarded(&self.push_state, timeout, ws.flush())
+            .await
+            .is_err()
+        {
             return Err(self.write_failed());
         }
         self.socket = Socket::Asleep(ws.into_inner());
@@ -489,8 +492,7 @@ impl Connection {
         let mut first = [0u8; WAKE_READ];
         tokio::select! {
             biased;
-            () = self.shared.shutdown.cancelled() => Ok(Wake::Check),
-            () = self.kick.cancelled() => Ok(Wake::Check),
+            _ = self.push_state.signalled() => Ok(Wake::Check),
             read = io.read(&mut first) => match read {
                 Ok(0) | Err(_) => Err(Ending::ClientVanished),
                 Ok(n) => Ok(Wake::Bytes(first[..n].to_vec())),
@@ -533,7 +535,7 @@ impl Connection {
     /// Why a write failed: the client was kicked for not reading, or the
     /// socket broke.
     fn write_failed(&self) -> Ending {
-        if self.kick.is_cancelled() {
+        if self.push_state.is_kicked() {
             tracing::warn!("outbox full: disconnected a client that is not reading");
             return Ending::SlowConsumer;
         }
@@ -552,8 +554,6 @@ impl Connection {
     /// finds nothing ready can be dropped and retried.
     async fn next_event(
         &mut self,
-        shutdown: &CancellationToken,
-        kick: &CancellationToken,
         ping: &mut tokio::time::Interval,
         max_in_flight: usize,
     ) -> Event {
@@ -566,8 +566,10 @@ impl Connection {
         let timer = tokio::time::Instant::from_std(timer);
         tokio::select! {
                 biased;
-            () = shutdown.cancelled() => Event::Shutdown,
-            () = kick.cancelled() => Event::Kicked,
+            signal = self.push_state.signalled() => match signal {
+                Signal::Stopping => Event::Shutdown,
+                Signal::Kicked => Event::Kicked,
+            },
             Some(answer) = self.in_flight.next(), if !self.in_flight.is_empty() => Event::Answer(answer),
             // Frames before pushes: a steady stream of pushes must not
             // keep a client's requests (or pongs) unread.
@@ -862,7 +864,6 @@ impl Connection {
                 state: self.push_state.clone(),
                 outbox_len: self.shared.config.outbox,
                 outbox_bytes: self.shared.config.outbox_bytes,
-                kick: self.kick.clone(),
             },
         );
         self.membership = Some(Membership {
@@ -1005,7 +1006,7 @@ impl Connection {
         let Socket::Awake(ws) = &mut self.socket else {
             return Err(WsError::AlreadyClosed);
         };
-        bounded(&self.kick, limit, ws.feed(frame)).await?;
+        bounded(&self.push_state, limit, ws.feed(frame)).await?;
         if flush {
             self.flush().await?;
         }
@@ -1022,7 +1023,7 @@ impl Connection {
         let Socket::Awake(ws) = &mut self.socket else {
             return Err(WsError::AlreadyClosed);
         };
-        bounded(&self.kick, limit, ws.flush()).await
+        bounded(&self.push_state, limit, ws.flush()).await
     }
 
     fn write_limit(&self) -> WriteLimit {
@@ -1110,6 +1111,18 @@ impl Membership {
     }
 }
 
+/// A connection's place among the hub's open connections.
+struct Open {
+    shared: Arc<Shared>,
+    conn_id: u64,
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.shared.hub.close(self.conn_id);
+    }
+}
+
 impl Drop for Membership {
     fn drop(&mut self) {
         if self.left {
@@ -1171,7 +1184,7 @@ impl WriteLimit {
 /// the kick. Setting those up and dropping them for every frame cost 8% of
 /// the server's CPU in online routing (docs/BENCHMARKS.md).
 async fn bounded(
-    kick: &CancellationToken,
+    kick: &PushState,
     limit: WriteLimit,
     write: impl Future<Output = Result<(), WsError>>,
 ) -> Result<(), WsError> {
@@ -1184,9 +1197,10 @@ async fn bounded(
     guarded(kick, limit.timeout(), write).await
 }
 
-/// A socket write that gives up after `timeout`, or when `kick` fires.
+/// A socket write that gives up after `timeout`, or when the connection is
+/// kicked.
 async fn guarded(
-    kick: &CancellationToken,
+    kick: &PushState,
     timeout: std::time::Duration,
     write: impl Future<Output = Result<(), WsError>>,
 ) -> Result<(), WsError> {
@@ -1198,7 +1212,7 @@ async fn guarded(
                 "write timed out",
             )))
         }),
-        () = kick.cancelled() => Err(WsError::Io(std::io::Error::other("kicked"))),
+        () = kick.kicked() => Err(WsError::Io(std::io::Error::other("kicked"))),
     }
 }
 

@@ -14,7 +14,6 @@ use futures_util::task::AtomicWaker;
 
 use telepound_protocol::message::UnixMillis;
 use telepound_protocol::{MsgId, UserName};
-use tokio_util::sync::CancellationToken;
 
 use crate::store::{CommitListener, StoredEntry};
 
@@ -56,9 +55,25 @@ impl Outbound {
 #[derive(Debug, Default)]
 pub struct PushState {
     state: AtomicU8,
+    /// [`KICKED`] and [`STOPPING`], set from outside the connection.
+    signals: AtomicU8,
     queued_bytes: AtomicUsize,
     queue: Mutex<VecDeque<Outbound>>,
     waker: AtomicWaker,
+}
+
+/// The connection's outbox overflowed: it must be dropped.
+const KICKED: u8 = 1;
+/// The server is shutting down.
+const STOPPING: u8 = 2;
+
+/// Why a connection was told to stop what it is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// The server is shutting down.
+    Stopping,
+    /// Its outbox overflowed (it was not reading).
+    Kicked,
 }
 
 impl PushState {
@@ -126,6 +141,59 @@ impl PushState {
         .await
     }
 
+    /// Tells the connection its outbox overflowed.
+    pub fn kick(&self) {
+        self.raise(KICKED);
+    }
+
+    /// Whether the connection has been kicked.
+    pub fn is_kicked(&self) -> bool {
+        self.signals.load(Ordering::Acquire) & KICKED != 0
+    }
+
+    fn raise(&self, bit: u8) {
+        self.signals.fetch_or(bit, Ordering::AcqRel);
+        self.waker.wake();
+    }
+
+    /// Waits for a shutdown or a kick (a shutdown first, when both).
+    ///
+    /// Design decision: flags here, woken through the outbox's waker,
+    /// rather than a cancellation token each for the kick and the
+    /// shutdown. A token's wait takes a mutex (the shutdown token's one
+    /// mutex shared by every connection) when it is made, polled and
+    /// dropped, and the connection loop makes one on every turn: that cost
+    /// 7% of the server's CPU in online routing (docs/BENCHMARKS.md).
+    ///
+    /// # Cancel safety
+    /// Cancel safe: it only looks.
+    pub async fn signalled(&self) -> Signal {
+        self.until(|s| {
+            if s & STOPPING != 0 {
+                Some(Signal::Stopping)
+            } else if s & KICKED != 0 {
+                Some(Signal::Kicked)
+            } else {
+                None
+            }
+        })
+        .await
+    }
+
+    /// Waits for a kick (not for a shutdown).
+    pub async fn kicked(&self) {
+        self.until(|s| (s & KICKED != 0).then_some(())).await;
+    }
+
+    async fn until<T>(&self, ready: impl Fn(u8) -> Option<T>) -> T {
+        std::future::poll_fn(|cx| {
+            // Registered before looking, as in `recv`.
+            self.waker.register(cx.waker());
+            ready(self.signals.load(Ordering::Acquire)).map_or(Poll::Pending, Poll::Ready)
+        })
+        .await
+    }
+
     /// Gives back the memory of an empty outbox (a connection going idle).
     pub fn shrink(&self) {
         let mut q = self.queue.lock().expect("outbox lock");
@@ -146,8 +214,6 @@ pub struct Member {
     pub outbox_len: usize,
     /// Most bytes of pushes its outbox may hold ([`Outbound::cost`]).
     pub outbox_bytes: usize,
-    /// Cancelled when the connection must be dropped (its outbox is full).
-    pub kick: CancellationToken,
 }
 
 /// The routing table: user → connected members.
@@ -157,6 +223,14 @@ pub struct Hub {
     // pushes into outboxes, with no `.await` inside, so it is never held across a
     // suspension point.
     members: Mutex<HashMap<UserName, Vec<Member>>>,
+    /// Every open connection, logged in or not, for [`Hub::stop_all`].
+    open: Mutex<Open>,
+}
+
+#[derive(Default)]
+struct Open {
+    by_id: HashMap<u64, Arc<PushState>>,
+    stopping: bool,
 }
 
 /// What a push reached.
@@ -169,6 +243,32 @@ pub struct PushOutcome {
 }
 
 impl Hub {
+    /// Counts a connection as open until [`Hub::close`], so that a
+    /// shutdown reaches it; one opened after the shutdown began is told at
+    /// once.
+    pub fn open(&self, conn_id: u64, state: &Arc<PushState>) {
+        let mut open = self.open.lock().expect("hub lock");
+        if open.stopping {
+            state.raise(STOPPING);
+        }
+        open.by_id.insert(conn_id, state.clone());
+    }
+
+    /// The connection has ended.
+    pub fn close(&self, conn_id: u64) {
+        self.open.lock().expect("hub lock").by_id.remove(&conn_id);
+    }
+
+    /// Tells every open connection, and every one opened from now on, that
+    /// the server is shutting down.
+    pub fn stop_all(&self) {
+        let mut open = self.open.lock().expect("hub lock");
+        open.stopping = true;
+        for state in open.by_id.values() {
+            state.raise(STOPPING);
+        }
+    }
+
     /// Adds a logged-in connection.
     pub fn join(&self, user: &UserName, member: Member) {
         let mut m = self.members.lock().expect("hub lock");
@@ -255,7 +355,7 @@ impl Hub {
                         // No longer live: receipts for this user are stored
                         // from now on, since this connection will not read them.
                         member.state.set(PushState::IDLE);
-                        member.kick.cancel();
+                        member.state.kick();
                         out.kicked += 1;
                     }
                 }
@@ -292,5 +392,61 @@ impl CommitListener for Hub {
 
     fn must_store_receipt(&self, sender: &UserName) -> bool {
         !self.is_live(sender)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::FutureExt;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_shutdown_reaches_open_connections_and_ones_opened_after_it() {
+        let hub = Hub::default();
+        let (a, gone) = (
+            Arc::new(PushState::default()),
+            Arc::new(PushState::default()),
+        );
+        hub.open(1, &a);
+        hub.open(2, &gone);
+        hub.close(2);
+        let waiting = tokio::spawn({
+            let a = a.clone();
+            async move { a.signalled().await }
+        });
+        tokio::task::yield_now().await;
+        hub.stop_all();
+        let got = tokio::time::timeout(std::time::Duration::from_secs(10), waiting).await;
+        assert_eq!(got.unwrap().unwrap(), Signal::Stopping);
+        assert_eq!(
+            gone.signalled().now_or_never(),
+            None,
+            "told after it closed"
+        );
+
+        let late = Arc::new(PushState::default());
+        hub.open(3, &late);
+        assert_eq!(late.signalled().now_or_never(), Some(Signal::Stopping));
+        hub.close(1);
+        hub.close(3);
+        assert!(hub.open.lock().unwrap().by_id.is_empty());
+    }
+
+    #[test]
+    fn a_kick_ends_a_wait_for_kicks_and_a_shutdown_does_not() {
+        let s = PushState::default();
+        assert_eq!(s.signalled().now_or_never(), None);
+        s.raise(STOPPING);
+        assert_eq!(s.kicked().now_or_never(), None, "a shutdown is not a kick");
+        assert!(!s.is_kicked());
+        s.kick();
+        assert_eq!(s.kicked().now_or_never(), Some(()));
+        assert!(s.is_kicked());
+        // Both: the shutdown comes first, as the connection loop wants.
+        assert_eq!(s.signalled().now_or_never(), Some(Signal::Stopping));
+        let k = PushState::default();
+        k.kick();
+        assert_eq!(k.signalled().now_or_never(), Some(Signal::Kicked));
     }
 }

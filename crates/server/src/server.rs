@@ -192,10 +192,12 @@ pub async fn run(
     let incoming = Incoming::new(listener, tls, caps);
     tracing::info!(url = %format!("{scheme}://{addr}"), database = %describe(&shared.config.database), "telepound listening");
 
-    let token = shared.shutdown.clone();
+    let (token, hub) = (shared.shutdown.clone(), shared.hub.clone());
     let signal = tokio::spawn(async move {
         shutdown.await;
         token.cancel();
+        // Connections watch a flag of their own, not the token.
+        hub.stop_all();
     });
     let _signal = AbortOnDrop(signal);
     serve(incoming, app, &shared).await;

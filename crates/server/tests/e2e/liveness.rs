@@ -189,6 +189,8 @@ async fn a_graceful_stop_tells_clients_and_answers_what_is_in_flight() {
     signup(&url, "alice").await;
     signup(&url, "bob").await;
     let (mut raw, _s) = Raw::logged_in(&url, "alice", ha.path()).await;
+    // Connected, not logged in: told too.
+    let mut anonymous = Raw::connect(&url).await;
     // A send goes in right before the stop; its answer still comes.
     let id = MsgId::new();
     raw.send(&format!(
@@ -206,6 +208,11 @@ async fn a_graceful_stop_tells_clients_and_answers_what_is_in_flight() {
     let close = raw.closed().await.expect("a close frame");
     assert_eq!(u16::from(close.code), 1001);
     assert_eq!(close.reason.as_str(), "shutting_down");
+    let close = anonymous.closed().await.expect("a close frame");
+    assert_eq!(
+        (u16::from(close.code), close.reason.as_str()),
+        (1001, "shutting_down")
+    );
     stopping.await.unwrap();
     let _ = hb;
 }
