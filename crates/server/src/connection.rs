@@ -1198,7 +1198,9 @@ async fn bounded(
 }
 
 /// A socket write that gives up after `timeout`, or when the connection is
-/// kicked.
+/// kicked. While it waits, every push into the outbox wakes the task too (the
+/// kick shares the outbox's waker), to poll the write again: cheap, and
+/// bounded, since a full outbox is the kick.
 async fn guarded(
     kick: &PushState,
     timeout: std::time::Duration,

@@ -46,7 +46,8 @@ impl Outbound {
 }
 
 /// How far a connection is in taking pushes, and its outbox: the pushes
-/// waiting for it, bounded in count and in bytes.
+/// waiting for it, bounded in count and in bytes; and whether it has been
+/// kicked or told of the shutdown.
 ///
 /// Design decision: a mutex-guarded queue and a waker rather than a tokio
 /// channel, which allocates about 2 KiB per connection up front (its
@@ -156,7 +157,9 @@ impl PushState {
         self.waker.wake();
     }
 
-    /// Waits for a shutdown or a kick (a shutdown first, when both).
+    /// Waits for a shutdown or a kick (a shutdown first, when both). Only
+    /// the connection that owns this state calls it (or [`Self::kicked`]):
+    /// they share the outbox's one waker with [`Self::recv`].
     ///
     /// Design decision: flags here, woken through the outbox's waker,
     /// rather than a cancellation token each for the kick and the
@@ -180,7 +183,8 @@ impl PushState {
         .await
     }
 
-    /// Waits for a kick (not for a shutdown).
+    /// Waits for a kick (not for a shutdown). Only the owning connection
+    /// calls it, as with [`Self::signalled`].
     pub async fn kicked(&self) {
         self.until(|s| (s & KICKED != 0).then_some(())).await;
     }
@@ -216,7 +220,8 @@ pub struct Member {
     pub outbox_bytes: usize,
 }
 
-/// The routing table: user → connected members.
+/// The routing table: user → connected members; and every open connection
+/// (logged in or not), so that a shutdown reaches each.
 #[derive(Default)]
 pub struct Hub {
     // A std Mutex: every critical section is a map lookup and non-blocking
@@ -260,11 +265,15 @@ impl Hub {
     }
 
     /// Tells every open connection, and every one opened from now on, that
-    /// the server is shutting down.
+    /// the server is shutting down. Wakes them after letting go of the lock,
+    /// which each one takes again as it ends.
     pub fn stop_all(&self) {
-        let mut open = self.open.lock().expect("hub lock");
-        open.stopping = true;
-        for state in open.by_id.values() {
+        let all: Vec<Arc<PushState>> = {
+            let mut open = self.open.lock().expect("hub lock");
+            open.stopping = true;
+            open.by_id.values().cloned().collect()
+        };
+        for state in all {
             state.raise(STOPPING);
         }
     }

@@ -42,7 +42,9 @@ pub struct Shared {
     pub config: Config,
     /// The OPAQUE server keys (persisted in the store).
     pub opaque: ServerSetup<Suite>,
-    /// Cancelled when the server starts shutting down.
+    /// Cancelled when the server starts shutting down, by
+    /// [`Shared::begin_shutdown`] (HTTP connections and the accept loop
+    /// watch it; WebSocket connections watch a flag the hub sets).
     pub shutdown: CancellationToken,
     /// Cancelled when the shutdown deadline has passed: every connection
     /// still open is dropped.
@@ -67,6 +69,12 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Starts the shutdown: every HTTP connection and WebSocket is told.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+        self.hub.stop_all();
+    }
+
     /// A fresh connection id.
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn
@@ -192,12 +200,10 @@ pub async fn run(
     let incoming = Incoming::new(listener, tls, caps);
     tracing::info!(url = %format!("{scheme}://{addr}"), database = %describe(&shared.config.database), "telepound listening");
 
-    let (token, hub) = (shared.shutdown.clone(), shared.hub.clone());
+    let stopping = shared.clone();
     let signal = tokio::spawn(async move {
         shutdown.await;
-        token.cancel();
-        // Connections watch a flag of their own, not the token.
-        hub.stop_all();
+        stopping.begin_shutdown();
     });
     let _signal = AbortOnDrop(signal);
     serve(incoming, app, &shared).await;
