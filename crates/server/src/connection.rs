@@ -213,7 +213,6 @@ pub fn run(
         tracing::info!("connected");
         let metrics = shared.metrics.clone();
         metrics.connections_total.fetch_add(1, Ordering::Relaxed);
-        metrics.connections_open.fetch_add(1, Ordering::Relaxed);
         let config = ws_config(shared.config.max_frame);
         let socket =
             WebSocketStream::from_raw_socket(Counted::new(io), Role::Server, Some(config)).await;
@@ -224,7 +223,6 @@ pub fn run(
             m.leave().await;
         }
         drop(conn);
-        metrics.connections_open.fetch_sub(1, Ordering::Relaxed);
         metrics.disconnects.inc(ending.label());
         tracing::info!(reason = ending.label(), "disconnected");
     }

@@ -264,6 +264,13 @@ impl Hub {
         self.open.lock().expect("hub lock").by_id.remove(&conn_id);
     }
 
+    /// How many connections are open (the `telepound_connections_open`
+    /// gauge): counted from the map itself, so that an entry left behind
+    /// would show there.
+    pub fn open_connections(&self) -> usize {
+        self.open.lock().expect("hub lock").by_id.len()
+    }
+
     /// Tells every open connection, and every one opened from now on, that
     /// the server is shutting down. Wakes them after letting go of the lock,
     /// which each one takes again as it ends.

@@ -91,8 +91,6 @@ pub const DISCONNECT_REASONS: &[&str] = &[
 
 /// Every metric the server keeps.
 pub struct Metrics {
-    /// Open WebSocket connections.
-    pub connections_open: AtomicI64,
     /// Connections accepted since start.
     pub connections_total: AtomicU64,
     /// Open WebSocket connections hibernating (nothing to do, buffers
@@ -131,7 +129,6 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self {
-            connections_open: AtomicI64::new(0),
             connections_total: AtomicU64::new(0),
             connections_hibernating: AtomicI64::new(0),
             wakeups: AtomicU64::new(0),
@@ -167,7 +164,7 @@ impl Default for Metrics {
 impl Metrics {
     /// The Prometheus text exposition of every metric, plus the mailbox
     /// depth and live sessions measured at scrape time.
-    pub fn render(&self, mailbox_depth: Option<u64>, sessions: usize) -> String {
+    pub fn render(&self, mailbox_depth: Option<u64>, sessions: usize, open: usize) -> String {
         let mut out = String::with_capacity(4096);
         let gauge = |out: &mut String, name: &str, help: &str, v: String| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
@@ -201,7 +198,7 @@ impl Metrics {
             &mut out,
             "telepound_connections_open",
             "Open WebSocket connections.",
-            self.connections_open.load(Relaxed).to_string(),
+            open.to_string(),
         );
         gauge(
             &mut out,
@@ -326,11 +323,12 @@ mod tests {
         m.logins.inc("ok");
         m.commit_batch.observe(3.0);
         m.commit_seconds.observe(0.002);
-        let text = m.render(Some(7), 1);
+        let text = m.render(Some(7), 1, 2);
         assert!(text.contains("telepound_logins_total{result=\"ok\"} 1"));
         assert!(text.contains("telepound_commit_batch_ops_bucket{le=\"4\"} 1"));
         assert!(text.contains("telepound_commit_batch_ops_count 1"));
         assert!(text.contains("telepound_mailbox_depth 7"));
         assert!(text.contains("telepound_sessions 1"));
+        assert!(text.contains("telepound_connections_open 2"));
     }
 }

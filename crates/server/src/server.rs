@@ -359,7 +359,9 @@ async fn healthz(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn metrics_page(State(shared): State<Arc<Shared>>) -> Response {
     let depth = shared.store.mailbox_depth().await.ok();
-    let text = shared.metrics.render(depth, shared.hub.sessions());
+    let text = shared
+        .metrics
+        .render(depth, shared.hub.sessions(), shared.hub.open_connections());
     (
         [(
             axum::http::header::CONTENT_TYPE,

@@ -68,6 +68,47 @@ async fn refused(addr: SocketAddr) -> String {
         .expect("a connection over the cap is closed")
 }
 
+/// Waits until the `telepound_connections_open` gauge reads `n`.
+async fn wait_open(addr: SocketAddr, n: f64) {
+    let start = Instant::now();
+    loop {
+        let m = metrics_when_free(addr).await;
+        let open = metric(&m, "telepound_connections_open").expect("the gauge");
+        if open == n {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "{open} connections open, not {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The gauge counts the hub's own record of open connections (which a
+/// shutdown reaches): every way a connection ends takes it out again.
+#[tokio::test]
+async fn every_ended_connection_leaves_the_open_count() {
+    let server = spawn_server().await;
+    let url = server.url();
+    let home = tempfile::tempdir().unwrap();
+    signup(&url, "alice").await;
+    let anonymous = Raw::connect(&url).await;
+    let (logged_in, session) = Raw::logged_in(&url, "alice", home.path()).await;
+    session.client().close().await;
+    let mut closing = Raw::connect(&url).await;
+    let vanishing = Raw::connect(&url).await;
+    wait_open(server.addr, 4.0).await;
+    // A close handshake, a dropped TCP connection, a logged-in one dropped.
+    closing.ws.close(None).await.unwrap();
+    drop(vanishing);
+    drop(logged_in);
+    wait_open(server.addr, 1.0).await;
+    drop(anonymous);
+    wait_open(server.addr, 0.0).await;
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn idle_tcp_connections_count_toward_the_connection_cap() {
     let dir = tempfile::tempdir().unwrap();
