@@ -538,10 +538,7 @@ mod tests {
             Identity::generate(),
         );
         let p = payload("alice", &["bob"]);
-        let keys = vec![
-            (name("alice"), alice.peer_keys()),
-            (name("bob"), bob.peer_keys()),
-        ];
+        let keys = keys_of(&alice, &bob);
         let json = seal(&alice, &p, &keys).unwrap();
         assert!(!json.contains("hello bob"));
         let env = Envelope::parse(&json).unwrap();
@@ -575,13 +572,7 @@ mod tests {
 
     #[test]
     fn tampering_with_the_header_or_body_fails() {
-        let (alice, bob) = (Identity::generate(), Identity::generate());
-        let keys = vec![
-            (name("alice"), alice.peer_keys()),
-            (name("bob"), bob.peer_keys()),
-        ];
-        let json = seal(&alice, &payload("alice", &["bob"]), &keys).unwrap();
-        let env = Envelope::parse(&json).unwrap();
+        let (alice, bob, env) = alice_to_bob();
 
         let mut e = env.clone();
         e.msg_id = MsgId::new();
@@ -605,13 +596,8 @@ mod tests {
     /// longer matches the signed commitment.
     #[test]
     fn a_wrap_with_another_key_is_refused() {
-        let (alice, bob) = (Identity::generate(), Identity::generate());
-        let keys = vec![
-            (name("alice"), alice.peer_keys()),
-            (name("bob"), bob.peer_keys()),
-        ];
-        let env =
-            Envelope::parse(&seal(&alice, &payload("alice", &["bob"]), &keys).unwrap()).unwrap();
+        let (alice, bob, env) = alice_to_bob();
+        let keys = keys_of(&alice, &bob);
         let other =
             Envelope::parse(&seal(&alice, &payload("alice", &["bob"]), &keys).unwrap()).unwrap();
         let mut forged = env.clone();
@@ -630,13 +616,18 @@ mod tests {
     /// Fresh alice and bob, and an envelope from alice to bob.
     fn alice_to_bob() -> (Identity, Identity, Envelope) {
         let (alice, bob) = (Identity::generate(), Identity::generate());
-        let keys = vec![
-            (name("alice"), alice.peer_keys()),
-            (name("bob"), bob.peer_keys()),
-        ];
+        let keys = keys_of(&alice, &bob);
         let env =
             Envelope::parse(&seal(&alice, &payload("alice", &["bob"]), &keys).unwrap()).unwrap();
         (alice, bob, env)
+    }
+
+    /// The recipients' keys of a message from alice to bob.
+    fn keys_of(alice: &Identity, bob: &Identity) -> Vec<(UserName, PeerKeys)> {
+        vec![
+            (name("alice"), alice.peer_keys()),
+            (name("bob"), bob.peer_keys()),
+        ]
     }
 
     /// In `tp2` the sender's own copy is a 72-byte symmetric wrap that any
@@ -644,10 +635,7 @@ mod tests {
     #[test]
     fn tp2_wraps_the_senders_copy_with_the_self_key() {
         let (alice, bob) = (Identity::generate(), Identity::generate());
-        let keys = vec![
-            (name("alice"), alice.peer_keys()),
-            (name("bob"), bob.peer_keys()),
-        ];
+        let keys = keys_of(&alice, &bob);
         let p = payload("alice", &["bob"]);
         let env = Envelope::parse(&seal(&alice, &p, &keys).unwrap()).unwrap();
         assert_eq!(env.suite, SUITE_TP2);
