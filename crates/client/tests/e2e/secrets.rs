@@ -77,8 +77,7 @@ async fn sqlite_database_holds_no_plaintext_password_or_private_key() {
         if pass == 1 {
             server_stop(&server).await;
         }
-        for entry in std::fs::read_dir(&dir).unwrap() {
-            let path = entry.unwrap().path();
+        for path in files_under(&dir) {
             let bytes = std::fs::read(&path).unwrap();
             seen += bytes.len();
             control |= found_control(&bytes, &secrets);
@@ -95,6 +94,20 @@ async fn sqlite_database_holds_no_plaintext_password_or_private_key() {
     let wal = std::fs::read(dir.join("telepound.sqlite3-wal")).unwrap_or_default();
     assert!(contains(&db, b"\"suite\":\"tp2\"") || contains(&wal, b"\"suite\":\"tp2\""));
     drop(server);
+}
+
+/// Every file under `dir`, the envelope log's segments among them.
+fn files_under(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
 }
 
 async fn server_stop(_s: &telepound_testkit::TestServer) {

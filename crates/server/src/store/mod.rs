@@ -17,6 +17,7 @@ use telepound_protocol::message::{GroupMember, GroupSummary, PublicKeys, UnixMil
 use telepound_protocol::{GroupName, MsgId, UserName, auth::KsfParams};
 
 pub mod conformance;
+mod envlog;
 pub mod groups;
 pub mod postgres;
 pub mod sqlite;

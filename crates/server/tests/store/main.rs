@@ -168,3 +168,139 @@ async fn sqlite_never_reuses_a_seq_after_a_restart() {
     assert!(next > seq, "seq {seq} handed out again as {next}");
     store.close().await;
 }
+
+/// One-to-one envelopes live in the envelope log beside the database, not
+/// in its rows: they read back, survive a restart, and a segment goes once
+/// the last row pointing into it is acknowledged or expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_keeps_envelopes_in_its_log_and_removes_spent_segments() {
+    use sqlx::{ConnectOptions, Connection};
+    use telepound_protocol::{MsgId, UserName};
+    use telepound_server::store::{EntryKind, NewEntry};
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("t.sqlite3");
+    let log_dir = dir.path().join("t.sqlite3-envelopes");
+    let url = DatabaseUrl::Sqlite(db.clone());
+    let (bob, carol, alice) = (
+        UserName::new("bob").unwrap(),
+        UserName::new("carol").unwrap(),
+        UserName::new("alice").unwrap(),
+    );
+    // About the size of a real one-to-one envelope, each one different.
+    let envelope = |n: usize| format!("{{\"n\":{n},\"body\":\"{}\"}}", "x".repeat(2400 + n % 7));
+    let entry = |to: &UserName, n: usize, expires_at: i64| NewEntry {
+        recipient: to.clone(),
+        kind: EntryKind::Message,
+        sender: alice.clone(),
+        msg_id: MsgId::new(),
+        server_ts: 1,
+        expires_at,
+        envelope: envelope(n).into(),
+    };
+    let segments = || {
+        let mut v: Vec<String> = std::fs::read_dir(&log_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    let open = || async {
+        store::open(&url, true, writer(), Arc::new(Recorder::default()))
+            .await
+            .unwrap()
+    };
+
+    let store = open().await;
+    let for_bob: Vec<NewEntry> = (0..300).map(|n| entry(&bob, n, i64::MAX)).collect();
+    let mut retry = for_bob[0].clone();
+    retry.envelope = envelope(999).into();
+    let mut small = entry(&bob, 0, i64::MAX);
+    small.envelope = "{}".into();
+    let mut batch = for_bob.clone();
+    batch.push(retry);
+    batch.push(small);
+    let got = store.enqueue(batch).await.unwrap();
+    assert!(got[..300].iter().all(Option::is_some) && got[301].is_some());
+    assert_eq!(got[300], None, "the retry is a duplicate");
+    // Enough envelope bytes for the log (64 KiB): a smaller batch keeps
+    // them in its rows, as the lone message below does.
+    let for_carol: Vec<NewEntry> = (0..30).map(|n| entry(&carol, n, 10)).collect();
+    store.enqueue(for_carol).await.unwrap();
+    let first = segments();
+    assert_eq!(first.len(), 1, "{first:?}");
+
+    let page = store.fetch(&bob, 0, 1000).await.unwrap();
+    let want: Vec<String> = (0..300).map(envelope).chain(["{}".to_string()]).collect();
+    let have: Vec<String> = page.iter().map(|e| e.envelope.to_string()).collect();
+    assert_eq!(
+        have, want,
+        "the first copy is kept, and the small one inline"
+    );
+    // The rows hold no envelope of their own.
+    {
+        let mut c = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&db)
+            .connect()
+            .await
+            .unwrap();
+        let (logged, longest): (i64, i64) =
+            sqlx::query_as("SELECT COUNT(log_seg), MAX(LENGTH(envelope)) FROM mailbox")
+                .fetch_one(&mut c)
+                .await
+                .unwrap();
+        assert_eq!((logged, longest), (330, 2));
+        c.close().await.unwrap();
+    }
+    let seqs: Vec<i64> = page.iter().map(|e| e.seq).collect();
+    assert_eq!(
+        store.ack(&bob, seqs[..100].to_vec(), 2, 99).await.unwrap(),
+        100
+    );
+    store.close().await;
+    drop(store);
+
+    // After a restart: the same envelopes, and a new segment to append to.
+    let store = open().await;
+    let page = store.fetch(&bob, 0, 1000).await.unwrap();
+    let have: Vec<String> = page.iter().map(|e| e.envelope.to_string()).collect();
+    assert_eq!(have, want[100..]);
+    store.enqueue(vec![entry(&bob, 7, i64::MAX)]).await.unwrap();
+    let now = segments();
+    assert_eq!(now.len(), 2, "{now:?}");
+    assert_eq!(now[0], first[0]);
+
+    // bob's rows all acknowledged: carol's still hold the first segment.
+    let rest: Vec<i64> = page.iter().map(|e| e.seq).collect();
+    store.ack(&bob, rest, 3, 99).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(segments(), now);
+    // Once they expire, it goes.
+    assert_eq!(store.expire(100).await.unwrap(), 30);
+    for _ in 0..100 {
+        if segments().len() == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(segments(), now[1..]);
+    let last = store.fetch(&bob, 0, 1000).await.unwrap();
+    assert_eq!(last.len(), 1);
+    assert_eq!(&*last[0].envelope, envelope(7));
+    store.close().await;
+    let mut c = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&db)
+        .connect()
+        .await
+        .unwrap();
+    let inline: String = sqlx::query_scalar("SELECT envelope FROM mailbox WHERE log_seg IS NULL")
+        .fetch_one(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        inline,
+        envelope(7),
+        "a lone message keeps its envelope in its row"
+    );
+    c.close().await.unwrap();
+}
