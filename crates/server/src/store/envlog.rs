@@ -81,7 +81,7 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// A zeroed buffer of `len` bytes whose start is aligned for `O_DIRECT`.
+/// A buffer of `len` bytes whose start is aligned for `O_DIRECT`.
 struct Aligned {
     buf: Vec<u8>,
     start: usize,
@@ -93,6 +93,15 @@ impl Aligned {
         let buf = vec![0u8; len + ALIGN];
         let start = buf.as_ptr().align_offset(ALIGN);
         Self { buf, start, len }
+    }
+    /// Sets the length to `len`, which must fit; a buffer too small is
+    /// replaced by a zeroed one (bytes from an earlier use are kept).
+    fn resize(mut self, len: usize) -> Self {
+        if self.buf.len() - self.start < len {
+            self = Self::zeroed(len.next_power_of_two());
+        }
+        self.len = len;
+        self
     }
     fn bytes(&self) -> &[u8] {
         &self.buf[self.start..self.start + self.len]
@@ -121,7 +130,7 @@ impl LogReader {
     /// The envelopes at `refs`, in their order; `None` for one whose segment
     /// is gone (every row pointing into it was deleted since it was read).
     /// Blocking.
-    pub(crate) fn read(&self, refs: &[LogRef]) -> io::Result<Vec<Option<String>>> {
+    pub(crate) fn read(&self, refs: &[LogRef]) -> io::Result<Vec<Option<Arc<str>>>> {
         if let Some(r) = refs.iter().find(|r| r.len > MAX_ENVELOPE) {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -131,7 +140,7 @@ impl LogReader {
                 ),
             ));
         }
-        let mut out: Vec<Option<String>> = vec![None; refs.len()];
+        let mut out: Vec<Option<Arc<str>>> = vec![None; refs.len()];
         let mut order: Vec<usize> = (0..refs.len()).collect();
         order.sort_by_key(|&i| (refs[i].seg, refs[i].off));
         let mut i = 0;
@@ -153,7 +162,7 @@ impl LogReader {
                     if r.seg != seg || r.off > end + READ_GAP || next - first.off > READ_MAX {
                         break;
                     }
-                    end = end.max(r.off + u64::from(r.len));
+                    end = next;
                     j += 1;
                 }
                 if let Some(file) = &file {
@@ -174,12 +183,12 @@ impl LogReader {
                                         ),
                                     )
                                 })?;
-                        out[k] = Some(String::from_utf8(bytes.to_vec()).map_err(|_| {
+                        out[k] = Some(Arc::from(std::str::from_utf8(bytes).map_err(|_| {
                             io::Error::new(
                                 io::ErrorKind::InvalidData,
                                 format!("envelope log segment {seg}: not UTF-8 at {}", r.off),
                             )
-                        })?);
+                        })?));
                     }
                 }
                 i = j;
@@ -217,6 +226,9 @@ pub(crate) struct EnvelopeLog {
     end: u64,
     /// The bytes appended in the transaction in progress.
     pending: Vec<u8>,
+    /// The aligned buffer a flush writes from, kept between flushes: a new
+    /// one of a megabyte or more would come from fresh pages each time.
+    scratch: Option<Aligned>,
     /// The last write failed: the next transaction starts a new segment.
     broken: bool,
     /// Rows pointing into each segment (never below the truth).
@@ -280,6 +292,7 @@ impl EnvelopeLog {
             file: Arc::new(file),
             end: 0,
             pending: Vec::new(),
+            scratch: None,
             broken: false,
             live,
             deleted: HashMap::new(),
@@ -343,9 +356,9 @@ impl EnvelopeLog {
         Ok(r)
     }
 
-    /// A row pointing at this transaction's appends was inserted.
-    pub(crate) fn added(&mut self) {
-        self.added += 1;
+    /// `rows` rows pointing at this transaction's appends were inserted.
+    pub(crate) fn added(&mut self, rows: u64) {
+        self.added += rows;
     }
 
     /// A row pointing into `seg` was deleted in this transaction.
@@ -361,17 +374,27 @@ impl EnvelopeLog {
         }
         let at = self.end;
         let written = self.pending.len();
-        let mut buf = Aligned::zeroed(round_up(written as u64) as usize);
-        buf.bytes_mut()[..written].copy_from_slice(&self.pending);
+        let mut buf = match self.scratch.take() {
+            Some(b) => b.resize(round_up(written as u64) as usize),
+            None => Aligned::zeroed(round_up(written as u64) as usize),
+        };
+        let (data, padding) = buf.bytes_mut().split_at_mut(written);
+        data.copy_from_slice(&self.pending);
+        padding.fill(0);
         self.pending.clear();
         let file = self.file.clone();
         let done = tokio::task::spawn_blocking(move || {
-            file.write_all_at(buf.bytes(), at)?;
-            file.sync_data()
+            let done = file
+                .write_all_at(buf.bytes(), at)
+                .and_then(|()| file.sync_data());
+            (done, buf)
         })
         .await
         .map_err(io::Error::other)
-        .and_then(|r| r);
+        .and_then(|(done, buf)| {
+            self.scratch = Some(buf);
+            done
+        });
         // Counted even if the write failed: the rows will not commit then,
         // and a count above the truth only keeps a segment longer.
         *self.live.entry(self.seg).or_default() += std::mem::take(&mut self.added);
@@ -490,8 +513,8 @@ mod tests {
             for (k, &n) in sizes.iter().enumerate() {
                 let s = text(n, char::from(b'a' + (round * 3 + k) as u8));
                 refs.push(log.append(&s).unwrap());
-                log.added();
-                want.push(Some(s));
+                log.added(1);
+                want.push(Some(Arc::<str>::from(s)));
             }
             log.flush().await.unwrap();
             log.committed();
@@ -501,7 +524,7 @@ mod tests {
         let mut back: Vec<LogRef> = refs.iter().rev().copied().collect();
         back.swap(0, 4);
         let got = log.reader().read(&back).unwrap();
-        let mut rev: Vec<Option<String>> = want.iter().rev().cloned().collect();
+        let mut rev: Vec<Option<Arc<str>>> = want.iter().rev().cloned().collect();
         rev.swap(0, 4);
         assert_eq!(got, rev);
         if cfg!(target_os = "linux") {
@@ -515,14 +538,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut log = EnvelopeLog::open(dir.path(), HashMap::new()).unwrap();
         let a = log.append("first").unwrap();
-        log.added();
+        log.added(1);
         log.flush().await.unwrap();
         log.committed();
         let b = log.append("never committed").unwrap();
-        log.added();
+        log.added(1);
         log.rolled_back();
         let c = log.append("second").unwrap();
-        log.added();
+        log.added(1);
         assert_eq!(c.off, b.off, "the abandoned bytes are reused");
         log.flush().await.unwrap();
         log.committed();
@@ -540,7 +563,7 @@ mod tests {
         let mut refs = Vec::new();
         for _ in 0..SEGMENT_BYTES >> 20 {
             refs.push(log.append(&big).unwrap());
-            log.added();
+            log.added(1);
             log.flush().await.unwrap();
             log.committed();
         }
@@ -549,7 +572,7 @@ mod tests {
         let r = log.append("in the new segment").unwrap();
         let second = log.segment();
         assert_eq!((r.seg, second), (first + 1, first + 1));
-        log.added();
+        log.added(1);
         log.flush().await.unwrap();
         log.committed();
         assert_eq!(files(dir.path()), [first, second]);
@@ -594,7 +617,7 @@ mod tests {
         let (kept, a) = {
             let mut log = EnvelopeLog::open(dir.path(), HashMap::new()).unwrap();
             let a = log.append("kept").unwrap();
-            log.added();
+            log.added(1);
             log.flush().await.unwrap();
             log.committed();
             (log.segment(), a)
@@ -604,7 +627,7 @@ mod tests {
             let mut log = EnvelopeLog::open(dir.path(), live).unwrap();
             // Written, but the transaction never committed (a crash).
             log.append("orphaned").unwrap();
-            log.added();
+            log.added(1);
             log.flush().await.unwrap();
             log.segment()
         };

@@ -214,12 +214,10 @@ async fn open_log(pool: &SqlitePool, path: &Path) -> Result<EnvelopeLog> {
     dir.push("-envelopes");
     let dir = std::path::PathBuf::from(dir);
     let db = path.to_path_buf();
-    let mut wal = db.clone().into_os_string();
-    wal.push("-wal");
     tokio::task::spawn_blocking(move || {
         // After a process crash, deletes committed but never synced are
         // still visible; make them durable before removing what they freed.
-        sync_database(&db, Path::new(&wal))?;
+        sync_database(&db)?;
         EnvelopeLog::open(&dir, live)
     })
     .await
@@ -227,11 +225,13 @@ async fn open_log(pool: &SqlitePool, path: &Path) -> Result<EnvelopeLog> {
     .map_err(|e| log_error(&e))
 }
 
-/// Makes the database's commits durable: its WAL, or the file itself when
-/// there is no WAL (only after everything was checkpointed and the file
-/// removed). Blocking.
-fn sync_database(db: &Path, wal: &Path) -> std::io::Result<()> {
-    match std::fs::File::open(wal) {
+/// Makes the commits of the database at `db` durable: its WAL, or the file
+/// itself when there is no WAL (only after everything was checkpointed and
+/// the file removed). Blocking.
+fn sync_database(db: &Path) -> std::io::Result<()> {
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    match std::fs::File::open(&wal) {
         Ok(f) => f.sync_data(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::File::open(db)?.sync_data(),
         Err(e) => Err(e),
@@ -433,15 +433,12 @@ fn write_seq_mark(path: &Path, mark: i64) -> std::io::Result<()> {
 impl WriteConn for SqliteWriter {
     fn durability(&self) -> Option<super::writer::SyncFn> {
         let db = self.opts.get_filename().to_path_buf();
-        let mut wal = db.clone().into_os_string();
-        wal.push("-wal");
-        let wal = std::path::PathBuf::from(wal);
         let doomed = self.log.doomed();
         Some(Arc::new(move || {
             // Segments emptied by commits before this sync, removed once
             // the sync has made those deletes durable.
             let spent = std::mem::take(&mut *doomed.lock().expect("doomed lock"));
-            sync_database(&db, &wal)?;
+            sync_database(&db)?;
             super::envlog::remove_segments(spent);
             Ok(())
         }))
@@ -551,9 +548,8 @@ impl WriteConn for SqliteWriter {
                 .into_iter()
                 .map(|r| r.try_get::<i64, _>(0))
                 .collect::<std::result::Result<_, _>>()?;
-            for _ in inserted.iter().filter(|seq| logged.contains(seq)) {
-                self.log.added();
-            }
+            self.log
+                .added(inserted.iter().filter(|seq| logged.contains(seq)).count() as u64);
             out.extend(chunk.iter().map(|(seq, _)| inserted.contains(seq)));
         }
         Ok(out)
@@ -886,7 +882,7 @@ impl SqliteStore {
             let Some(envelope) = envelope else {
                 return Ok(None);
             };
-            entries[i].envelope = Arc::from(envelope);
+            entries[i].envelope = envelope;
         }
         Ok(Some(entries))
     }
