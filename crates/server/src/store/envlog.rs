@@ -577,20 +577,26 @@ mod tests {
         log.committed();
         assert_eq!(files(dir.path()), [first, second]);
 
+        // What the WAL sync does after each commit.
+        let sync = |log: &EnvelopeLog| {
+            let doomed = std::mem::take(&mut *log.doomed().lock().unwrap());
+            remove_segments(doomed);
+        };
         // Deleting all but one of the old rows keeps the segment.
         log.deleted(first, refs.len() as u64 - 1);
         log.committed();
+        sync(&log);
         assert_eq!(files(dir.path()), [first, second]);
         // A rolled-back delete does not count.
         log.deleted(first, 1);
         log.rolled_back();
         log.committed();
+        sync(&log);
         assert_eq!(files(dir.path()), [first, second]);
         log.deleted(first, 1);
         log.committed();
         assert_eq!(files(dir.path()), [first, second], "not before the sync");
-        let doomed = std::mem::take(&mut *log.doomed().lock().unwrap());
-        remove_segments(doomed);
+        sync(&log);
         assert_eq!(files(dir.path()), [second]);
         assert_eq!(
             log.reader().read(&refs[..1]).unwrap(),
