@@ -93,6 +93,10 @@ pub struct RawConfig {
     /// and keeps only what it needs to wake, about 2.6 KiB (default 10: long
     /// enough to span a burst of frames; 0 never hibernates).
     pub hibernate_after_ms: Option<u64>,
+    /// SQLite: KiB of one-to-one envelopes in one batch of inserts from
+    /// which they go to the envelope log rather than their rows (default 64;
+    /// 0 logs every batch).
+    pub envelope_log_min_kib: Option<u64>,
     /// PEM certificate chain for TLS (with `tls_key`).
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for TLS (with `tls_cert`).
@@ -126,7 +130,7 @@ impl RawConfig {
             header_read_timeout_secs, min_argon2, tls_cert, tls_key, tls_self_signed, max_connections_per_address,
             messages_per_second, message_burst, auth_timeout_secs, login_attempts_per_user,
             login_attempts_per_address, signups_per_address, max_file_mib, quota_mib, blob_ttl_days,
-            max_group_members, ack_window_ms, hibernate_after_ms)
+            max_group_members, ack_window_ms, hibernate_after_ms, envelope_log_min_kib)
     }
 
     /// Validates into a [`Config`], filling defaults.
@@ -296,6 +300,15 @@ impl RawConfig {
                     Some(ms) => ms,
                     None => 250,
                 }),
+                envelope_log_min_bytes: match self.envelope_log_min_kib {
+                    Some(kib) if kib > 1 << 20 => {
+                        return Err(format!(
+                            "invalid envelope_log_min_kib {kib}: at most 1048576 (and 0 logs every batch)"
+                        ));
+                    }
+                    Some(kib) => kib as usize * 1024,
+                    None => WriterConfig::default().envelope_log_min_bytes,
+                },
                 ..WriterConfig::default()
             },
             hibernate_after: match self.hibernate_after_ms {

@@ -9,6 +9,11 @@
 //! accepted and some message cut off by a kill was accepted after a
 //! restart.
 //!
+//! It runs twice: with recipients online throughout, and with recipients
+//! away until the senders are done, so that every message is stored (in the
+//! envelope log, which the server here uses for every batch) and read back
+//! after restarts.
+//!
 //! Small by default (it runs in CI); `scripts/crash-test.sh` runs it long
 //! with `CRASH_PAIRS`, `CRASH_MESSAGES` (the minimum per pair) and
 //! `CRASH_KILLS`.
@@ -217,6 +222,27 @@ async fn receiver(
 
 #[test]
 fn crash_under_load_loses_nothing_accepted() {
+    crash_under_load(false);
+}
+
+#[test]
+fn crash_under_load_with_recipients_away_loses_nothing_accepted() {
+    crash_under_load(true);
+}
+
+/// Bytes in the envelope log's segments under `data`.
+fn envelope_log_bytes(data: &std::path::Path) -> u64 {
+    std::fs::read_dir(data.join("telepound.sqlite3-envelopes"))
+        .map(|dir| {
+            dir.map(|e| e.unwrap().metadata().unwrap().len())
+                .sum::<u64>()
+        })
+        .unwrap_or(0)
+}
+
+/// With `recipients_away`, the recipients log in only once the senders
+/// are done (and the kills over).
+fn crash_under_load(recipients_away: bool) {
     let pairs = env("CRASH_PAIRS", 6);
     let messages = env("CRASH_MESSAGES", 40);
     let kills = env("CRASH_KILLS", 3);
@@ -234,7 +260,8 @@ fn crash_under_load_loses_nothing_accepted() {
          signups_per_address = 100000\n\
          login_attempts_per_user = 100000\n\
          messages_per_second = 100000\n\
-         message_burst = 100000\n",
+         message_burst = 100000\n\
+         envelope_log_min_kib = 0\n",
     );
     let url = server.url.clone();
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -285,17 +312,23 @@ fn crash_under_load_loses_nothing_accepted() {
     let (sent, seen) = rt.block_on(async {
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut receivers = Vec::new();
-        let mut seen = Vec::new();
-        for (i, (_, r)) in names.iter().enumerate() {
-            let s = Arc::new(Mutex::new(Vec::new()));
-            seen.push(s.clone());
-            receivers.push(tokio::spawn(receiver(
-                url.clone(),
-                dir.path().join(format!("r{i}")),
-                r.clone(),
-                s,
-                stopped.clone(),
-            )));
+        let seen: Vec<_> = names
+            .iter()
+            .map(|_| Arc::new(Mutex::new(Vec::new())))
+            .collect();
+        let start_receivers = |receivers: &mut Vec<_>| {
+            for (i, (_, r)) in names.iter().enumerate() {
+                receivers.push(tokio::spawn(receiver(
+                    url.clone(),
+                    dir.path().join(format!("r{i}")),
+                    r.clone(),
+                    seen[i].clone(),
+                    stopped.clone(),
+                )));
+            }
+        };
+        if !recipients_away {
+            start_receivers(&mut receivers);
         }
         let mut senders = Vec::new();
         for (i, pair) in names.iter().enumerate() {
@@ -310,6 +343,13 @@ fn crash_under_load_loses_nothing_accepted() {
         let mut sent = Vec::new();
         for s in senders {
             sent.push(s.await.unwrap());
+        }
+        if recipients_away {
+            assert!(
+                envelope_log_bytes(&data) > 0,
+                "the stored messages went to the envelope log"
+            );
+            start_receivers(&mut receivers);
         }
         // Let the receivers catch up with everything accepted.
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -343,10 +383,15 @@ fn crash_under_load_loses_nothing_accepted() {
         );
     }
     eprintln!(
-        "crash test: {pairs} pairs, {total} messages accepted and delivered exactly once \
+        "crash test{}: {pairs} pairs, {total} messages accepted and delivered exactly once \
          (at least {messages} a pair), {kills} SIGKILLs with {in_flight:?} messages sent and not \
          yet accepted at each, {after_a_crash} messages cut off by a kill and accepted after a \
          restart, {:.1} s",
+        if recipients_away {
+            " (recipients away)"
+        } else {
+            ""
+        },
         started.elapsed().as_secs_f64()
     );
     // The point of the test: kills that land while nothing is in flight

@@ -189,6 +189,7 @@ impl SqliteStore {
                     reserved_to: 0,
                     log,
                     in_tx: false,
+                    log_min: writer.envelope_log_min_bytes,
                 },
                 writer,
                 listener,
@@ -260,14 +261,6 @@ fn log_ref(row: &sqlx::sqlite::SqliteRow) -> Result<Option<LogRef>> {
 
 /// Envelopes shorter than this stay in their row (receipts have none).
 const LOG_MIN: usize = 256;
-
-/// Inserts with fewer envelope bytes than this keep them in their rows:
-/// the log costs a transaction a second `fdatasync` on its commit path,
-/// which a small one (a lone message) feels as latency, while a large one
-/// gains more from writing its envelopes once. `telepound-bench --scenarios
-/// durable`: at 1 in flight the log took 2.1k to 1.2k msgs/s; at 512,
-/// 40-59k to 74-78k (docs/BENCHMARKS.md).
-const LOG_BATCH_MIN: usize = 64 << 10;
 
 /// Rows per multi-row statement: a few fixed sizes, so that the prepared
 /// statements stay few and cached.
@@ -348,6 +341,14 @@ struct SqliteWriter {
     /// A transaction is open: rows may point at bytes not yet written only
     /// inside one (its commit flushes them first).
     in_tx: bool,
+    /// Runs of inserts with fewer envelope bytes than this keep them in
+    /// their rows ([`WriterConfig::envelope_log_min_bytes`]): the log costs
+    /// a transaction a second `fdatasync` on its commit path, which a small
+    /// one (a lone message) feels as latency, while a large one gains more
+    /// from writing its envelopes once. `telepound-bench --scenarios
+    /// durable`: at 1 in flight, logging every run took 2.1k to 1.2k msgs/s;
+    /// at 512, 40-59k to 74-78k (docs/BENCHMARKS.md).
+    log_min: usize,
 }
 
 /// Seqs reserved at a time in the high-water-mark file.
@@ -517,7 +518,7 @@ impl WriteConn for SqliteWriter {
                 .filter(|(_, e)| loggable(e))
                 .map(|(_, e)| e.envelope.len())
                 .sum::<usize>()
-                >= LOG_BATCH_MIN;
+                >= self.log_min;
         for chunk in chunks(entries) {
             let mut q = sqlx::query(insert_sql(chunk.len()));
             let mut logged = std::collections::HashSet::new();

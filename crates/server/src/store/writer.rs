@@ -51,6 +51,10 @@ pub struct WriterConfig {
     pub max_waiting: usize,
     /// Most envelope bytes waiting in the window at once, likewise.
     pub max_waiting_bytes: usize,
+    /// SQLite: a run of inserts with at least this many bytes of one-to-one
+    /// envelopes writes them to the envelope log instead of their rows
+    /// (0: every run does).
+    pub envelope_log_min_bytes: usize,
 }
 
 impl Default for WriterConfig {
@@ -61,6 +65,7 @@ impl Default for WriterConfig {
             ack_window: Duration::from_millis(250),
             max_waiting: 16_384,
             max_waiting_bytes: 64 * 1024 * 1024,
+            envelope_log_min_bytes: 64 << 10,
         }
     }
 }
