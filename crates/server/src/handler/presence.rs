@@ -18,6 +18,15 @@ pub async fn handle(shared: &Shared, users: Vec<UserName>, rid: Option<u64>) -> 
             format!("at most {MAX_LIST} users per request"),
         ));
     }
+    // Who is online is read before when they were last seen: a user who
+    // leaves records "last seen" first and leaves the hub second, so one
+    // found offline here has their time recorded by now. Read the other
+    // way round, a user leaving in between would show offline with no time.
+    let online: std::collections::HashSet<UserName> = users
+        .iter()
+        .filter(|u| shared.hub.is_online(u))
+        .cloned()
+        .collect();
     let seen = shared.store.last_seen(&users).await?;
     let unknown = users
         .into_iter()
@@ -28,7 +37,7 @@ pub async fn handle(shared: &Shared, users: Vec<UserName>, rid: Option<u64>) -> 
         users: seen
             .into_iter()
             .map(|(user, last_seen)| {
-                let online = shared.hub.is_online(&user);
+                let online = online.contains(&user);
                 PresenceInfo {
                     online,
                     last_seen: if online { None } else { last_seen },
