@@ -474,6 +474,23 @@ mod tests {
     }
 
     #[test]
+    fn envelope_log_floor_in_kib() {
+        let floor = |kib| {
+            RawConfig {
+                envelope_log_min_kib: kib,
+                ..Default::default()
+            }
+            .validate()
+            .map(|c| c.writer.envelope_log_min_bytes)
+        };
+        assert_eq!(floor(None), Ok(64 * 1024));
+        assert_eq!(floor(Some(0)), Ok(0));
+        assert_eq!(floor(Some(1 << 20)), Ok(1 << 30));
+        let e = floor(Some((1 << 20) + 1)).unwrap_err();
+        assert!(e.contains("envelope_log_min_kib"), "{e}");
+    }
+
+    #[test]
     fn bad_values_are_readable_errors() {
         let e = RawConfig {
             listen: Some("nope".into()),

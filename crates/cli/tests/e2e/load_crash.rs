@@ -9,10 +9,12 @@
 //! accepted and some message cut off by a kill was accepted after a
 //! restart.
 //!
-//! It runs twice: with recipients online throughout, and with recipients
-//! away until the senders are done, so that every message is stored (in the
-//! envelope log, which the server here uses for every batch) and read back
-//! after restarts.
+//! It runs three ways: with recipients online throughout (most messages are
+//! acknowledged in the ack window and never written); online with the ack
+//! window off, so that every message is written to the envelope log (which
+//! the server here uses for every run of inserts) and deleted on its ack
+//! while the kills go on; and with recipients away until the senders are
+//! done, so that every message is stored and read back after restarts.
 //!
 //! Small by default (it runs in CI); `scripts/crash-test.sh` runs it long
 //! with `CRASH_PAIRS`, `CRASH_MESSAGES` (the minimum per pair) and
@@ -222,27 +224,42 @@ async fn receiver(
 
 #[test]
 fn crash_under_load_loses_nothing_accepted() {
-    crash_under_load(false);
+    crash_under_load(Mode::Live);
+}
+
+#[test]
+fn crash_under_load_with_every_message_written_loses_nothing_accepted() {
+    crash_under_load(Mode::Written);
 }
 
 #[test]
 fn crash_under_load_with_recipients_away_loses_nothing_accepted() {
-    crash_under_load(true);
+    crash_under_load(Mode::Away);
 }
 
-/// Bytes in the envelope log's segments under `data`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Recipients online, with the ack window.
+    Live,
+    /// Recipients online, no ack window: every message is written.
+    Written,
+    /// Recipients log in once the senders are done (and the kills over).
+    Away,
+}
+
+/// Bytes in the envelope log's segments under `data` (a segment removed
+/// while it is read counts nothing).
 fn envelope_log_bytes(data: &std::path::Path) -> u64 {
     std::fs::read_dir(data.join("telepound.sqlite3-envelopes"))
         .map(|dir| {
-            dir.map(|e| e.unwrap().metadata().unwrap().len())
+            dir.filter_map(|e| Some(e.ok()?.metadata().ok()?.len()))
                 .sum::<u64>()
         })
         .unwrap_or(0)
 }
 
-/// With `recipients_away`, the recipients log in only once the senders
-/// are done (and the kills over).
-fn crash_under_load(recipients_away: bool) {
+fn crash_under_load(mode: Mode) {
+    let recipients_away = mode == Mode::Away;
     let pairs = env("CRASH_PAIRS", 6);
     let messages = env("CRASH_MESSAGES", 40);
     let kills = env("CRASH_KILLS", 3);
@@ -255,13 +272,21 @@ fn crash_under_load(recipients_away: bool) {
     // limits meant for the open internet.
     let server = ServerProc::start_with_config(
         &data,
-        "max_connections_per_address = 100000\n\
+        &format!(
+            "max_connections_per_address = 100000\n\
          login_attempts_per_address = 100000\n\
          signups_per_address = 100000\n\
          login_attempts_per_user = 100000\n\
          messages_per_second = 100000\n\
          message_burst = 100000\n\
-         envelope_log_min_kib = 0\n",
+         envelope_log_min_kib = 0\n\
+         {}",
+            if mode == Mode::Written {
+                "ack_window_ms = 0\n"
+            } else {
+                ""
+            }
+        ),
     );
     let url = server.url.clone();
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -345,9 +370,13 @@ fn crash_under_load(recipients_away: bool) {
             sent.push(s.await.unwrap());
         }
         if recipients_away {
+            // Every accepted message is stored by now, its envelope (about
+            // 2.4 KB) in the log.
+            let accepted: usize = sent.iter().map(|s: &Sent| s.accepted.len()).sum();
+            let logged = envelope_log_bytes(&data);
             assert!(
-                envelope_log_bytes(&data) > 0,
-                "the stored messages went to the envelope log"
+                logged >= accepted as u64 * 2000,
+                "the stored messages went to the envelope log: {logged} bytes for {accepted}"
             );
             start_receivers(&mut receivers);
         }
@@ -383,15 +412,10 @@ fn crash_under_load(recipients_away: bool) {
         );
     }
     eprintln!(
-        "crash test{}: {pairs} pairs, {total} messages accepted and delivered exactly once \
+        "crash test ({mode:?}): {pairs} pairs, {total} messages accepted and delivered exactly once \
          (at least {messages} a pair), {kills} SIGKILLs with {in_flight:?} messages sent and not \
          yet accepted at each, {after_a_crash} messages cut off by a kill and accepted after a \
          restart, {:.1} s",
-        if recipients_away {
-            " (recipients away)"
-        } else {
-            ""
-        },
         started.elapsed().as_secs_f64()
     );
     // The point of the test: kills that land while nothing is in flight

@@ -44,6 +44,10 @@ const READ_GAP: u64 = 16 << 10;
 /// ...up to this many bytes in one read.
 const READ_MAX: u64 = 8 << 20;
 
+/// Most bytes the write buffers keep between flushes; a larger
+/// transaction's buffers go when it is written.
+const KEEP_BYTES: usize = 8 << 20;
+
 /// Where an envelope is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct LogRef {
@@ -392,9 +396,10 @@ impl EnvelopeLog {
         .await
         .map_err(io::Error::other)
         .and_then(|(done, buf)| {
-            self.scratch = Some(buf);
+            self.scratch = (buf.buf.len() <= KEEP_BYTES + ALIGN).then_some(buf);
             done
         });
+        self.pending.shrink_to(KEEP_BYTES);
         // Counted even if the write failed: the rows will not commit then,
         // and a count above the truth only keeps a segment longer.
         *self.live.entry(self.seg).or_default() += std::mem::take(&mut self.added);

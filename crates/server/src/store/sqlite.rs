@@ -346,7 +346,7 @@ struct SqliteWriter {
     /// a transaction a second `fdatasync` on its commit path, which a small
     /// one (a lone message) feels as latency, while a large one gains more
     /// from writing its envelopes once. `telepound-bench --scenarios
-    /// durable`: at 1 in flight, logging every run took 2.1k to 1.2k msgs/s;
+    /// durable`: at 1 in flight, logging every run took 2.1k to 1.1-1.35k msgs/s;
     /// at 512, 40-59k to 74-78k (docs/BENCHMARKS.md).
     log_min: usize,
 }
