@@ -228,8 +228,15 @@ pub(crate) struct EnvelopeLog {
     /// Where the next transaction's bytes start: always a block boundary,
     /// so a write never touches bytes of an earlier transaction.
     end: u64,
-    /// The bytes appended in the transaction in progress.
+    /// The bytes appended in the transaction in progress and not yet
+    /// handed to a write.
     pending: Vec<u8>,
+    /// A write of this transaction's bytes under way (started while the
+    /// transaction's rows are still being inserted), with its buffer.
+    inflight: Option<tokio::task::JoinHandle<(io::Result<()>, Aligned)>>,
+    /// This transaction has appended bytes (pending or written): the
+    /// segment may not change until it ends.
+    open: bool,
     /// The aligned buffer a flush writes from, kept between flushes: a new
     /// one of a megabyte or more would come from fresh pages each time.
     scratch: Option<Aligned>,
@@ -296,6 +303,8 @@ impl EnvelopeLog {
             file: Arc::new(file),
             end: 0,
             pending: Vec::new(),
+            inflight: None,
+            open: false,
             scratch: None,
             broken: false,
             live,
@@ -344,7 +353,7 @@ impl EnvelopeLog {
     /// Where `envelope` will be once this transaction's bytes are flushed.
     /// Blocking when it starts a new segment.
     pub(crate) fn append(&mut self, envelope: &str) -> io::Result<LogRef> {
-        if self.pending.is_empty() && (self.broken || self.end >= SEGMENT_BYTES) {
+        if !self.open && (self.broken || self.end >= SEGMENT_BYTES) {
             self.rotate()?;
         }
         let len = u32::try_from(envelope.len())
@@ -357,6 +366,7 @@ impl EnvelopeLog {
             len,
         };
         self.pending.extend_from_slice(envelope.as_bytes());
+        self.open = true;
         Ok(r)
     }
 
@@ -370,11 +380,14 @@ impl EnvelopeLog {
         *self.deleted.entry(seg).or_default() += rows;
     }
 
-    /// Writes this transaction's appends and makes them durable; to be
-    /// called, and to succeed, before the transaction commits.
-    pub(crate) async fn flush(&mut self) -> io::Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
+    /// Starts writing (and syncing) what this transaction has appended so
+    /// far, unless a write is already under way: the insert of the rows
+    /// that point at the bytes then overlaps the disk's `fdatasync`, which
+    /// [`EnvelopeLog::flush`] waits for. Offsets of later appends follow the
+    /// bytes handed over.
+    pub(crate) fn start_flush(&mut self) {
+        if self.pending.is_empty() || self.inflight.is_some() {
+            return;
         }
         let at = self.end;
         let written = self.pending.len();
@@ -386,33 +399,46 @@ impl EnvelopeLog {
         data.copy_from_slice(&self.pending);
         padding.fill(0);
         self.pending.clear();
+        // Taken now, whatever becomes of the write: a failed one marks the
+        // log broken (the next transaction starts a new segment), and the
+        // bytes of an abandoned one are never written over.
+        self.end = round_up(at + written as u64);
         let file = self.file.clone();
-        let done = tokio::task::spawn_blocking(move || {
+        self.inflight = Some(tokio::task::spawn_blocking(move || {
             let done = file
                 .write_all_at(buf.bytes(), at)
                 .and_then(|()| file.sync_data());
             (done, buf)
-        })
-        .await
-        .map_err(io::Error::other)
-        .and_then(|(done, buf)| {
-            self.scratch = (buf.buf.len() <= KEEP_BYTES + ALIGN).then_some(buf);
-            done
-        });
+        }));
+    }
+
+    /// Writes this transaction's appends and makes them durable; to be
+    /// called, and to succeed, before the transaction commits.
+    pub(crate) async fn flush(&mut self) -> io::Result<()> {
+        let mut done = Ok(());
+        while done.is_ok() {
+            self.start_flush();
+            let Some(write) = self.inflight.take() else {
+                break;
+            };
+            done = write
+                .await
+                .map_err(io::Error::other)
+                .and_then(|(done, buf)| {
+                    self.scratch = (buf.buf.len() <= KEEP_BYTES + ALIGN).then_some(buf);
+                    done
+                });
+        }
+        self.pending.clear();
         self.pending.shrink_to(KEEP_BYTES);
+        self.open = false;
         // Counted even if the write failed: the rows will not commit then,
         // and a count above the truth only keeps a segment longer.
         *self.live.entry(self.seg).or_default() += std::mem::take(&mut self.added);
-        match done {
-            Ok(()) => {
-                self.end = round_up(at + written as u64);
-                Ok(())
-            }
-            Err(e) => {
-                self.broken = true;
-                Err(e)
-            }
+        if done.is_err() {
+            self.broken = true;
         }
+        done
     }
 
     /// The transaction committed: its deletes count.
@@ -427,6 +453,10 @@ impl EnvelopeLog {
 
     /// The transaction was abandoned: forget its appends and deletes.
     pub(crate) fn rolled_back(&mut self) {
+        // A write under way finishes on its own; its bytes are dead space
+        // (the next transaction's start after them).
+        self.inflight = None;
+        self.open = false;
         self.pending.clear();
         self.deleted.clear();
         self.added = 0;
@@ -560,18 +590,76 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_write_started_early_and_bytes_appended_after_it_all_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = EnvelopeLog::open(dir.path(), HashMap::new()).unwrap();
+        let a = log.append(&text(5000, 'a')).unwrap();
+        log.added(1);
+        log.start_flush();
+        // A second start while the first write is under way waits for it.
+        let b = log.append(&text(3000, 'b')).unwrap();
+        log.added(1);
+        log.start_flush();
+        assert!(
+            b.off >= round_up(a.off + u64::from(a.len)),
+            "{b:?} overlaps {a:?}"
+        );
+        log.flush().await.unwrap();
+        log.committed();
+        assert_eq!(log.live.get(&log.seg), Some(&2));
+        let got = log.reader().read(&[a, b]).unwrap();
+        assert_eq!(
+            got,
+            [Some(text(5000, 'a').into()), Some(text(3000, 'b').into())]
+        );
+    }
+
+    #[tokio::test]
+    async fn bytes_of_an_abandoned_write_are_not_written_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = EnvelopeLog::open(dir.path(), HashMap::new()).unwrap();
+        let a = log.append(&text(6000, 'a')).unwrap();
+        log.added(1);
+        log.start_flush();
+        log.rolled_back();
+        let b = log.append(&text(100, 'b')).unwrap();
+        log.added(1);
+        // The abandoned write may still be going: the next transaction
+        // starts past it, not at its offset as with bytes never handed over.
+        assert!(
+            b.off >= round_up(a.off + u64::from(a.len)),
+            "{b:?} overlaps {a:?}"
+        );
+        log.flush().await.unwrap();
+        log.committed();
+        assert_eq!(log.live.get(&log.seg), Some(&1));
+        assert_eq!(
+            log.reader().read(&[b]).unwrap(),
+            [Some(text(100, 'b').into())]
+        );
+    }
+
+    #[tokio::test]
     async fn full_segments_rotate_and_go_when_their_last_row_does() {
         let dir = tempfile::tempdir().unwrap();
         let mut log = EnvelopeLog::open(dir.path(), HashMap::new()).unwrap();
         let first = log.segment();
         let big = text(1 << 20, 'x');
         let mut refs = Vec::new();
-        for _ in 0..SEGMENT_BYTES >> 20 {
+        for _ in 1..SEGMENT_BYTES >> 20 {
             refs.push(log.append(&big).unwrap());
             log.added(1);
             log.flush().await.unwrap();
             log.committed();
         }
+        // A transaction keeps its segment to its end, even once bytes it has
+        // handed to a write have filled it.
+        refs.push(log.append(&big).unwrap());
+        log.start_flush();
+        refs.push(log.append("tail, after the write started").unwrap());
+        log.added(2);
+        log.flush().await.unwrap();
+        log.committed();
         assert!(refs.iter().all(|r| r.seg == first), "{refs:?}");
         // Full: the next transaction starts a new one.
         let r = log.append("in the new segment").unwrap();

@@ -519,16 +519,31 @@ impl WriteConn for SqliteWriter {
                 .map(|(_, e)| e.envelope.len())
                 .sum::<usize>()
                 >= self.log_min;
-        for chunk in chunks(entries) {
-            let mut q = sqlx::query(insert_sql(chunk.len()));
-            let mut logged = std::collections::HashSet::new();
-            for (seq, e) in chunk {
-                let at = if to_log && loggable(e) {
-                    logged.insert(*seq);
+        // The envelopes go to the log first, and their write and sync start
+        // before the rows are inserted, so that the two overlap; the commit
+        // waits for both.
+        let mut at = Vec::with_capacity(if to_log { entries.len() } else { 0 });
+        if to_log {
+            for (_, e) in entries {
+                at.push(if loggable(e) {
                     Some(self.log.append(&e.envelope).map_err(|e| log_error(&e))?)
                 } else {
                     None
-                };
+                });
+            }
+            self.log.start_flush();
+        }
+        let mut offset = 0;
+        for chunk in chunks(entries) {
+            let refs = at.get(offset..offset + chunk.len()).unwrap_or_default();
+            offset += chunk.len();
+            let mut q = sqlx::query(insert_sql(chunk.len()));
+            let mut logged = std::collections::HashSet::new();
+            for (i, (seq, e)) in chunk.iter().enumerate() {
+                let at = refs.get(i).copied().flatten();
+                if at.is_some() {
+                    logged.insert(*seq);
+                }
                 q = q
                     .bind(*seq)
                     .bind(e.recipient.as_str())
