@@ -981,6 +981,25 @@ impl Connection {
             EntryKind::GroupChange => {
                 codec::render_group_change(entry.seq, entry.server_ts, &entry.envelope)
             }
+            EntryKind::Receipts => {
+                for id in entry.envelope.split(' ') {
+                    let Ok(msg_id) = id.parse() else {
+                        tracing::warn!(
+                            seq = entry.seq,
+                            "skipping a stored receipt whose message id does not parse"
+                        );
+                        continue;
+                    };
+                    self.write(&ServerMessage::Delivered {
+                        seq: Some(entry.seq),
+                        msg_id,
+                        to: entry.sender.clone(),
+                        at: entry.server_ts,
+                    })
+                    .await?;
+                }
+                return Ok(());
+            }
         };
         self.send_frame(Message::Text(text.into())).await
     }

@@ -427,13 +427,29 @@ pub async fn batches(store: Arc<dyn Store>, rec: Arc<Recorder>) {
     assert_eq!(store.ack(&name("carol"), listed, 9, 99).await.unwrap(), 300);
     let heard: Vec<MsgId> = rec.delivered.lock().unwrap().iter().map(|d| d.1).collect();
     assert_eq!(heard, expected, "receipts in the order acknowledged");
+    // Stored a row per 32 of them, each listing its ids in order.
     let receipts = store.fetch(&name("dave"), 0, 1000).await.unwrap();
-    assert_eq!(receipts.len(), 300);
-    assert!(receipts.iter().all(|r| r.kind == EntryKind::Receipt));
-    assert_eq!(
-        receipts.iter().map(|e| e.msg_id).collect::<Vec<_>>(),
-        expected
+    assert_eq!(receipts.len(), 300usize.div_ceil(32));
+    assert!(
+        receipts.iter().all(|r| r.kind == EntryKind::Receipts
+            && r.sender == name("carol")
+            && r.server_ts == 9)
     );
+    let listed: Vec<MsgId> = receipts
+        .iter()
+        .flat_map(|r| r.envelope.split(' ').map(|id| id.parse::<MsgId>().unwrap()))
+        .collect();
+    assert_eq!(listed, expected);
+    assert!(
+        receipts
+            .iter()
+            .all(|r| r.envelope.starts_with(&r.msg_id.to_string()))
+    );
+    // Acknowledging them stores no receipts of receipts.
+    let seqs: Vec<i64> = receipts.iter().map(|r| r.seq).collect();
+    rec.away.lock().unwrap().push(name("carol"));
+    assert_eq!(store.ack(&name("dave"), seqs, 10, 99).await.unwrap(), 10);
+    assert!(store.fetch(&name("dave"), 0, 10).await.unwrap().is_empty());
     assert!(store.fetch(&name("carol"), 0, 10).await.unwrap().is_empty());
     assert_eq!(store.fetch(&name("bob"), 0, 10).await.unwrap().len(), 4);
 }

@@ -89,6 +89,12 @@ pub enum EntryKind {
     /// A delivery receipt for a message the recipient sent; `sender` is who
     /// received it.
     Receipt,
+    /// Receipts for several messages the recipient sent, from one
+    /// acknowledgement by `sender`: `envelope` holds their ids, separated by
+    /// spaces, in the order acknowledged (`msg_id` is the first). One row
+    /// instead of one per message; a `sync` sends one `delivered` frame per
+    /// id, all with this entry's seq.
+    Receipts,
     /// A sealed group message (acknowledging it makes no receipt).
     GroupMessage,
     /// A signed group record: a membership change line (`envelope` holds
@@ -103,6 +109,7 @@ impl EntryKind {
             Self::Receipt => 1,
             Self::GroupMessage => 2,
             Self::GroupChange => 3,
+            Self::Receipts => 4,
         }
     }
 
@@ -112,6 +119,7 @@ impl EntryKind {
             1 => Ok(Self::Receipt),
             2 => Ok(Self::GroupMessage),
             3 => Ok(Self::GroupChange),
+            4 => Ok(Self::Receipts),
             other => Err(StoreError::Corrupt(format!("mailbox kind {other}"))),
         }
     }

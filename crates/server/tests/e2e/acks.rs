@@ -65,3 +65,107 @@ async fn an_ack_without_a_rid_is_answered_only_when_it_fails() {
         "{v}"
     );
 }
+
+/// An away sender's receipts acknowledged together are stored a row per 32
+/// messages; a `sync` sends one `delivered` per message, each with its row's
+/// seq, and acknowledging the seqs once clears them all.
+#[tokio::test]
+async fn receipts_stored_together_come_back_one_frame_each() {
+    let server = spawn_server().await;
+    let url = server.url();
+    let (ha, hb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    signup(&url, "alice").await;
+    signup(&url, "bob").await;
+    // alice never syncs, so she is away: her receipts are stored.
+    let (mut alice, _sa) = Raw::logged_in(&url, "alice", ha.path()).await;
+    let ids: Vec<MsgId> = (0..40).map(|_| MsgId::new()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        alice
+            .send(&format!(
+                r#"{{"type":"send","rid":{},"msg_id":"{id}","from":"alice","to":"bob","envelope":{{}}}}"#,
+                10 + i
+            ))
+            .await;
+        let v = alice.recv().await;
+        assert_eq!(v["type"], "accepted", "{v}");
+    }
+    let (mut bob, _sb) = Raw::logged_in(&url, "bob", hb.path()).await;
+    bob.send(r#"{"type":"sync","rid":2,"after":0,"limit":100}"#)
+        .await;
+    let mut seqs = Vec::new();
+    for _ in 0..40 {
+        let v = bob.recv().await;
+        assert_eq!(v["type"], "message", "{v}");
+        seqs.push(v["seq"].as_i64().unwrap());
+    }
+    assert_eq!(bob.recv().await["type"], "synced");
+    let listed: Vec<String> = seqs.iter().map(ToString::to_string).collect();
+    bob.send(&format!(
+        r#"{{"type":"ack","rid":3,"seqs":[{}]}}"#,
+        listed.join(",")
+    ))
+    .await;
+    let v = bob.recv().await;
+    assert_eq!(
+        (v["type"].as_str(), v["count"].as_u64()),
+        (Some("acked"), Some(40)),
+        "{v}"
+    );
+
+    // Heard live, without seqs, by the connection that sent them...
+    for id in &ids {
+        let v = alice.recv().await;
+        assert_eq!(
+            (v["type"].as_str(), v["seq"].as_i64()),
+            (Some("delivered"), None),
+            "{v}"
+        );
+        assert_eq!(v["msg_id"], id.to_string());
+    }
+    // ...and stored: two rows, one frame per message, in the order
+    // acknowledged.
+    alice
+        .send(r#"{"type":"sync","rid":4,"after":0,"limit":100}"#)
+        .await;
+    let mut rows = Vec::new();
+    for id in &ids {
+        let v = alice.recv().await;
+        assert_eq!(
+            (v["type"].as_str(), v["to"].as_str()),
+            (Some("delivered"), Some("bob")),
+            "{v}"
+        );
+        assert_eq!(v["msg_id"], id.to_string());
+        rows.push(v["seq"].as_i64().unwrap());
+    }
+    let v = alice.recv().await;
+    assert_eq!(
+        (v["type"].as_str(), v["count"].as_u64()),
+        (Some("synced"), Some(2)),
+        "{v}"
+    );
+    assert!(rows[..32].iter().all(|&s| s == rows[0]), "{rows:?}");
+    assert!(rows[32..].iter().all(|&s| s == rows[32]), "{rows:?}");
+    assert!(rows[0] < rows[32]);
+    alice
+        .send(&format!(
+            r#"{{"type":"ack","rid":5,"seqs":[{},{}]}}"#,
+            rows[0], rows[32]
+        ))
+        .await;
+    let v = alice.recv().await;
+    assert_eq!(
+        (v["type"].as_str(), v["count"].as_u64()),
+        (Some("acked"), Some(2)),
+        "{v}"
+    );
+    alice
+        .send(r#"{"type":"sync","rid":6,"after":0,"limit":100}"#)
+        .await;
+    let v = alice.recv().await;
+    assert_eq!(
+        (v["type"].as_str(), v["count"].as_u64()),
+        (Some("synced"), Some(0)),
+        "{v}"
+    );
+}
