@@ -46,6 +46,10 @@ pub enum StoreError {
     /// A stored value does not decode (corruption or manual edits).
     #[error("corrupt stored value: {0}")]
     Corrupt(String),
+    /// Another process has this SQLite database open (it holds the lock
+    /// file named).
+    #[error("{0} is locked: another telepound server has this database open")]
+    InUse(String),
 }
 
 /// This module's result type.

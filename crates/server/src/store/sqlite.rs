@@ -68,6 +68,33 @@ pub struct SqliteStore {
     writer: Writer,
     log: LogReader,
     checkpointer: tokio::task::JoinHandle<()>,
+    /// Held while the store is open: see [`lock_database`].
+    _lock: std::fs::File,
+}
+
+/// Takes the lock (`PATH-lock`, beside the database) that keeps a second
+/// server off the database at `path`. SQLite itself takes many processes,
+/// but the envelope log and the seq mark take one writer: a second process
+/// would remove segments the first still points into. The kernel drops the
+/// lock when the process ends, however it ends.
+fn lock_database(path: &Path) -> Result<std::fs::File> {
+    let mut lock = path.as_os_str().to_owned();
+    lock.push("-lock");
+    let lock = std::path::PathBuf::from(lock);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock)
+        .map_err(sqlx::Error::Io)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => {
+            Err(super::StoreError::InUse(lock.display().to_string()))
+        }
+        Err(std::fs::TryLockError::Error(e)) => Err(sqlx::Error::Io(e).into()),
+    }
 }
 
 impl Drop for SqliteStore {
@@ -121,6 +148,7 @@ impl SqliteStore {
         writer: WriterConfig,
         listener: Arc<dyn CommitListener>,
     ) -> Result<Self> {
+        let lock = lock_database(path)?;
         let opts = SqliteConnectOptions::from_str("sqlite://")?
             .filename(path)
             .create_if_missing(true)
@@ -195,6 +223,7 @@ impl SqliteStore {
                 listener,
             ),
             checkpointer,
+            _lock: lock,
         })
     }
 }

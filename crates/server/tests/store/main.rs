@@ -26,6 +26,29 @@ mod sqlite {
 
     telepound_server::store_conformance_tests!(make);
 
+    /// One server per database: a second open of a database that is open
+    /// fails with a line naming the lock, and opens once the first is gone.
+    #[tokio::test]
+    async fn a_database_in_use_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = DatabaseUrl::Sqlite(dir.path().join("t.sqlite3"));
+        let open = || store::open(&url, true, super::writer(), Arc::new(Recorder::default()));
+        let first = open().await.unwrap();
+        let e = open().await.err().expect("a second open is refused");
+        assert!(matches!(e, store::StoreError::InUse(_)), "{e:?}");
+        let lock = dir.path().join("t.sqlite3-lock");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "{} is locked: another telepound server has this database open",
+                lock.display()
+            )
+        );
+        first.close().await;
+        drop(first);
+        open().await.unwrap().close().await;
+    }
+
     /// A new database file gets 8 KiB pages (two or three envelopes each,
     /// not one); a file made with another size keeps it, and still opens.
     #[tokio::test]
