@@ -1503,7 +1503,11 @@ impl Session {
                 to,
                 at,
             } => {
-                acks.extend(seq);
+                // Receipts stored together come as frames in a row with one
+                // seq: list it once.
+                if let Some(seq) = seq.filter(|s| acks.last() != Some(s)) {
+                    acks.push(seq);
+                }
                 Ok(Some(Inbound::Delivered { msg_id, to, at }))
             }
             Event::Message {

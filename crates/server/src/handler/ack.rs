@@ -11,14 +11,20 @@ use crate::server::Shared;
 /// in the sender's mailbox (same transaction) when the sender has no synced
 /// connection, so it is not lost.
 ///
+/// A seq listed again is dropped first (the first listing counts): receipts
+/// stored together arrive as several `delivered` frames with one seq, and a
+/// client that acknowledges every frame it saw lists that seq once per frame.
+///
 /// # Errors
-/// `malformed` for too many seqs, `internal`.
+/// `malformed` for too many distinct seqs, `internal`.
 pub async fn handle(
     shared: &Shared,
     user: &UserName,
-    seqs: Vec<i64>,
+    mut seqs: Vec<i64>,
     rid: Option<u64>,
 ) -> HandlerResult {
+    let mut seen = std::collections::HashSet::with_capacity(seqs.len());
+    seqs.retain(|s| seen.insert(*s));
     if seqs.len() > MAX_LIST {
         return Err(HandlerError::with(
             ErrorCode::Malformed,

@@ -440,11 +440,8 @@ pub async fn batches(store: Arc<dyn Store>, rec: Arc<Recorder>) {
         .flat_map(|r| r.envelope.split(' ').map(|id| id.parse::<MsgId>().unwrap()))
         .collect();
     assert_eq!(listed, expected);
-    assert!(
-        receipts
-            .iter()
-            .all(|r| r.envelope.starts_with(&r.msg_id.to_string()))
-    );
+    // Each row has an id of its own, so rows never collide as duplicates.
+    assert!(receipts.iter().all(|r| !ids.contains(&r.msg_id)));
     // Acknowledging them stores no receipts of receipts.
     let seqs: Vec<i64> = receipts.iter().map(|r| r.seq).collect();
     rec.away.lock().unwrap().push(name("carol"));

@@ -95,9 +95,10 @@ pub enum EntryKind {
     Receipt,
     /// Receipts for several messages the recipient sent, from one
     /// acknowledgement by `sender`: `envelope` holds their ids, separated by
-    /// spaces, in the order acknowledged (`msg_id` is the first). One row
-    /// instead of one per message; a `sync` sends one `delivered` frame per
-    /// id, all with this entry's seq.
+    /// spaces, in the order acknowledged (`msg_id` is a fresh id of the
+    /// row's own). One row instead of one per message; a `sync` sends one
+    /// `delivered` frame per id, all with this entry's seq. A server from
+    /// before 2026-12-02 reads this kind as corrupt.
     Receipts,
     /// A sealed group message (acknowledging it makes no receipt).
     GroupMessage,

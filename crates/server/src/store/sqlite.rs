@@ -68,15 +68,14 @@ pub struct SqliteStore {
     writer: Writer,
     log: LogReader,
     checkpointer: tokio::task::JoinHandle<()>,
-    /// Held while the store is open: see [`lock_database`].
-    _lock: std::fs::File,
 }
 
 /// Takes the lock (`PATH-lock`, beside the database) that keeps a second
 /// server off the database at `path`. SQLite itself takes many processes,
 /// but the envelope log and the seq mark take one writer: a second process
-/// would remove segments the first still points into. The kernel drops the
-/// lock when the process ends, however it ends.
+/// would remove segments the first still points into. The writer holds it
+/// (it owns the log and the mark) until its task ends; the kernel drops it
+/// when the process ends, however it ends.
 fn lock_database(path: &Path) -> Result<std::fs::File> {
     let mut lock = path.as_os_str().to_owned();
     lock.push("-lock");
@@ -218,12 +217,12 @@ impl SqliteStore {
                     log,
                     in_tx: false,
                     log_min: writer.envelope_log_min_bytes,
+                    _lock: lock,
                 },
                 writer,
                 listener,
             ),
             checkpointer,
-            _lock: lock,
         })
     }
 }
@@ -288,7 +287,7 @@ fn log_ref(row: &sqlx::sqlite::SqliteRow) -> Result<Option<LogRef>> {
     }))
 }
 
-/// Envelopes shorter than this stay in their row (receipts have none).
+/// Envelopes shorter than this stay in their row.
 const LOG_MIN: usize = 256;
 
 /// Rows per multi-row statement: a few fixed sizes, so that the prepared
@@ -378,6 +377,9 @@ struct SqliteWriter {
     /// durable`: at 1 in flight, logging every run took 2.1k to 1.1-1.35k msgs/s;
     /// at 512, 40-59k to 74-78k (docs/BENCHMARKS.md).
     log_min: usize,
+    /// The database's lock ([`lock_database`]), for as long as this writer
+    /// may write the log or the mark.
+    _lock: std::fs::File,
 }
 
 /// Seqs reserved at a time in the high-water-mark file.
@@ -540,7 +542,9 @@ impl WriteConn for SqliteWriter {
 
     async fn insert_many(&mut self, entries: &[(i64, &NewEntry)]) -> Result<Vec<bool>> {
         let mut out = Vec::with_capacity(entries.len());
-        let loggable = |e: &NewEntry| e.envelope.len() >= LOG_MIN;
+        // One-to-one envelopes only: receipts, group records (and bodies,
+        // in their own table) stay in SQLite.
+        let loggable = |e: &NewEntry| e.kind == EntryKind::Message && e.envelope.len() >= LOG_MIN;
         let to_log = self.in_tx
             && entries
                 .iter()

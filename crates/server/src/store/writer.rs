@@ -609,7 +609,15 @@ fn receipts(
                 recipient: sender.clone(),
                 kind,
                 sender: recipient.clone(),
-                msg_id: chunk[0],
+                // A row of several takes an id of its own: keyed on one of
+                // its messages, it could collide with a row holding an
+                // earlier receipt for that message (a retry stored again
+                // after its ack) and be dropped whole as a duplicate.
+                msg_id: if kind == EntryKind::Receipts {
+                    MsgId::new()
+                } else {
+                    chunk[0]
+                },
                 server_ts: now,
                 expires_at,
                 envelope,
@@ -1034,6 +1042,9 @@ async fn run<C: WriteConn>(
             if let Some(task) = sync_task {
                 let _ = task.await;
             }
+            // The connection (and what it holds, such as the SQLite
+            // store's lock) goes before the close is answered.
+            drop(conn);
             if let Some(done) = closing.take() {
                 let _ = done.send(());
             }

@@ -169,3 +169,114 @@ async fn receipts_stored_together_come_back_one_frame_each() {
         "{v}"
     );
 }
+
+/// A page of stored receipts can carry more frames than an `ack` may list
+/// seqs: the server counts each seq once, so a client acknowledging every
+/// frame it saw still clears the page.
+#[tokio::test]
+async fn an_ack_listing_each_receipt_frame_counts_each_seq_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = telepound_testkit::test_config(dir.path());
+    // 1100 sends in a second or two, not at 50 a second.
+    config.limits.messages_per_second = 100_000;
+    config.limits.message_burst = 100_000;
+    let server = spawn_server_with(config).await;
+    let url = server.url();
+    let (ha, hb) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    signup(&url, "alice").await;
+    signup(&url, "bob").await;
+    let (mut alice, _sa) = Raw::logged_in(&url, "alice", ha.path()).await;
+    let n = 1100;
+    for chunk in 0..n / 100 {
+        for i in 0..100 {
+            let rid = 10 + chunk * 100 + i;
+            alice
+                .send(&format!(
+                    r#"{{"type":"send","rid":{rid},"msg_id":"{}","from":"alice","to":"bob","envelope":{{}}}}"#,
+                    MsgId::new()
+                ))
+                .await;
+        }
+        for _ in 0..100 {
+            let v = alice.recv().await;
+            assert_eq!(v["type"], "accepted", "{v}");
+        }
+    }
+    let (mut bob, _sb) = Raw::logged_in(&url, "bob", hb.path()).await;
+    let mut after = 0;
+    let mut rid = 2;
+    let mut acked = 0;
+    while acked < n {
+        bob.send(&format!(
+            r#"{{"type":"sync","rid":{rid},"after":{after},"limit":1000}}"#
+        ))
+        .await;
+        let mut seqs = Vec::new();
+        loop {
+            let v = bob.recv().await;
+            match v["type"].as_str() {
+                Some("message") => seqs.push(v["seq"].as_i64().unwrap().to_string()),
+                Some("synced") => {
+                    after = v["cursor"].as_i64().unwrap();
+                    break;
+                }
+                _ => panic!("{v}"),
+            }
+        }
+        bob.send(&format!(
+            r#"{{"type":"ack","rid":{},"seqs":[{}]}}"#,
+            rid + 1,
+            seqs.join(",")
+        ))
+        .await;
+        let v = bob.recv().await;
+        assert_eq!(v["type"], "acked", "{v}");
+        acked += v["count"].as_u64().unwrap() as usize;
+        rid += 2;
+    }
+    // alice hears them live first (no seqs), then syncs the stored ones.
+    for _ in 0..n {
+        let v = alice.recv().await;
+        assert_eq!(
+            (v["type"].as_str(), v["seq"].as_i64()),
+            (Some("delivered"), None),
+            "{v}"
+        );
+    }
+    alice
+        .send(r#"{"type":"sync","rid":5000,"after":0,"limit":256}"#)
+        .await;
+    let mut frames = Vec::new();
+    let rows = loop {
+        let v = alice.recv().await;
+        match v["type"].as_str() {
+            Some("delivered") => frames.push(v["seq"].as_i64().unwrap().to_string()),
+            Some("synced") => break v["count"].as_u64().unwrap(),
+            _ => panic!("{v}"),
+        }
+    };
+    assert_eq!(frames.len(), n);
+    assert!(rows >= n.div_ceil(32) as u64 && rows < 64, "{rows} rows");
+    // Every frame's seq, repeats and all: more than an ack may list.
+    alice
+        .send(&format!(
+            r#"{{"type":"ack","rid":5001,"seqs":[{}]}}"#,
+            frames.join(",")
+        ))
+        .await;
+    let v = alice.recv().await;
+    assert_eq!(
+        (v["type"].as_str(), v["count"].as_u64()),
+        (Some("acked"), Some(rows)),
+        "{v}"
+    );
+    alice
+        .send(r#"{"type":"sync","rid":5002,"after":0,"limit":256}"#)
+        .await;
+    let v = alice.recv().await;
+    assert_eq!(
+        (v["type"].as_str(), v["count"].as_u64()),
+        (Some("synced"), Some(0)),
+        "{v}"
+    );
+}
