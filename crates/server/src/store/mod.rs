@@ -145,8 +145,9 @@ pub struct NewEntry {
     pub server_ts: UnixMillis,
     /// When it is deleted if never acknowledged.
     pub expires_at: UnixMillis,
-    /// The sealed envelope JSON (empty for receipts), shared: a group
-    /// message's entries all hold the same one.
+    /// The sealed envelope JSON (empty for a receipt, the ids for
+    /// [`EntryKind::Receipts`]), shared: a group message's entries all hold
+    /// the same one.
     pub envelope: Arc<str>,
 }
 
@@ -163,7 +164,8 @@ pub struct StoredEntry {
     pub msg_id: MsgId,
     /// Server time of acceptance.
     pub server_ts: UnixMillis,
-    /// The sealed envelope JSON (empty for receipts).
+    /// The sealed envelope JSON (empty for a receipt, the ids for
+    /// [`EntryKind::Receipts`]).
     pub envelope: Arc<str>,
 }
 
