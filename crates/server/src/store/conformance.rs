@@ -449,6 +449,39 @@ pub async fn batches(store: Arc<dyn Store>, rec: Arc<Recorder>) {
     assert!(store.fetch(&name("dave"), 0, 10).await.unwrap().is_empty());
     assert!(store.fetch(&name("carol"), 0, 10).await.unwrap().is_empty());
     assert_eq!(store.fetch(&name("bob"), 0, 10).await.unwrap().len(), 4);
+
+    // A message stored again after its ack (a late retry) and acknowledged
+    // again: its second receipt row is kept beside the first, with the other
+    // message's receipt in it.
+    let (m, n1, n2) = (MsgId::new(), MsgId::new(), MsgId::new());
+    let ack_all = |ids: Vec<MsgId>| {
+        let store = store.clone();
+        async move {
+            let seqs: Vec<i64> = store
+                .enqueue(
+                    ids.iter()
+                        .map(|id| entry("erin", "frank", *id, "{}"))
+                        .collect(),
+                )
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|s| s.expect("new"))
+                .collect();
+            store.ack(&name("erin"), seqs, 11, 99).await.unwrap()
+        }
+    };
+    rec.away.lock().unwrap().push(name("frank"));
+    assert_eq!(ack_all(vec![m, n1]).await, 2);
+    assert_eq!(ack_all(vec![m, n2]).await, 2);
+    let rows: Vec<String> = store
+        .fetch(&name("frank"), 0, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.envelope.to_string())
+        .collect();
+    assert_eq!(rows, [format!("{m} {n1}"), format!("{m} {n2}")]);
 }
 
 fn blob(
