@@ -16,19 +16,28 @@ use crate::server::Shared;
 /// client that acknowledges every frame it saw lists that seq once per frame.
 ///
 /// # Errors
-/// `malformed` for too many distinct seqs, `internal`.
+/// `malformed` for more than [`MAX_LIST`] distinct seqs (or, before they
+/// are counted, more than a page's worth of receipt frames), `internal`.
 pub async fn handle(
     shared: &Shared,
     user: &UserName,
     mut seqs: Vec<i64>,
     rid: Option<u64>,
 ) -> HandlerResult {
+    // A full page of stored receipts is the longest list a client needs.
+    let most = MAX_LIST * crate::store::RECEIPTS_PER_ROW;
+    if seqs.len() > most {
+        return Err(HandlerError::with(
+            ErrorCode::Malformed,
+            format!("at most {most} seqs per ack"),
+        ));
+    }
     let mut seen = std::collections::HashSet::with_capacity(seqs.len());
     seqs.retain(|s| seen.insert(*s));
     if seqs.len() > MAX_LIST {
         return Err(HandlerError::with(
             ErrorCode::Malformed,
-            format!("at most {MAX_LIST} seqs per ack"),
+            format!("at most {MAX_LIST} distinct seqs per ack"),
         ));
     }
     let now = crate::now_ms();

@@ -23,6 +23,7 @@ pub mod postgres;
 pub mod sqlite;
 mod writer;
 
+pub(crate) use writer::RECEIPTS_PER_ROW;
 pub use writer::{CommitListener, Quiet, WriterConfig};
 
 /// Store errors. The cause is logged by the caller; clients see `internal`.

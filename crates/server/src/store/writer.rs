@@ -1042,8 +1042,10 @@ async fn run<C: WriteConn>(
             if let Some(task) = sync_task {
                 let _ = task.await;
             }
-            // The connection (and what it holds, such as the SQLite
-            // store's lock) goes before the close is answered.
+            // The connection, and what it holds such as the SQLite store's
+            // lock, is dropped before the close is answered. (sqlx closes
+            // the SQLite handle itself on its worker thread a moment later:
+            // by then nothing writes the log or the seq mark.)
             drop(conn);
             if let Some(done) = closing.take() {
                 let _ = done.send(());

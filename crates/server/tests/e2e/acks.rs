@@ -38,6 +38,20 @@ async fn an_ack_without_a_rid_is_answered_only_when_it_fails() {
         "{v}"
     );
     assert!(v["rid"].is_null(), "{v}");
+    // (Repeats count once, but a list longer than a page of stored receipts
+    // could need is refused before they are counted.)
+    let repeated = vec!["1"; 32 * 1024 + 1];
+    bob.send(&format!(
+        r#"{{"type":"ack","rid":9,"seqs":[{}]}}"#,
+        repeated.join(",")
+    ))
+    .await;
+    let v = bob.recv().await;
+    assert_eq!(
+        (v["type"].as_str(), v["code"].as_str(), v["rid"].as_u64()),
+        (Some("error"), Some("malformed"), Some(9)),
+        "{v}"
+    );
     // ...and the next frame answers the next request.
     bob.send(r#"{"type":"presence","rid":3,"users":["alice"]}"#)
         .await;
