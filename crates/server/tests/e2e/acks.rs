@@ -93,38 +93,9 @@ async fn receipts_stored_together_come_back_one_frame_each() {
     // alice never syncs, so she is away: her receipts are stored.
     let (mut alice, _sa) = Raw::logged_in(&url, "alice", ha.path()).await;
     let ids: Vec<MsgId> = (0..40).map(|_| MsgId::new()).collect();
-    for (i, id) in ids.iter().enumerate() {
-        alice
-            .send(&format!(
-                r#"{{"type":"send","rid":{},"msg_id":"{id}","from":"alice","to":"bob","envelope":{{}}}}"#,
-                10 + i
-            ))
-            .await;
-        let v = alice.recv().await;
-        assert_eq!(v["type"], "accepted", "{v}");
-    }
+    send_to_bob(&mut alice, &ids).await;
     let (mut bob, _sb) = Raw::logged_in(&url, "bob", hb.path()).await;
-    bob.send(r#"{"type":"sync","rid":2,"after":0,"limit":100}"#)
-        .await;
-    let mut seqs = Vec::new();
-    for _ in 0..40 {
-        let v = bob.recv().await;
-        assert_eq!(v["type"], "message", "{v}");
-        seqs.push(v["seq"].as_i64().unwrap());
-    }
-    assert_eq!(bob.recv().await["type"], "synced");
-    let listed: Vec<String> = seqs.iter().map(ToString::to_string).collect();
-    bob.send(&format!(
-        r#"{{"type":"ack","rid":3,"seqs":[{}]}}"#,
-        listed.join(",")
-    ))
-    .await;
-    let v = bob.recv().await;
-    assert_eq!(
-        (v["type"].as_str(), v["count"].as_u64()),
-        (Some("acked"), Some(40)),
-        "{v}"
-    );
+    read_and_ack_all(&mut bob, ids.len()).await;
 
     // Heard live, without seqs, by the connection that sent them...
     for id in &ids {
@@ -201,53 +172,10 @@ async fn an_ack_listing_each_receipt_frame_counts_each_seq_once() {
     signup(&url, "bob").await;
     let (mut alice, _sa) = Raw::logged_in(&url, "alice", ha.path()).await;
     let n = 1100;
-    for chunk in 0..n / 100 {
-        for i in 0..100 {
-            let rid = 10 + chunk * 100 + i;
-            alice
-                .send(&format!(
-                    r#"{{"type":"send","rid":{rid},"msg_id":"{}","from":"alice","to":"bob","envelope":{{}}}}"#,
-                    MsgId::new()
-                ))
-                .await;
-        }
-        for _ in 0..100 {
-            let v = alice.recv().await;
-            assert_eq!(v["type"], "accepted", "{v}");
-        }
-    }
+    let ids: Vec<MsgId> = (0..n).map(|_| MsgId::new()).collect();
+    send_to_bob(&mut alice, &ids).await;
     let (mut bob, _sb) = Raw::logged_in(&url, "bob", hb.path()).await;
-    let mut after = 0;
-    let mut rid = 2;
-    let mut acked = 0;
-    while acked < n {
-        bob.send(&format!(
-            r#"{{"type":"sync","rid":{rid},"after":{after},"limit":1000}}"#
-        ))
-        .await;
-        let mut seqs = Vec::new();
-        loop {
-            let v = bob.recv().await;
-            match v["type"].as_str() {
-                Some("message") => seqs.push(v["seq"].as_i64().unwrap().to_string()),
-                Some("synced") => {
-                    after = v["cursor"].as_i64().unwrap();
-                    break;
-                }
-                _ => panic!("{v}"),
-            }
-        }
-        bob.send(&format!(
-            r#"{{"type":"ack","rid":{},"seqs":[{}]}}"#,
-            rid + 1,
-            seqs.join(",")
-        ))
-        .await;
-        let v = bob.recv().await;
-        assert_eq!(v["type"], "acked", "{v}");
-        acked += v["count"].as_u64().unwrap() as usize;
-        rid += 2;
-    }
+    read_and_ack_all(&mut bob, n).await;
     // alice hears them live first (no seqs), then syncs the stored ones.
     for _ in 0..n {
         let v = alice.recv().await;
@@ -293,4 +221,60 @@ async fn an_ack_listing_each_receipt_frame_counts_each_seq_once() {
         (Some("synced"), Some(0)),
         "{v}"
     );
+}
+
+/// Sends `ids` from `alice` to bob (empty envelopes), 100 at a time, each
+/// answered `accepted`.
+async fn send_to_bob(alice: &mut Raw, ids: &[MsgId]) {
+    for (c, chunk) in ids.chunks(100).enumerate() {
+        for (i, id) in chunk.iter().enumerate() {
+            let rid = 10 + c * 100 + i;
+            alice
+                .send(&format!(
+                    r#"{{"type":"send","rid":{rid},"msg_id":"{id}","from":"alice","to":"bob","envelope":{{}}}}"#
+                ))
+                .await;
+        }
+        for _ in chunk {
+            let v = alice.recv().await;
+            assert_eq!(v["type"], "accepted", "{v}");
+        }
+    }
+}
+
+/// Syncs `raw`'s mailbox page by page and acknowledges each page, until `n`
+/// messages are acknowledged.
+async fn read_and_ack_all(raw: &mut Raw, n: usize) {
+    let mut after = 0;
+    let mut rid = 2;
+    let mut acked = 0;
+    while acked < n {
+        raw.send(&format!(
+            r#"{{"type":"sync","rid":{rid},"after":{after},"limit":1000}}"#
+        ))
+        .await;
+        let mut seqs = Vec::new();
+        loop {
+            let v = raw.recv().await;
+            match v["type"].as_str() {
+                Some("message") => seqs.push(v["seq"].as_i64().unwrap().to_string()),
+                Some("synced") => {
+                    after = v["cursor"].as_i64().unwrap();
+                    break;
+                }
+                _ => panic!("{v}"),
+            }
+        }
+        raw.send(&format!(
+            r#"{{"type":"ack","rid":{},"seqs":[{}]}}"#,
+            rid + 1,
+            seqs.join(",")
+        ))
+        .await;
+        let v = raw.recv().await;
+        assert_eq!(v["type"], "acked", "{v}");
+        acked += v["count"].as_u64().unwrap() as usize;
+        rid += 2;
+    }
+    assert_eq!(acked, n);
 }
