@@ -32,8 +32,10 @@ pub async fn handle(
             format!("at most {most} seqs per ack"),
         ));
     }
-    let mut seen = std::collections::HashSet::with_capacity(seqs.len());
-    seqs.retain(|s| seen.insert(*s));
+    if seqs.len() > 1 {
+        let mut seen = std::collections::HashSet::with_capacity(seqs.len());
+        seqs.retain(|s| seen.insert(*s));
+    }
     if seqs.len() > MAX_LIST {
         return Err(HandlerError::with(
             ErrorCode::Malformed,

@@ -575,6 +575,9 @@ fn receipts(
     now: UnixMillis,
     expires_at: UnixMillis,
 ) -> Vec<NewEntry> {
+    if gone.is_empty() {
+        return Vec::new();
+    }
     // Each away sender's ids, senders in the order first met.
     let mut senders: Vec<(&UserName, Vec<MsgId>)> = Vec::new();
     let mut index: HashMap<&UserName, Option<usize>> = HashMap::new();
