@@ -10,6 +10,7 @@ use telepound_crypto::envelope::{self, Envelope};
 use telepound_crypto::safety::safety_number;
 use telepound_crypto::{Attachment, Identity, Payload, PeerKeys};
 use telepound_protocol::group::{Change, ChangeKind, GENESIS_PREV, GroupRecord, apply_change};
+use telepound_protocol::message::RawJson;
 use telepound_protocol::message::{
     B64, GroupInfo, GroupSummary, PresenceInfo, PublicKeys, UnixMillis,
 };
@@ -397,7 +398,7 @@ impl Session {
             std::time::Duration::from_secs(2),
         );
         let answer = loop {
-            let raw = RawValue::from_string(envelope.clone())
+            let raw = RawJson::parse(&envelope)
                 .map_err(|e| Error::Protocol(format!("sealed envelope is not JSON: {e}")))?;
             let sent = self
                 .client

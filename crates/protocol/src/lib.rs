@@ -25,6 +25,7 @@ pub mod error;
 pub mod group;
 pub mod ids;
 pub mod message;
+mod scan;
 
 pub use error::ErrorCode;
 pub use ids::{GroupName, IdError, MsgId, UserName};

@@ -49,6 +49,63 @@ impl From<Vec<u8>> for B64 {
 /// Milliseconds since the Unix epoch, UTC.
 pub type UnixMillis = i64;
 
+/// One well-formed JSON value, kept exactly as its sender wrote it (a sealed
+/// envelope the server forwards without looking inside). Shared, so that the
+/// server can hand the same text to its store, its log and a live recipient
+/// without copying it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RawJson(std::sync::Arc<str>);
+
+impl RawJson {
+    /// Checks that `json` is exactly one JSON value (surrounding whitespace
+    /// is dropped).
+    ///
+    /// # Errors
+    /// serde_json's error when it is not.
+    pub fn parse(json: &str) -> Result<Self, serde_json::Error> {
+        let raw: &RawValue = serde_json::from_str(json)?;
+        Ok(Self(raw.get().into()))
+    }
+
+    /// Wraps text the caller has already checked to be one JSON value with
+    /// no surrounding whitespace.
+    pub(crate) fn checked(json: &str) -> Self {
+        Self(json.into())
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        &self.0
+    }
+
+    /// The shared text itself.
+    pub fn into_shared(self) -> std::sync::Arc<str> {
+        self.0
+    }
+}
+
+impl std::fmt::Debug for RawJson {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RawJson({} bytes)", self.0.len())
+    }
+}
+
+impl Serialize for RawJson {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        // Written through serde_json's raw value, as is: a borrowed
+        // `RawValue` is a view of the text (it was checked when made).
+        let raw: &RawValue = serde_json::from_str(&self.0).map_err(serde::ser::Error::custom)?;
+        raw.serialize(s)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = Box::<RawValue>::deserialize(d)?;
+        Ok(Self(Box::<str>::from(raw).into()))
+    }
+}
+
 /// A user's public keys, as published in the key directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublicKeys {
@@ -199,7 +256,7 @@ pub enum ClientMessage {
         /// The recipient.
         to: UserName,
         /// The sealed envelope, opaque to the server.
-        envelope: Box<RawValue>,
+        envelope: RawJson,
     },
     /// Deliver one page of the waiting mailbox: the server pushes up to
     /// `limit` entries after `after` as `message` / `delivered` frames, in

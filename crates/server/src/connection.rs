@@ -972,7 +972,7 @@ impl Connection {
                 entry.server_ts,
                 &entry.envelope,
             ),
-            EntryKind::Receipt => codec::encode(&ServerMessage::Delivered {
+            EntryKind::Receipt => codec::encode_server(&ServerMessage::Delivered {
                 seq: Some(entry.seq),
                 msg_id: entry.msg_id,
                 to: entry.sender.clone(),
@@ -1005,7 +1005,7 @@ impl Connection {
     }
 
     async fn write(&mut self, msg: &ServerMessage) -> Result<(), WsError> {
-        self.send_frame(Message::Text(codec::encode(msg).into()))
+        self.send_frame(Message::Text(codec::encode_server(msg).into()))
             .await
     }
 

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 
-use serde_json::value::RawValue;
+use telepound_protocol::message::RawJson;
 use telepound_protocol::{ErrorCode, MsgId, ServerMessage, UserName};
 
 use super::{HandlerError, HandlerResult};
@@ -26,7 +26,7 @@ pub async fn prepare(
     user: &UserName,
     from: UserName,
     to: UserName,
-    _envelope: &RawValue,
+    _envelope: &RawJson,
 ) -> Result<Prepared, HandlerError> {
     if &from != user {
         return Err(HandlerError::with(
@@ -52,7 +52,7 @@ impl Prepared {
         self,
         shared: &Arc<Shared>,
         msg_id: MsgId,
-        envelope: Box<RawValue>,
+        envelope: RawJson,
         rid: Option<u64>,
     ) -> HandlerResult {
         let now = crate::now_ms();
@@ -63,7 +63,7 @@ impl Prepared {
             msg_id,
             server_ts: now,
             expires_at: now + shared.config.message_ttl.as_millis() as i64,
-            envelope: Arc::from(Box::<str>::from(envelope)),
+            envelope: envelope.into_shared(),
         };
         let (recipient, sender) = (entry.recipient.clone(), entry.sender.clone());
         // Returns after the commit; the writer has pushed it live by then.
