@@ -33,8 +33,17 @@ fn valid_name(s: &str) -> bool {
 macro_rules! name_type {
     ($(#[$doc:meta])* $name:ident) => {
         $(#[$doc])*
-        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub struct $name(String);
+        ///
+        /// Held inline (names are at most [`MAX_NAME_LEN`] ASCII bytes), so
+        /// that making, cloning and dropping one never allocates: the server
+        /// copies the sender's and recipient's names into every queue a
+        /// message passes through.
+        #[derive(Clone, PartialEq, Eq)]
+        pub struct $name {
+            len: u8,
+            /// The name, then zeros (so that equality can compare it all).
+            bytes: [u8; MAX_NAME_LEN],
+        }
 
         impl $name {
             /// Validates `s` as a name.
@@ -43,26 +52,56 @@ macro_rules! name_type {
             /// [`IdError::InvalidName`] when `s` is empty, longer than
             /// [`MAX_NAME_LEN`], or has a character other than `a-z`, `0-9`,
             /// `_` and `-`, or does not start with a letter.
-            pub fn new(s: impl Into<String>) -> Result<Self, IdError> {
-                let s = s.into();
-                if valid_name(&s) { Ok(Self(s)) } else { Err(IdError::InvalidName(s)) }
+            pub fn new(s: impl AsRef<str>) -> Result<Self, IdError> {
+                let s = s.as_ref();
+                if !valid_name(s) {
+                    return Err(IdError::InvalidName(s.to_owned()));
+                }
+                let mut bytes = [0; MAX_NAME_LEN];
+                bytes[..s.len()].copy_from_slice(s.as_bytes());
+                Ok(Self {
+                    len: s.len() as u8,
+                    bytes,
+                })
             }
 
             /// The name as text.
             pub fn as_str(&self) -> &str {
-                &self.0
+                std::str::from_utf8(self.as_bytes()).expect("names are ASCII")
+            }
+
+            fn as_bytes(&self) -> &[u8] {
+                &self.bytes[..usize::from(self.len)]
+            }
+        }
+
+        impl std::hash::Hash for $name {
+            fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                state.write(self.as_bytes());
+            }
+        }
+
+        impl Ord for $name {
+            fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+                self.as_bytes().cmp(other.as_bytes())
+            }
+        }
+
+        impl PartialOrd for $name {
+            fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+                Some(self.cmp(other))
             }
         }
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(&self.0)
+                f.write_str(self.as_str())
             }
         }
 
         impl fmt::Debug for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                fmt::Debug::fmt(&self.0, f)
+                fmt::Debug::fmt(self.as_str(), f)
             }
         }
 
@@ -75,19 +114,19 @@ macro_rules! name_type {
 
         impl AsRef<str> for $name {
             fn as_ref(&self) -> &str {
-                &self.0
+                self.as_str()
             }
         }
 
         impl Serialize for $name {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(&self.0)
+                s.serialize_str(self.as_str())
             }
         }
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
                 Self::new(s).map_err(serde::de::Error::custom)
             }
         }
