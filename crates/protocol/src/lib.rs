@@ -7,13 +7,15 @@
 //! ([`UserName`], [`MsgId`]) validate on construction, so a value of those
 //! types is always well formed.
 //!
-//! Design decision: message envelopes are carried as
-//! [`serde_json::value::RawValue`]. The server never needs to look inside an
-//! envelope (it cannot read it anyway), so it forwards the exact bytes the
-//! sender wrote without building a JSON tree for them. The decoder therefore
-//! parses in two steps (the `type` first, then that variant's struct), because
-//! serde's internally tagged enums buffer their content and cannot hold a
-//! `RawValue`.
+//! Design decision: message envelopes are carried as the JSON text the
+//! sender wrote ([`message::RawJson`] in a `send`,
+//! [`serde_json::value::RawValue`] elsewhere). The server never needs to look
+//! inside an envelope (it cannot read it anyway), so it forwards the exact
+//! bytes without building a JSON tree for them. The decoder therefore parses
+//! in two steps (the `type` first, then that variant's struct), because
+//! serde's internally tagged enums buffer their content and cannot hold a raw
+//! value; a `send` is first offered to a one-pass reader of its own, which
+//! takes the subset clients write and leaves the rest to serde.
 //!
 //! This crate has no async runtime in it; both the server and the client
 //! build on it.

@@ -414,7 +414,9 @@ impl Connection {
                 Event::Answer(answer) => self.answer_request(&answer).await,
                 Event::Push(out) => self.on_push(out).await,
                 Event::Page(page) => Box::pin(self.on_page(page)).await,
-                Event::Frame(frame) => match self.on_frame(frame).await {
+                // One clock read per frame: the activity just recorded is
+                // also when it was heard and when the rate limit counts it.
+                Event::Frame(frame) => match self.on_frame(frame, self.last_active).await {
                     Ok(()) => Ok(()),
                     Err(ending) => return Turn::Ended(ending),
                 },
@@ -583,8 +585,12 @@ impl Connection {
     }
 
     /// Handles one inbound frame; `Err` ends the connection.
-    async fn on_frame(&mut self, frame: Option<Result<Message, WsError>>) -> Result<(), Ending> {
-        self.last_heard = Instant::now();
+    async fn on_frame(
+        &mut self,
+        frame: Option<Result<Message, WsError>>,
+        now: Instant,
+    ) -> Result<(), Ending> {
+        self.last_heard = now;
         if let Some(Ok(_)) = &frame {
             self.handed_over += 1;
         }
@@ -622,7 +628,7 @@ impl Connection {
         let decoded = codec::decode_client(text.as_str(), self.shared.config.max_frame);
         // Rate-limit after decoding (cheap next to the rest of a request),
         // so the refusal names the request it refuses.
-        if !self.frames.take() {
+        if !self.frames.take_at(now) {
             self.shared.metrics.limited.inc("message_rate");
             self.refused_in_a_row += 1;
             // A client that keeps sending into a refusal is not listening:
