@@ -530,6 +530,33 @@ mod tests {
         }
     }
 
+    /// The server reads a send in one pass only when it is written as
+    /// clients write it: a real sealed envelope (whatever its text held)
+    /// in the frame the client library encodes must take that path.
+    #[test]
+    fn a_sealed_send_takes_the_servers_one_pass_reader() {
+        use telepound_protocol::ClientMessage;
+        use telepound_protocol::codec::{decode_client, encode, reads_send_in_one_pass};
+        let (alice, bob) = (Identity::generate(), Identity::generate());
+        let mut p = payload("alice", &["bob"]);
+        p.text = "quotes \" and \\ and a\nnewline, ünïcødé, \u{1}".into();
+        let json = seal(&alice, &p, &keys_of(&alice, &bob)).unwrap();
+        for rid in [None, Some(1), Some(u64::MAX)] {
+            let frame = encode(&ClientMessage::Send {
+                rid,
+                msg_id: p.msg_id,
+                from: name("alice"),
+                to: name("bob"),
+                envelope: telepound_protocol::message::RawJson::parse(&json).unwrap(),
+            });
+            assert!(reads_send_in_one_pass(&frame), "{frame}");
+            let Ok(ClientMessage::Send { envelope, .. }) = decode_client(&frame, usize::MAX) else {
+                panic!("not read as a send")
+            };
+            assert_eq!(envelope.get(), json);
+        }
+    }
+
     #[test]
     fn recipient_and_sender_open_others_cannot() {
         let (alice, bob, eve) = (

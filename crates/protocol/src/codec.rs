@@ -202,6 +202,14 @@ pub fn decode_client(text: &str, max: usize) -> Result<ClientMessage, DecodeErro
     decode_client_general(text, max)
 }
 
+/// Whether [`decode_client`] reads `text` with its one-pass reader for
+/// `send` frames (rather than serde). For tests that check real clients'
+/// frames take it; not part of the API.
+#[doc(hidden)]
+pub fn reads_send_in_one_pass(text: &str) -> bool {
+    crate::scan::send(text).is_some()
+}
+
 /// [`decode_client`] without its reader for `send` frames: serde for every
 /// frame. Public for the tests and the fuzz target that check the two
 /// agree; not part of the API.

@@ -77,7 +77,10 @@ macro_rules! name_type {
 
         impl std::hash::Hash for $name {
             fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+                // As `str` hashes: the bytes, then a terminator, so that
+                // two names in one key cannot collide by moving a letter.
                 state.write(self.as_bytes());
+                state.write_u8(0xff);
             }
         }
 
@@ -126,8 +129,19 @@ macro_rules! name_type {
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-                Self::new(s).map_err(serde::de::Error::custom)
+                struct V;
+                impl serde::de::Visitor<'_> for V {
+                    type Value = $name;
+                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                        f.write_str("a name")
+                    }
+                    // Borrowed or not, the text is copied into the name:
+                    // no String in between.
+                    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<$name, E> {
+                        $name::new(v).map_err(E::custom)
+                    }
+                }
+                d.deserialize_str(V)
             }
         }
     };
