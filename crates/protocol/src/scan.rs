@@ -32,13 +32,8 @@ pub(crate) fn send(text: &str) -> Option<ClientMessage> {
     r.eat(b'{')?;
     let (mut kind, mut rid, mut msg_id, mut from, mut to, mut envelope) =
         (false, None, None, None, None, None);
-    loop {
-        r.ws();
-        let key = r.string()?;
-        r.ws();
-        r.eat(b':')?;
-        r.ws();
-        match key {
+    r.members(b'}', |r| {
+        match r.key()? {
             "type" if !kind => {
                 if r.string()? != "send" {
                     return None;
@@ -56,13 +51,8 @@ pub(crate) fn send(text: &str) -> Option<ClientMessage> {
             }
             _ => return None,
         }
-        r.ws();
-        match r.next()? {
-            b',' => continue,
-            b'}' => break,
-            _ => return None,
-        }
-    }
+        Some(())
+    })?;
     r.ws();
     if r.i != r.b.len() || !kind {
         return None;
@@ -150,55 +140,51 @@ impl<'a> Reader<'a> {
         self.s.get(start..self.i)?.parse().ok().map(Some)
     }
 
+    /// The members of an object or array whose opening bracket has been
+    /// read, up to and including `close`: none, or `item`s separated by
+    /// commas (no trailing one), with whitespace around each.
+    fn members(&mut self, close: u8, mut item: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.ws();
+        if self.peek()? == close {
+            self.i += 1;
+            return Some(());
+        }
+        loop {
+            self.ws();
+            item(self)?;
+            self.ws();
+            match self.next()? {
+                b',' => continue,
+                c if c == close => return Some(()),
+                _ => return None,
+            }
+        }
+    }
+
+    /// An object member's key and its colon.
+    fn key(&mut self) -> Option<&'a str> {
+        let key = self.string()?;
+        self.ws();
+        self.eat(b':')?;
+        self.ws();
+        Some(key)
+    }
+
     /// Skips one JSON value, checking its grammar.
     fn value(&mut self, depth: usize) -> Option<()> {
         match self.peek()? {
             b'"' => self.skip_string().map(drop),
+            b'{' | b'[' if depth >= MAX_DEPTH => None,
             b'{' => {
-                if depth >= MAX_DEPTH {
-                    return None;
-                }
                 self.i += 1;
-                self.ws();
-                if self.peek()? == b'}' {
-                    self.i += 1;
-                    return Some(());
-                }
-                loop {
-                    self.ws();
-                    self.skip_string()?;
-                    self.ws();
-                    self.eat(b':')?;
-                    self.ws();
-                    self.value(depth + 1)?;
-                    self.ws();
-                    match self.next()? {
-                        b',' => continue,
-                        b'}' => return Some(()),
-                        _ => return None,
-                    }
-                }
+                self.members(b'}', |r| {
+                    r.key()?;
+                    r.value(depth + 1)
+                })
             }
             b'[' => {
-                if depth >= MAX_DEPTH {
-                    return None;
-                }
                 self.i += 1;
-                self.ws();
-                if self.peek()? == b']' {
-                    self.i += 1;
-                    return Some(());
-                }
-                loop {
-                    self.ws();
-                    self.value(depth + 1)?;
-                    self.ws();
-                    match self.next()? {
-                        b',' => continue,
-                        b']' => return Some(()),
-                        _ => return None,
-                    }
-                }
+                self.members(b']', |r| r.value(depth + 1))
             }
             b't' => self.eat_word(b"true"),
             b'f' => self.eat_word(b"false"),
