@@ -523,7 +523,8 @@ impl Tx for JsTx {
 }
 
 /// Drains `count` messages of `subject` with a pull consumer, acknowledging
-/// each; returns how many arrived and how long it took.
+/// each; returns how many arrived and how long it took, up to the server's
+/// confirmation of the last acknowledgement.
 pub async fn js_drain(
     addr: std::net::SocketAddr,
     subject: &str,
@@ -561,8 +562,17 @@ pub async fn js_drain(
             bail!("JetStream delivered {n} after {l}");
         }
         last = Some(n);
-        m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
         got += 1;
+        // The last acknowledgement waits for the server's confirmation, as
+        // Telepound's drain waits for its last `acked`; those before it went
+        // on the same connection, in order. The others are published without
+        // waiting, as a consumer would. (Until 2026-12-02 none waited, so the
+        // drain ended before the server had taken the last acknowledgements.)
+        if got == count {
+            m.double_ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        } else {
+            m.ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
+        }
     }
     Ok((got, start.elapsed()))
 }
