@@ -304,54 +304,52 @@ fn chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
     })
 }
 
-/// `INSERT` of `n` mailbox rows at given seqs, skipping duplicates,
-/// returning the seqs inserted. Built once per size.
+/// The statement `build` makes for `n` rows, for each of the
+/// [`CHUNK_SIZES`], built once into `cache`.
+fn sized_sql(
+    cache: &'static std::sync::OnceLock<Vec<String>>,
+    n: usize,
+    build: fn(usize) -> String,
+) -> &'static str {
+    let all = cache.get_or_init(|| CHUNK_SIZES.iter().map(|&n| build(n)).collect());
+    let at = CHUNK_SIZES
+        .iter()
+        .position(|&size| size == n)
+        .expect("a chunk size");
+    &all[at]
+}
+
+/// `INSERT` of `n` mailbox rows at given seqs, skipping duplicates.
 fn insert_sql(n: usize) -> &'static str {
-    static SQL: std::sync::OnceLock<Vec<(usize, String)>> = std::sync::OnceLock::new();
-    let all = SQL.get_or_init(|| {
-        CHUNK_SIZES
-            .iter()
-            .map(|&n| {
-                let rows = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; n].join(", ");
-                (
-                    n,
-                    format!(
-                        "INSERT INTO mailbox (seq, recipient, kind, sender, msg_id, server_ts, expires_at, envelope, \
-                         log_seg, log_off, log_len) VALUES {rows} ON CONFLICT (recipient, kind, sender, msg_id) DO NOTHING \
-                         RETURNING seq"
-                    ),
-                )
-            })
-            .collect()
-    });
-    &all.iter()
-        .find(|(size, _)| *size == n)
-        .expect("a chunk size")
-        .1
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    sized_sql(&SQL, n, |n| {
+        let rows = vec!["(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"; n].join(", ");
+        format!(
+            "INSERT INTO mailbox (seq, recipient, kind, sender, msg_id, server_ts, expires_at, envelope, \
+             log_seg, log_off, log_len) VALUES {rows} ON CONFLICT (recipient, kind, sender, msg_id) DO NOTHING"
+        )
+    })
 }
 
 /// `DELETE` of up to `n` of one recipient's rows by seq.
 fn delete_sql(n: usize) -> &'static str {
-    static SQL: std::sync::OnceLock<Vec<(usize, String)>> = std::sync::OnceLock::new();
-    let all = SQL.get_or_init(|| {
-        CHUNK_SIZES
-            .iter()
-            .map(|&n| {
-                let seqs = vec!["?"; n].join(", ");
-                (
-                    n,
-                    format!(
-                        "DELETE FROM mailbox WHERE recipient = ? AND seq IN ({seqs}) \
-                         RETURNING seq, kind, sender, msg_id, body_id, log_seg"
-                    ),
-                )
-            })
-            .collect()
-    });
-    &all.iter()
-        .find(|(size, _)| *size == n)
-        .expect("a chunk size")
-        .1
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    sized_sql(&SQL, n, |n| {
+        let seqs = vec!["?"; n].join(", ");
+        format!(
+            "DELETE FROM mailbox WHERE recipient = ? AND seq IN ({seqs}) \
+             RETURNING seq, kind, sender, msg_id, body_id, log_seg"
+        )
+    })
+}
+
+/// Which of `n` seqs have a row.
+fn present_sql(n: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    sized_sql(&SQL, n, |n| {
+        let seqs = vec!["?"; n].join(", ");
+        format!("SELECT seq FROM mailbox WHERE seq IN ({seqs})")
+    })
 }
 
 struct SqliteWriter {
@@ -386,6 +384,18 @@ struct SqliteWriter {
 const SEQ_BLOCK: i64 = 1 << 20;
 
 impl SqliteWriter {
+    /// Which of `chunk`'s seqs have a row.
+    async fn present(
+        &mut self,
+        chunk: &[(i64, &NewEntry)],
+    ) -> Result<std::collections::HashSet<i64>> {
+        let mut q = sqlx::query_scalar::<_, i64>(present_sql(chunk.len()));
+        for (seq, _) in chunk {
+            q = q.bind(*seq);
+        }
+        Ok(q.fetch_all(&mut self.conn).await?.into_iter().collect())
+    }
+
     /// The file beside the database that holds the seq high-water mark.
     fn seq_file(&self) -> std::path::PathBuf {
         let mut p = self.opts.get_filename().as_os_str().to_owned();
@@ -571,11 +581,12 @@ impl WriteConn for SqliteWriter {
             let refs = at.get(offset..offset + chunk.len()).unwrap_or_default();
             offset += chunk.len();
             let mut q = sqlx::query(insert_sql(chunk.len()));
-            let mut logged = std::collections::HashSet::new();
+            // Seqs of the chunk's entries whose envelopes went to the log.
+            let mut logged = Vec::new();
             for (i, (seq, e)) in chunk.iter().enumerate() {
                 let at = refs.get(i).copied().flatten();
                 if at.is_some() {
-                    logged.insert(*seq);
+                    logged.push(*seq);
                 }
                 q = q
                     .bind(*seq)
@@ -590,13 +601,18 @@ impl WriteConn for SqliteWriter {
                     .bind(at.map(|r| r.off as i64))
                     .bind(at.map(|r| i64::from(r.len)));
             }
-            // An entry whose seq did not come back was a duplicate.
-            let inserted: std::collections::HashSet<i64> = q
-                .fetch_all(&mut self.conn)
-                .await?
-                .into_iter()
-                .map(|r| r.try_get::<i64, _>(0))
-                .collect::<std::result::Result<_, _>>()?;
+            // The count of rows written, not `RETURNING seq`: sqlx passes
+            // every returned row from its worker thread on its own. Only
+            // when some were duplicates (a retried send) are the chunk's
+            // seqs looked up: a seq is never handed out twice, so one that
+            // is in the table now was written just now.
+            let written = q.execute(&mut self.conn).await?.rows_affected();
+            if written == chunk.len() as u64 {
+                self.log.added(logged.len() as u64);
+                out.extend(std::iter::repeat_n(true, chunk.len()));
+                continue;
+            }
+            let inserted = self.present(chunk).await?;
             self.log
                 .added(inserted.iter().filter(|seq| logged.contains(seq)).count() as u64);
             out.extend(chunk.iter().map(|(seq, _)| inserted.contains(seq)));
