@@ -98,14 +98,42 @@ impl Aligned {
         let start = buf.as_ptr().align_offset(ALIGN);
         Self { buf, start, len }
     }
-    /// Sets the length to `len`, which must fit; a buffer too small is
-    /// replaced by a zeroed one (bytes from an earlier use are kept).
-    fn resize(mut self, len: usize) -> Self {
-        if self.buf.len() - self.start < len {
-            self = Self::zeroed(len.next_power_of_two());
+    /// A buffer with no room yet: appending allocates.
+    fn empty() -> Self {
+        Self {
+            buf: Vec::new(),
+            start: 0,
+            len: 0,
         }
-        self.len = len;
-        self
+    }
+    /// The bytes it can hold from its aligned start.
+    fn capacity(&self) -> usize {
+        self.buf.len().saturating_sub(self.start)
+    }
+    /// Makes room for `need` bytes, moving to a larger buffer (a power of
+    /// two, and so a whole number of blocks) when they do not fit.
+    fn reserve(&mut self, need: usize) {
+        if need > self.capacity() {
+            let mut grown = Self::zeroed(need.next_power_of_two().max(ALIGN));
+            grown.buf[grown.start..grown.start + self.len].copy_from_slice(self.bytes());
+            grown.len = self.len;
+            *self = grown;
+        }
+    }
+    /// Appends `bytes`.
+    fn push(&mut self, bytes: &[u8]) {
+        let need = self.len + bytes.len();
+        self.reserve(need);
+        self.buf[self.start + self.len..self.start + need].copy_from_slice(bytes);
+        self.len = need;
+    }
+    /// Zeroes from the end of the bytes to the next block boundary, and
+    /// takes those zeroes in.
+    fn pad_to_block(&mut self) {
+        let end = round_up(self.len as u64) as usize;
+        self.reserve(end);
+        self.buf[self.start + self.len..self.start + end].fill(0);
+        self.len = end;
     }
     fn bytes(&self) -> &[u8] {
         &self.buf[self.start..self.start + self.len]
@@ -229,16 +257,17 @@ pub(crate) struct EnvelopeLog {
     /// so a write never touches bytes of an earlier transaction.
     end: u64,
     /// The bytes appended in the transaction in progress and not yet
-    /// handed to a write.
-    pending: Vec<u8>,
+    /// handed to a write, already in a buffer a write can take as it is.
+    pending: Aligned,
     /// A write of this transaction's bytes under way (started while the
     /// transaction's rows are still being inserted), with its buffer.
     inflight: Option<tokio::task::JoinHandle<(io::Result<()>, Aligned)>>,
     /// This transaction has appended bytes (pending or written): the
     /// segment may not change until it ends.
     open: bool,
-    /// The aligned buffer a flush writes from, kept between flushes: a new
-    /// one of a megabyte or more would come from fresh pages each time.
+    /// The buffer of the last write, kept between flushes to append into
+    /// next: a new one of a megabyte or more would come from fresh pages
+    /// each time.
     scratch: Option<Aligned>,
     /// The last write failed: the next transaction starts a new segment.
     broken: bool,
@@ -302,7 +331,7 @@ impl EnvelopeLog {
             seg,
             file: Arc::new(file),
             end: 0,
-            pending: Vec::new(),
+            pending: Aligned::empty(),
             inflight: None,
             open: false,
             scratch: None,
@@ -362,10 +391,10 @@ impl EnvelopeLog {
             .ok_or_else(|| io::Error::other("an envelope too large for the log"))?;
         let r = LogRef {
             seg: self.seg,
-            off: self.end + self.pending.len() as u64,
+            off: self.end + self.pending.len as u64,
             len,
         };
-        self.pending.extend_from_slice(envelope.as_bytes());
+        self.pending.push(envelope.as_bytes());
         self.open = true;
         Ok(r)
     }
@@ -386,19 +415,19 @@ impl EnvelopeLog {
     /// [`EnvelopeLog::flush`] waits for. Offsets of later appends follow the
     /// bytes handed over.
     pub(crate) fn start_flush(&mut self) {
-        if self.pending.is_empty() || self.inflight.is_some() {
+        if self.pending.len == 0 || self.inflight.is_some() {
             return;
         }
         let at = self.end;
-        let written = self.pending.len();
-        let mut buf = match self.scratch.take() {
-            Some(b) => b.resize(round_up(written as u64) as usize),
-            None => Aligned::zeroed(round_up(written as u64) as usize),
-        };
-        let (data, padding) = buf.bytes_mut().split_at_mut(written);
-        data.copy_from_slice(&self.pending);
-        padding.fill(0);
-        self.pending.clear();
+        let written = self.pending.len;
+        // The appends' own buffer is written; later appends go to the
+        // buffer of the last write.
+        let next = self.scratch.take().map_or_else(Aligned::empty, |mut b| {
+            b.len = 0;
+            b
+        });
+        let mut buf = std::mem::replace(&mut self.pending, next);
+        buf.pad_to_block();
         // Taken now, whatever becomes of the write: a failed one marks the
         // log broken (the next transaction starts a new segment), and the
         // bytes of an abandoned one are never written over.
@@ -429,8 +458,10 @@ impl EnvelopeLog {
                     done
                 });
         }
-        self.pending.clear();
-        self.pending.shrink_to(KEEP_BYTES);
+        self.pending.len = 0;
+        if self.pending.capacity() > KEEP_BYTES {
+            self.pending = Aligned::empty();
+        }
         self.open = false;
         // Counted even if the write failed: the rows will not commit then,
         // and a count above the truth only keeps a segment longer.
@@ -462,7 +493,7 @@ impl EnvelopeLog {
             self.broken = true;
         }
         self.open = false;
-        self.pending.clear();
+        self.pending.len = 0;
         self.deleted.clear();
         self.added = 0;
     }
