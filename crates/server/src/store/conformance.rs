@@ -1070,6 +1070,64 @@ pub async fn mixed_batches_announce_in_order(store: Arc<dyn Store>, rec: Arc<Rec
     }
 }
 
+/// Envelopes come back byte for byte, whatever they hold (quotes,
+/// backslashes, escapes, control characters, non-ASCII), small ones and
+/// ones large enough for the SQLite backend's envelope log, and their
+/// acknowledgement reports each one once.
+pub async fn envelopes_round_trip(store: Arc<dyn Store>, rec: Arc<Recorder>) {
+    let nasty = "{\"t\":\"a \\\" quote, a \\\\ backslash, \\u0000 \\n escapes\",\
+                 \"raw\":\"tab\t newline\n cr\r \u{1} \u{1f} del\u{7f} é ü 漢 😀 \u{2028}\"}";
+    let big = format!("{nasty}{}", "x\"\\".repeat(2000));
+    let texts: Vec<String> = (0..40)
+        .map(|i| match i % 3 {
+            0 => nasty.to_string(),
+            1 => format!("{big}{i}"),
+            _ => format!("[{i},\"\\u00e9\",null,true]"),
+        })
+        .collect();
+    let entries: Vec<NewEntry> = texts
+        .iter()
+        .map(|t| entry("bob", "alice", MsgId::new(), t))
+        .collect();
+    let ids: Vec<MsgId> = entries.iter().map(|e| e.msg_id).collect();
+    assert!(
+        store
+            .enqueue(entries)
+            .await
+            .unwrap()
+            .iter()
+            .all(Option::is_some)
+    );
+    // And one alone, which the SQLite backend keeps in its row.
+    store
+        .enqueue(vec![entry("bob", "alice", MsgId::new(), &big)])
+        .await
+        .unwrap();
+    let page = store.fetch(&name("bob"), 0, 100).await.unwrap();
+    let got: Vec<&str> = page.iter().map(|e| &*e.envelope).collect();
+    let mut want: Vec<&str> = texts.iter().map(String::as_str).collect();
+    want.push(&big);
+    assert_eq!(got, want);
+    assert_eq!(
+        page.iter().take(40).map(|e| e.msg_id).collect::<Vec<_>>(),
+        ids
+    );
+    assert!(
+        page.iter()
+            .all(|e| e.sender == name("alice") && e.server_ts == 1000)
+    );
+    // Acknowledged twice over, in one list: each counts once.
+    let mut seqs: Vec<i64> = page.iter().map(|e| e.seq).collect();
+    seqs.extend(seqs.clone());
+    rec.delivered.lock().unwrap().clear();
+    assert_eq!(
+        store.ack(&name("bob"), seqs, 2000, 99_000).await.unwrap(),
+        41
+    );
+    assert_eq!(rec.delivered.lock().unwrap().len(), 41);
+    assert!(store.fetch(&name("bob"), 0, 100).await.unwrap().is_empty());
+}
+
 /// Generates one `#[tokio::test]` per behaviour check, each on a fresh store
 /// made by `$make(listener)`, an async fn returning
 /// `Option<(Arc<dyn Store>, guard)>` (`None` skips, after saying why).
@@ -1079,7 +1137,7 @@ macro_rules! store_conformance_tests {
         $crate::store_conformance_tests!(@each $make;
             users, server_setup_is_stable, sessions, mailbox, expiry,
             concurrent_writes_group_commit, receipts, batches, blobs, groups, ack_window,
-            mixed_batches_announce_in_order);
+            mixed_batches_announce_in_order, envelopes_round_trip);
     };
     (@each $make:path; $($check:ident),*) => {
         $(

@@ -431,6 +431,10 @@ pub(crate) fn group_name(s: String) -> Result<GroupName> {
 }
 
 pub(crate) fn user_name(s: String) -> Result<UserName> {
+    user_name_of(&s)
+}
+
+pub(crate) fn user_name_of(s: &str) -> Result<UserName> {
     UserName::new(s).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
