@@ -1098,15 +1098,19 @@ pub async fn envelopes_round_trip(store: Arc<dyn Store>, rec: Arc<Recorder>) {
             .iter()
             .all(Option::is_some)
     );
-    // And one alone, which the SQLite backend keeps in its row.
-    store
-        .enqueue(vec![entry("bob", "alice", MsgId::new(), &big)])
-        .await
-        .unwrap();
+    // And alone, which the SQLite backend keeps in their rows: one
+    // ordinary, one longer than a page's aggregate takes (read apart).
+    let huge = format!("{big}{}", "y\\\"".repeat(8000));
+    for text in [&big, &huge] {
+        store
+            .enqueue(vec![entry("bob", "alice", MsgId::new(), text)])
+            .await
+            .unwrap();
+    }
     let page = store.fetch(&name("bob"), 0, 100).await.unwrap();
     let got: Vec<&str> = page.iter().map(|e| &*e.envelope).collect();
     let mut want: Vec<&str> = texts.iter().map(String::as_str).collect();
-    want.push(&big);
+    want.extend([big.as_str(), huge.as_str()]);
     assert_eq!(got, want);
     assert_eq!(
         page.iter().take(40).map(|e| e.msg_id).collect::<Vec<_>>(),
@@ -1122,9 +1126,9 @@ pub async fn envelopes_round_trip(store: Arc<dyn Store>, rec: Arc<Recorder>) {
     rec.delivered.lock().unwrap().clear();
     assert_eq!(
         store.ack(&name("bob"), seqs, 2000, 99_000).await.unwrap(),
-        41
+        42
     );
-    assert_eq!(rec.delivered.lock().unwrap().len(), 41);
+    assert_eq!(rec.delivered.lock().unwrap().len(), 42);
     assert!(store.fetch(&name("bob"), 0, 100).await.unwrap().is_empty());
 }
 

@@ -106,9 +106,11 @@ impl Aligned {
             len: 0,
         }
     }
-    /// The bytes it can hold from its aligned start.
+    /// The bytes it can hold from its aligned start, counted without the
+    /// alignment slack: the length it was made with, a whole number of
+    /// blocks once it has grown.
     fn capacity(&self) -> usize {
-        self.buf.len().saturating_sub(self.start)
+        self.buf.len().saturating_sub(ALIGN)
     }
     /// Makes room for `need` bytes, moving to a larger buffer (a power of
     /// two, and so a whole number of blocks) when they do not fit.
@@ -454,14 +456,11 @@ impl EnvelopeLog {
                 .await
                 .map_err(io::Error::other)
                 .and_then(|(done, buf)| {
-                    self.scratch = (buf.buf.len() <= KEEP_BYTES + ALIGN).then_some(buf);
+                    self.scratch = (buf.capacity() <= KEEP_BYTES).then_some(buf);
                     done
                 });
         }
-        self.pending.len = 0;
-        if self.pending.capacity() > KEEP_BYTES {
-            self.pending = Aligned::empty();
-        }
+        self.reset_pending();
         self.open = false;
         // Counted even if the write failed: the rows will not commit then,
         // and a count above the truth only keeps a segment longer.
@@ -470,6 +469,14 @@ impl EnvelopeLog {
             self.broken = true;
         }
         done
+    }
+
+    /// Empties the pending buffer, and lets a large one go.
+    fn reset_pending(&mut self) {
+        self.pending.len = 0;
+        if self.pending.capacity() > KEEP_BYTES {
+            self.pending = Aligned::empty();
+        }
     }
 
     /// The transaction committed: its deletes count.
@@ -493,7 +500,7 @@ impl EnvelopeLog {
             self.broken = true;
         }
         self.open = false;
-        self.pending.len = 0;
+        self.reset_pending();
         self.deleted.clear();
         self.added = 0;
     }

@@ -346,18 +346,42 @@ fn doomed_sql(n: usize) -> &'static str {
 type GoneRow<'a> = (i64, i64, &'a str, &'a str, Option<i64>, Option<i64>);
 
 /// A page row: seq, kind, sender, msg_id, server_ts, envelope (empty when
-/// it is in the log), log_seg, log_off, log_len.
+/// it is in the log, absent when too long for the aggregate), log_seg,
+/// log_off, log_len. Names and msg ids are borrowed: they were checked when
+/// written and hold nothing JSON escapes.
 type PageRow<'a> = (
     i64,
     i64,
     &'a str,
     &'a str,
     i64,
-    std::borrow::Cow<'a, str>,
+    Option<Text<'a>>,
     Option<i64>,
     Option<i64>,
     Option<i64>,
 );
+
+/// A JSON string, borrowed from the aggregate unless it had escapes.
+#[derive(serde::Deserialize)]
+struct Text<'a>(#[serde(borrow)] std::borrow::Cow<'a, str>);
+
+/// Envelopes longer than this many characters are left out of a page's
+/// aggregate and read on their own ([`envelopes_sql`]), so that a page of
+/// large group bodies or inline envelopes stays far below SQLite's limit
+/// on one value (a billion bytes), whatever the frame limit.
+const AGGREGATE_ENVELOPE_MAX: i64 = 16 * 1024;
+
+/// The envelopes of up to `n` rows by seq, from their row or shared body.
+fn envelopes_sql(n: usize) -> &'static str {
+    static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    sized_sql(&SQL, n, |n| {
+        let seqs = vec!["?"; n].join(", ");
+        format!(
+            "SELECT m.seq, COALESCE(b.envelope, m.envelope) FROM mailbox m \
+             LEFT JOIN bodies b ON b.id = m.body_id WHERE m.seq IN ({seqs})"
+        )
+    })
+}
 
 /// Rows aggregated into one JSON array by SQLite: one value through sqlx
 /// instead of one hand-off from its worker thread per row, which cost
@@ -958,13 +982,15 @@ impl SqliteStore {
         // for a row at a time through sqlx (a microbenchmark on one core,
         // pages of 1024).
         let text: String = sqlx::query_scalar(
-            "SELECT json_group_array(json_array(seq, kind, sender, msg_id, server_ts, envelope, \
+            "SELECT json_group_array(json_array(seq, kind, sender, msg_id, server_ts, \
+             CASE WHEN length(envelope) <= ? THEN envelope END, \
              log_seg, log_off, log_len)) FROM ( \
              SELECT m.seq, m.kind, m.sender, m.msg_id, m.server_ts, \
              COALESCE(b.envelope, m.envelope) AS envelope, m.log_seg, m.log_off, m.log_len \
              FROM mailbox m LEFT JOIN bodies b ON b.id = m.body_id \
              WHERE m.recipient = ? AND m.seq > ? ORDER BY m.seq LIMIT +?)",
         )
+        .bind(AGGREGATE_ENVELOPE_MAX)
         .bind(recipient.as_str())
         .bind(after_seq)
         .bind(i64::from(limit))
@@ -975,23 +1001,50 @@ impl SqliteStore {
         rows.sort_by_key(|r| r.0);
         let mut entries = Vec::with_capacity(rows.len());
         let mut logged = Vec::new();
+        let mut long = Vec::new();
         for (seq, kind, sender, id, server_ts, envelope, seg, off, len) in rows {
-            if let Some(seg) = seg {
+            let envelope = if let Some(seg) = seg {
+                let (Some(off), Some(len)) = (off, len) else {
+                    return Err(super::StoreError::Corrupt(format!(
+                        "mailbox row {seq} names envelope log segment {seg} without an offset and a length"
+                    )));
+                };
                 let at = LogRef {
                     seg: log_int(seg, "segment")?,
-                    off: log_int(off.unwrap_or(-1), "offset")?,
-                    len: log_int(len.unwrap_or(-1), "length")?,
+                    off: log_int(off, "offset")?,
+                    len: log_int(len, "length")?,
                 };
                 logged.push((entries.len(), at));
-            }
+                Arc::from("")
+            } else if let Some(Text(text)) = envelope {
+                Arc::from(text)
+            } else {
+                long.push((entries.len(), seq));
+                Arc::from("")
+            };
             entries.push(StoredEntry {
                 seq,
                 kind: EntryKind::from_i64(kind)?,
                 sender: user_name_of(sender)?,
                 msg_id: msg_id(id)?,
                 server_ts,
-                envelope: Arc::from(envelope),
+                envelope,
             });
+        }
+        for chunk in chunks(&long) {
+            let mut q = sqlx::query_as::<_, (i64, String)>(envelopes_sql(chunk.len()));
+            for (_, seq) in chunk {
+                q = q.bind(*seq);
+            }
+            let found: std::collections::HashMap<i64, String> =
+                q.fetch_all(&self.pool).await?.into_iter().collect();
+            for (i, seq) in chunk {
+                // Deleted since the page was read: read the page again.
+                let Some(envelope) = found.get(seq) else {
+                    return Ok(None);
+                };
+                entries[*i].envelope = Arc::from(envelope.as_str());
+            }
         }
         if logged.is_empty() {
             return Ok(Some(entries));
