@@ -566,8 +566,7 @@ pub async fn js_drain(
         // The last acknowledgement waits for the server's confirmation, as
         // Telepound's drain waits for its last `acked`; those before it went
         // on the same connection, in order. The others are published without
-        // waiting, as a consumer would. (Until 2026-12-02 none waited, so the
-        // drain ended before the server had taken the last acknowledgements.)
+        // waiting, as a consumer would.
         if got == count {
             m.double_ack().await.map_err(|e| anyhow::anyhow!("{e}"))?;
         } else {
