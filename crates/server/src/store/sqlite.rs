@@ -967,7 +967,8 @@ fn keys_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<PublicKeys> {
 }
 
 impl SqliteStore {
-    /// A page of the mailbox; `None` when an envelope's segment is gone.
+    /// A page of the mailbox; `None` when an envelope's segment, or a row
+    /// whose envelope is read apart, is gone (read the page again).
     async fn fetch_once(
         &self,
         recipient: &UserName,
