@@ -308,6 +308,11 @@ fn sized_sql(
     &all[at]
 }
 
+/// `n` bound parameters, comma-separated, for an `IN (...)` list.
+fn marks(n: usize) -> String {
+    vec!["?"; n].join(", ")
+}
+
 /// `INSERT` of `n` mailbox rows at given seqs, skipping duplicates.
 fn insert_sql(n: usize) -> &'static str {
     static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
@@ -324,7 +329,7 @@ fn insert_sql(n: usize) -> &'static str {
 fn delete_sql(n: usize) -> &'static str {
     static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     sized_sql(&SQL, n, |n| {
-        let seqs = vec!["?"; n].join(", ");
+        let seqs = marks(n);
         format!("DELETE FROM mailbox WHERE recipient = ? AND seq IN ({seqs})")
     })
 }
@@ -334,7 +339,7 @@ fn delete_sql(n: usize) -> &'static str {
 fn doomed_sql(n: usize) -> &'static str {
     static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     sized_sql(&SQL, n, |n| {
-        let seqs = vec!["?"; n].join(", ");
+        let seqs = marks(n);
         format!(
             "SELECT json_group_array(json_array(seq, kind, sender, msg_id, body_id, log_seg)) \
              FROM mailbox WHERE recipient = ? AND seq IN ({seqs})"
@@ -375,7 +380,7 @@ const AGGREGATE_ENVELOPE_MAX: i64 = 16 * 1024;
 fn envelopes_sql(n: usize) -> &'static str {
     static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     sized_sql(&SQL, n, |n| {
-        let seqs = vec!["?"; n].join(", ");
+        let seqs = marks(n);
         format!(
             "SELECT m.seq, COALESCE(b.envelope, m.envelope) FROM mailbox m \
              LEFT JOIN bodies b ON b.id = m.body_id WHERE m.seq IN ({seqs})"
@@ -394,7 +399,7 @@ fn json_rows<'a, T: serde::Deserialize<'a>>(text: &'a str) -> Result<Vec<T>> {
 fn present_sql(n: usize) -> &'static str {
     static SQL: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
     sized_sql(&SQL, n, |n| {
-        let seqs = vec!["?"; n].join(", ");
+        let seqs = marks(n);
         format!("SELECT seq FROM mailbox WHERE seq IN ({seqs})")
     })
 }
