@@ -155,10 +155,13 @@ fn ws_config(max_frame: usize) -> WebSocketConfig {
     WebSocketConfig::default()
         .max_message_size(Some(max_frame))
         .max_frame_size(Some(max_frame))
-        .read_buffer_size(4096)
+        // Each read asks the socket for up to this much (tungstenite zeroes
+        // it first, so much larger costs more than the system calls it
+        // saves). A hibernating connection holds neither buffer.
+        .read_buffer_size(8 * 1024)
         // Frames collect up to this much before a write: a burst of pushes
         // goes out in a few system calls (the connection flushes when idle).
-        .write_buffer_size(16 * 1024)
+        .write_buffer_size(64 * 1024)
 }
 
 /// Why the connection ended, for the log and the metrics.
