@@ -84,7 +84,7 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', default_value = "1,64,512")]
     pub durable_in_flight: Vec<usize>,
     /// Offered rates for the latency scenario, messages per second (the
-    /// scenario stops past the knee).
+    /// scenario stops past the knee, but not before 10000, the target's).
     #[arg(
         long,
         value_delimiter = ',',
