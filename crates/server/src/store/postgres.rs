@@ -51,6 +51,11 @@ fn migrator() -> sqlx::migrate::Migrator {
             "group log",
             include_str!("../../migrations/postgres/0005_group_log.sql"),
         ),
+        migration(
+            6,
+            "partial body index",
+            include_str!("../../migrations/postgres/0006_partial_body_index.sql"),
+        ),
     ])
 }
 

@@ -59,6 +59,11 @@ fn migrator() -> sqlx::migrate::Migrator {
             "envelope log",
             include_str!("../../migrations/sqlite/0006_envelope_log.sql"),
         ),
+        migration(
+            7,
+            "partial body index",
+            include_str!("../../migrations/sqlite/0007_partial_body_index.sql"),
+        ),
     ])
 }
 
