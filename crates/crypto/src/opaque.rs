@@ -10,7 +10,7 @@ use opaque_ke::{
 };
 use rand_core_06::OsRng;
 use telepound_protocol::UserName;
-use telepound_protocol::auth::{KsfParams, LOGIN_CONTEXT, Suite, identifiers};
+use telepound_protocol::auth::{Argon2Ksf, KsfParams, LOGIN_CONTEXT, Suite, identifiers};
 use zeroize::{Zeroize, Zeroizing};
 
 use crate::{Error, Result};
@@ -18,20 +18,16 @@ use crate::{Error, Result};
 /// OPAQUE's export key: 64 bytes known only to a client with the password.
 pub type ExportKey = Zeroizing<Vec<u8>>;
 
-/// Builds the Argon2id instance for `params`.
+/// Builds the Argon2id instance for `params`: the suite's key-stretching
+/// function, which wipes its working memory after each hash.
 ///
 /// # Errors
 /// [`Error::Ksf`] when the parameters are out of range.
-pub fn argon2(params: &KsfParams) -> Result<opaque_ke::argon2::Argon2<'static>> {
-    use opaque_ke::argon2;
+pub fn argon2(params: &KsfParams) -> Result<Argon2Ksf> {
     params.validate().map_err(Error::Ksf)?;
-    let p = argon2::Params::new(params.m_kib, params.t, params.p, None)
+    let p = opaque_ke::argon2::Params::new(params.m_kib, params.t, params.p, None)
         .map_err(|e| Error::Ksf(e.to_string()))?;
-    Ok(argon2::Argon2::new(
-        argon2::Algorithm::Argon2id,
-        argon2::Version::V0x13,
-        p,
-    ))
+    Ok(Argon2Ksf::new(p))
 }
 
 /// Client state between `register_start` and `register_finish`.

@@ -14,7 +14,54 @@ pub struct Suite;
 impl opaque_ke::CipherSuite for Suite {
     type OprfCs = opaque_ke::Ristretto255;
     type KeyExchange = opaque_ke::TripleDh<opaque_ke::Ristretto255, sha2_010::Sha512>;
-    type Ksf = opaque_ke::argon2::Argon2<'static>;
+    type Ksf = Argon2Ksf;
+}
+
+/// Argon2id as OPAQUE's key-stretching function: the same hash as
+/// opaque-ke's own `Ksf` for `Argon2` (a salt of 16 zero bytes, as the
+/// OPAQUE RFC has it), so existing registrations still log in, except that
+/// its working memory (19 MiB at the default cost) is wiped before it goes
+/// back to the allocator. opaque-ke's, through `Argon2::hash_password_into`,
+/// frees it as it is: the last pass's blocks are enough to compute the
+/// hash's output, and from it the key that opens the user's private keys.
+#[derive(Default)]
+pub struct Argon2Ksf(argon2::Argon2<'static>);
+
+impl Argon2Ksf {
+    /// Argon2id (version 0x13) with these parameters.
+    pub fn new(params: argon2::Params) -> Self {
+        Self(argon2::Argon2::new(
+            argon2::Algorithm::Argon2id,
+            argon2::Version::V0x13,
+            params,
+        ))
+    }
+
+    /// Hashes `input` with `salt` into `out`, then wipes the memory it used.
+    ///
+    /// # Errors
+    /// Argon2's, for an output or salt of a length it does not take.
+    pub fn hash_into(&self, input: &[u8], salt: &[u8], out: &mut [u8]) -> argon2::Result<()> {
+        let mut memory = vec![argon2::Block::default(); self.0.params().block_count()];
+        let result = self
+            .0
+            .hash_password_into_with_memory(input, salt, out, &mut memory);
+        zeroize::Zeroize::zeroize(&mut memory);
+        result
+    }
+}
+
+impl opaque_ke::ksf::Ksf for Argon2Ksf {
+    fn hash<L: opaque_ke::generic_array::ArrayLength<u8>>(
+        &self,
+        input: opaque_ke::generic_array::GenericArray<u8, L>,
+    ) -> Result<opaque_ke::generic_array::GenericArray<u8, L>, opaque_ke::errors::InternalError>
+    {
+        let mut output = opaque_ke::generic_array::GenericArray::default();
+        self.hash_into(&input, &[0; argon2::RECOMMENDED_SALT_LEN], &mut output)
+            .map_err(|_| opaque_ke::errors::InternalError::KsfError)?;
+        Ok(output)
+    }
 }
 
 /// Context string bound into every OPAQUE login, so a transcript from another
@@ -177,5 +224,29 @@ mod tests {
         );
         assert!(KsfParams::DEFAULT.meets(&p));
         assert!(!p.meets(&KsfParams::DEFAULT));
+    }
+
+    /// The suite's stretching function computes what opaque-ke's own
+    /// `Argon2` one does, so records registered with it still log in.
+    #[test]
+    fn wiping_ksf_hashes_as_opaque_kes_argon2() {
+        use opaque_ke::generic_array::GenericArray;
+        use opaque_ke::generic_array::typenum::U64;
+        use opaque_ke::ksf::Ksf;
+        for (m, t) in [(64, 1), (256, 2), (1024, 3)] {
+            let params = || argon2::Params::new(m, t, 1, None).unwrap();
+            let theirs = argon2::Argon2::new(
+                argon2::Algorithm::Argon2id,
+                argon2::Version::V0x13,
+                params(),
+            );
+            let ours = Argon2Ksf::new(params());
+            for input in [[0u8; 64], [7u8; 64]] {
+                let input = GenericArray::<u8, U64>::clone_from_slice(&input);
+                let expected = theirs.hash(input).unwrap();
+                assert_eq!(ours.hash(input).unwrap(), expected, "m={m} t={t}");
+                assert_ne!(expected, input);
+            }
+        }
     }
 }
