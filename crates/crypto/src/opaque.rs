@@ -101,7 +101,7 @@ pub fn login_finish(
 ) -> Result<(Vec<u8>, ExportKey)> {
     let response = CredentialResponse::<Suite>::deserialize(response).map_err(|_| Error::Opaque)?;
     let argon = argon2(ksf)?;
-    let r = state
+    let mut r = state
         .0
         .finish(
             &mut OsRng,
@@ -110,8 +110,10 @@ pub fn login_finish(
             ClientLoginFinishParameters::new(Some(LOGIN_CONTEXT), identifiers(user), Some(&argon)),
         )
         .map_err(|_| Error::Opaque)?;
-    Ok((
-        r.message.serialize().to_vec(),
-        Zeroizing::new(r.export_key.to_vec()),
-    ))
+    let export_key = Zeroizing::new(r.export_key.to_vec());
+    // opaque-ke's result type does not wipe itself. Its session key is
+    // not used: the login's WebSocket is the session.
+    r.export_key.as_mut_slice().zeroize();
+    r.session_key.as_mut_slice().zeroize();
+    Ok((r.message.serialize().to_vec(), export_key))
 }

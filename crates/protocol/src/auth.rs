@@ -20,10 +20,13 @@ impl opaque_ke::CipherSuite for Suite {
 /// Argon2id as OPAQUE's key-stretching function: the same hash as
 /// opaque-ke's own `Ksf` for `Argon2` (a salt of 16 zero bytes, as the
 /// OPAQUE RFC has it), so existing registrations still log in, except that
-/// its working memory (19 MiB at the default cost) is wiped before it goes
-/// back to the allocator. opaque-ke's, through `Argon2::hash_password_into`,
-/// frees it as it is: the last pass's blocks are enough to compute the
-/// hash's output, and from it the key that opens the user's private keys.
+/// its working memory (19 MiB at the default cost) and its input (the OPRF
+/// output) are wiped before they go back to the allocator. opaque-ke's,
+/// through `Argon2::hash_password_into`, frees the memory as it is: the
+/// last pass's blocks are enough to compute the hash's output, and from it
+/// the key that opens the user's private keys. (What opaque-ke keeps of
+/// its own, the OPRF output and the hash's result, and Argon2's 1 KiB
+/// buffer on the stack, are out of reach here.)
 #[derive(Default)]
 pub struct Argon2Ksf(argon2::Argon2<'static>);
 
@@ -42,24 +45,26 @@ impl Argon2Ksf {
     /// # Errors
     /// Argon2's, for an output or salt of a length it does not take.
     pub fn hash_into(&self, input: &[u8], salt: &[u8], out: &mut [u8]) -> argon2::Result<()> {
-        let mut memory = vec![argon2::Block::default(); self.0.params().block_count()];
-        let result = self
-            .0
-            .hash_password_into_with_memory(input, salt, out, &mut memory);
-        zeroize::Zeroize::zeroize(&mut memory);
-        result
+        // Wiped when dropped, on every path out, an unwinding one too.
+        let mut memory = zeroize::Zeroizing::new(vec![
+            argon2::Block::default();
+            self.0.params().block_count()
+        ]);
+        self.0
+            .hash_password_into_with_memory(input, salt, out, memory.as_mut_slice())
     }
 }
 
 impl opaque_ke::ksf::Ksf for Argon2Ksf {
     fn hash<L: opaque_ke::generic_array::ArrayLength<u8>>(
         &self,
-        input: opaque_ke::generic_array::GenericArray<u8, L>,
+        mut input: opaque_ke::generic_array::GenericArray<u8, L>,
     ) -> Result<opaque_ke::generic_array::GenericArray<u8, L>, opaque_ke::errors::InternalError>
     {
         let mut output = opaque_ke::generic_array::GenericArray::default();
-        self.hash_into(&input, &[0; argon2::RECOMMENDED_SALT_LEN], &mut output)
-            .map_err(|_| opaque_ke::errors::InternalError::KsfError)?;
+        let result = self.hash_into(&input, &[0; argon2::RECOMMENDED_SALT_LEN], &mut output);
+        zeroize::Zeroize::zeroize(input.as_mut_slice());
+        result.map_err(|_| opaque_ke::errors::InternalError::KsfError)?;
         Ok(output)
     }
 }

@@ -93,7 +93,7 @@ pub async fn finish(
     }
     let fin = CredentialFinalization::<Suite>::deserialize(finalization)
         .map_err(|_| HandlerError::with(ErrorCode::BadKey, "malformed OPAQUE finalization"))?;
-    pending
+    let mut done = pending
         .state
         .finish(
             fin,
@@ -103,6 +103,9 @@ pub async fn finish(
             },
         )
         .map_err(|_| HandlerError::new(ErrorCode::AuthFailed))?;
+    // OPAQUE's session key is not used (the token below is the session);
+    // opaque-ke's result does not wipe it.
+    zeroize::Zeroize::zeroize(done.session_key.as_mut_slice());
 
     let mut token = [0u8; 32];
     {
