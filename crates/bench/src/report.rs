@@ -321,13 +321,17 @@ impl Results {
         t
     }
 
-    /// The knee: the highest offered rate with p99 under 5 ms.
+    /// The knee: the highest offered rate with p99 under 5 ms there and at
+    /// every lower rate offered (the scenario goes on past a lower rate that
+    /// missed, up to the target's, so a higher one may pass again).
     fn knee(&self, peer: Peer) -> Option<u64> {
-        self.curves
+        let mut curves: Vec<_> = self.curves.iter().filter(|c| c.peer == peer).collect();
+        curves.sort_by_key(|c| c.rate);
+        curves
             .iter()
-            .filter(|c| c.peer == peer && c.p99 < 5_000)
+            .take_while(|c| c.p99 < 5_000)
             .map(|c| c.rate)
-            .max()
+            .last()
     }
 }
 
@@ -431,7 +435,7 @@ pub fn markdown(r: &Results) -> String {
                 Some(k) => {
                     let _ = writeln!(
                         md,
-                        "- knee (highest rate with p99 < 5 ms) for {}: {k} msgs/s",
+                        "- knee (highest rate with p99 < 5 ms there and below) for {}: {k} msgs/s",
                         p.name()
                     );
                 }
@@ -677,5 +681,13 @@ mod tests {
         assert_eq!(r.knee(Peer::Telepound), Some(10_000));
         let md = markdown(&r);
         assert!(md.contains("| telepound | 10000 |"));
+        // A rate that missed caps the knee, whatever passes above it.
+        r.curves
+            .push(Curve::median(Peer::Nats, 5000, &[l(5000, 7000)]));
+        r.curves
+            .push(Curve::median(Peer::Nats, 10_000, &[l(10_000, 200)]));
+        assert_eq!(r.knee(Peer::Nats), Some(1000));
+        r.curves.remove(0);
+        assert_eq!(r.knee(Peer::Telepound), Some(10_000));
     }
 }
