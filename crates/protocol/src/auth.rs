@@ -20,13 +20,14 @@ impl opaque_ke::CipherSuite for Suite {
 /// Argon2id as OPAQUE's key-stretching function: the same hash as
 /// opaque-ke's own `Ksf` for `Argon2` (a salt of 16 zero bytes, as the
 /// OPAQUE RFC has it), so existing registrations still log in, except that
-/// its working memory (19 MiB at the default cost) and its input (the OPRF
-/// output) are wiped before they go back to the allocator. opaque-ke's,
-/// through `Argon2::hash_password_into`, frees the memory as it is: the
-/// last pass's blocks are enough to compute the hash's output, and from it
-/// the key that opens the user's private keys. (What opaque-ke keeps of
-/// its own, the OPRF output and the hash's result, and Argon2's 1 KiB
-/// buffer on the stack, are out of reach here.)
+/// its working memory (19 MiB at the default cost) is wiped before it goes
+/// back to the allocator, and the copy of the OPRF output it is handed is
+/// wiped once hashed. opaque-ke's, through `Argon2::hash_password_into`,
+/// frees the memory as it is: the last pass's blocks are enough to compute
+/// the hash's output, and from it the key that opens the user's private
+/// keys. (What opaque-ke keeps of its own, its original of the OPRF output
+/// and the hash's result, and Argon2's 1 KiB buffer on the stack, are out
+/// of reach here.)
 #[derive(Default)]
 pub struct Argon2Ksf(argon2::Argon2<'static>);
 
@@ -61,11 +62,21 @@ impl opaque_ke::ksf::Ksf for Argon2Ksf {
         mut input: opaque_ke::generic_array::GenericArray<u8, L>,
     ) -> Result<opaque_ke::generic_array::GenericArray<u8, L>, opaque_ke::errors::InternalError>
     {
+        let input = WipeOnDrop(input.as_mut_slice());
         let mut output = opaque_ke::generic_array::GenericArray::default();
-        let result = self.hash_into(&input, &[0; argon2::RECOMMENDED_SALT_LEN], &mut output);
-        zeroize::Zeroize::zeroize(input.as_mut_slice());
-        result.map_err(|_| opaque_ke::errors::InternalError::KsfError)?;
+        self.hash_into(&*input.0, &[0; argon2::RECOMMENDED_SALT_LEN], &mut output)
+            .map_err(|_| opaque_ke::errors::InternalError::KsfError)?;
         Ok(output)
+    }
+}
+
+/// Wipes the bytes it holds when dropped: on every path out, an unwinding
+/// one too.
+struct WipeOnDrop<'a>(&'a mut [u8]);
+
+impl Drop for WipeOnDrop<'_> {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(self.0);
     }
 }
 
