@@ -384,6 +384,8 @@ async fn latency(args: &Args, peer: Peer, out: &mut Results) -> anyhow::Result<(
     let run = Running::start(peer, args).await?;
     let ends = Ends::new(&run, args.pairs, "la").await?;
     let mut round = 0;
+    // Whether a rate so far had its p99 at or above the knee's bound.
+    let mut missed = false;
     for &rate in &args.rates {
         let mut runs = Vec::new();
         for _ in 0..args.repeat {
@@ -417,12 +419,12 @@ async fn latency(args: &Args, peer: Peer, out: &mut Results) -> anyhow::Result<(
             break;
         }
         let c = Curve::median(peer, rate, &runs);
-        // Past the knee the rates above say nothing more, except the one
-        // a target is stated at: a noisy spell at a lower rate must not
-        // leave it unmeasured.
-        let past_knee = c.p99 >= KNEE_P99_US && rate >= TARGET_RATE;
+        // Past the knee (a rate missed, this one or a lower one) the rates
+        // above say nothing more, except the one a target is stated at: a
+        // noisy spell at a lower rate must not leave it unmeasured.
+        missed |= c.p99 >= KNEE_P99_US;
         out.curves.push(c);
-        if past_knee {
+        if missed && rate >= TARGET_RATE {
             break;
         }
     }

@@ -440,7 +440,7 @@ pub fn markdown(r: &Results) -> String {
                     );
                 }
                 None => {
-                    let _ = writeln!(md, "- {}: p99 ≥ 5 ms at every measured rate", p.name());
+                    let _ = writeln!(md, "- {}: p99 ≥ 5 ms at the lowest rate measured", p.name());
                 }
             }
         }
@@ -681,13 +681,23 @@ mod tests {
         assert_eq!(r.knee(Peer::Telepound), Some(10_000));
         let md = markdown(&r);
         assert!(md.contains("| telepound | 10000 |"));
-        // A rate that missed caps the knee, whatever passes above it.
-        r.curves
-            .push(Curve::median(Peer::Nats, 5000, &[l(5000, 7000)]));
+        // A rate that missed caps the knee, whatever passes above it, in
+        // whatever order the curves were recorded.
         r.curves
             .push(Curve::median(Peer::Nats, 10_000, &[l(10_000, 200)]));
+        r.curves
+            .push(Curve::median(Peer::Nats, 5000, &[l(5000, 7000)]));
         assert_eq!(r.knee(Peer::Nats), Some(1000));
-        r.curves.remove(0);
-        assert_eq!(r.knee(Peer::Telepound), Some(10_000));
+        // No knee when the lowest rate missed.
+        r.curves
+            .push(Curve::median(Peer::Prosody, 5000, &[l(5000, 200)]));
+        r.curves
+            .push(Curve::median(Peer::Prosody, 1000, &[l(1000, 6000)]));
+        assert_eq!(r.knee(Peer::Prosody), None);
+        assert!(
+            markdown(&r).contains("- prosody: p99 ≥ 5 ms at the lowest rate measured"),
+            "{}",
+            markdown(&r)
+        );
     }
 }
