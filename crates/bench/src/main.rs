@@ -80,9 +80,14 @@ pub struct Args {
     /// Messages in flight per pair in online routing.
     #[arg(long, default_value_t = 32)]
     pub in_flight: usize,
-    /// Messages in flight for durable accept (one sender).
+    /// Messages in flight in all for durable accept.
     #[arg(long, value_delimiter = ',', default_value = "1,64,512")]
     pub durable_in_flight: Vec<usize>,
+    /// Offline recipients for durable accept, one sender each, sharing the
+    /// messages in flight evenly (1: one sender to one recipient). Each
+    /// count is measured at every `--durable-in-flight` it divides.
+    #[arg(long, value_delimiter = ',', default_value = "1,64")]
+    pub durable_recipients: Vec<usize>,
     /// Offered rates for the latency scenario, messages per second (the
     /// scenario stops past the knee, but not before 10000, the target's).
     #[arg(
@@ -140,8 +145,8 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    if args.repeat == 0 || args.pairs == 0 {
-        anyhow::bail!("--repeat and --pairs must be at least 1");
+    if args.repeat == 0 || args.pairs == 0 || args.durable_recipients.contains(&0) {
+        anyhow::bail!("--repeat, --pairs and --durable-recipients must be at least 1");
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     if args.pin {

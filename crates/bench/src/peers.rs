@@ -342,35 +342,58 @@ async fn routing(args: &Args, peer: Peer, out: &mut Results) -> anyhow::Result<(
 
 async fn durable(args: &Args, peer: Peer, out: &mut Results) -> anyhow::Result<()> {
     let run = Running::start(peer, args).await?;
-    let ends = Ends::new(&run, 1, "du").await?;
-    for &k in &args.durable_in_flight {
-        let (mut rate, mut cpu) = (Vec::new(), Vec::new());
-        for round in 0..args.repeat {
-            let d = ends
-                .durable(&run, 0, &format!("bench.durable.{k}.{round}"))
-                .await?;
-            let t = scenarios::durable(vec![d], k, args.warm(), args.measure(), run.pid()).await?;
-            eprintln!(
-                "   K={k}: {:.0} msgs/s, {:.2} µs CPU/msg",
-                t.msgs_per_s, t.cpu_us_per_msg
-            );
-            rate.push(t.msgs_per_s);
-            cpu.push(t.cpu_us_per_msg);
+    let most = args.durable_recipients.iter().copied().max().unwrap_or(1);
+    let ends = Ends::new(&run, most, "du").await?;
+    for &n in &args.durable_recipients {
+        // K in flight in all, shared evenly by the n senders.
+        for &k in args.durable_in_flight.iter().filter(|&&k| k % n == 0) {
+            let (mut rate, mut cpu) = (Vec::new(), Vec::new());
+            for round in 0..args.repeat {
+                let mut senders = Vec::with_capacity(n);
+                for i in 0..n {
+                    let subject = format!("bench.durable.{n}.{k}.{round}.{i}");
+                    senders.push(ends.durable(&run, i, &subject).await?);
+                }
+                let t = scenarios::durable(senders, k / n, args.warm(), args.measure(), run.pid())
+                    .await?;
+                eprintln!(
+                    "   {}: {:.0} msgs/s, {:.2} µs CPU/msg",
+                    durable_setting(k, n),
+                    t.msgs_per_s,
+                    t.cpu_us_per_msg
+                );
+                rate.push(t.msgs_per_s);
+                cpu.push(t.cpu_us_per_msg);
+            }
+            let setting = durable_setting(k, n);
+            out.rows.push(Row::new(
+                "durable", peer, &setting, "accepted", "msgs/s", rate,
+            ));
+            out.rows.push(Row::new(
+                "durable",
+                peer,
+                &setting,
+                "server CPU",
+                "µs/msg",
+                cpu,
+            ));
         }
-        let setting = format!("{k} in flight");
-        out.rows.push(Row::new(
-            "durable", peer, &setting, "accepted", "msgs/s", rate,
-        ));
-        out.rows.push(Row::new(
-            "durable",
-            peer,
-            &setting,
-            "server CPU",
-            "µs/msg",
-            cpu,
-        ));
     }
     Ok(())
+}
+
+/// The recipient count of the spread durable target (one of
+/// `--durable-recipients`' defaults).
+pub(crate) const SPREAD_RECIPIENTS: usize = 64;
+
+/// The setting of a durable accept row: `k` in flight in all, to `n`
+/// offline recipients.
+pub(crate) fn durable_setting(k: usize, n: usize) -> String {
+    if n == 1 {
+        format!("{k} in flight")
+    } else {
+        format!("{k} in flight, {n} recipients")
+    }
 }
 
 /// p99 above which an offered rate is past the knee.

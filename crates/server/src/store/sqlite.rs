@@ -107,16 +107,20 @@ impl Drop for SqliteStore {
     }
 }
 
-/// The page size of a new database file. 8 KiB against 4 KiB, with
-/// 2.5 KB envelopes, three runs each way: durable accept at 512 in flight
-/// 23-30k -> 36-44k msgs/s, 31-37 -> 21-26 µs of server CPU each; 1 in
-/// flight and the backlog drain no worse; 16 KiB 32k msgs/s
-/// (`telepound-bench --scenarios durable,backlog`, docs/BENCHMARKS.md).
-const PAGE_SIZE: u32 = 8192;
+/// The page size of a new database file: SQLite's default, 4 KiB. While
+/// envelopes lived in their rows 8 KiB did better (two or three envelopes
+/// to a page); since the envelope log takes the envelopes of large runs,
+/// the rows of a busy writer are small, and a commit writes every page it
+/// touched to the WAL whole: with the messages spread over 64 recipients
+/// each index takes a page per recipient, and 4 KiB pages took durable
+/// accept at 512 in flight from 61-63k to 67-69k msgs/s, with one
+/// recipient, 1 or 64 in flight, and the backlog drain no different
+/// (docs/BENCHMARKS.md).
+const PAGE_SIZE: u32 = 4096;
 
 /// WAL pages after which the writer checkpoints by itself (the checkpoint
-/// task normally keeps the WAL far smaller): 64 MiB at 8 KiB pages, 32 MiB
-/// in a file made with 4 KiB pages.
+/// task normally keeps the WAL far smaller): 64 MiB at 4 KiB pages, 128 MiB
+/// in a file made with 8 KiB pages.
 const WRITER_AUTOCHECKPOINT_PAGES: u32 = (64 << 20) / PAGE_SIZE;
 
 /// How often the checkpoint task copies the WAL into the database.
@@ -166,10 +170,8 @@ impl SqliteStore {
             // of context switches every 50 rows. A page is read whole
             // anyway (`fetch_all`), so let the channel hold one.
             .row_buffer_size(telepound_protocol::codec::MAX_PAGE as usize)
-            // A one-to-one envelope is about 2.5 KB: a 4 KiB page holds one
-            // (and every commit writes its 40% of empty space to the WAL and
-            // again at the checkpoint), an 8 KiB page three. Takes effect
-            // when the file is created; an existing file keeps its size.
+            // Takes effect when the file is created; an existing file
+            // keeps its size.
             .page_size(PAGE_SIZE);
         let pool = SqlitePoolOptions::new()
             .max_connections(4)

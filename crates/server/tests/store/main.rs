@@ -49,10 +49,10 @@ mod sqlite {
         open().await.unwrap().close().await;
     }
 
-    /// A new database file gets 8 KiB pages (two or three envelopes each,
-    /// not one); a file made with another size keeps it, and still opens.
+    /// A new database file gets 4 KiB pages; a file made with another size
+    /// (8 KiB, the default until 2026-12-03) keeps it, and still opens.
     #[tokio::test]
-    async fn new_files_get_8_kib_pages_and_old_files_keep_theirs() {
+    async fn new_files_get_4_kib_pages_and_old_files_keep_theirs() {
         use sqlx::{ConnectOptions, Connection};
         let dir = tempfile::tempdir().unwrap();
         let page_size = |path: std::path::PathBuf| async move {
@@ -78,14 +78,14 @@ mod sqlite {
             s.close().await;
         };
         open_store(fresh.clone()).await;
-        assert_eq!(page_size(fresh).await, 8192);
+        assert_eq!(page_size(fresh).await, 4096);
 
         let old = dir.path().join("old.sqlite3");
         {
             let mut c = sqlx::sqlite::SqliteConnectOptions::new()
                 .filename(&old)
                 .create_if_missing(true)
-                .page_size(2048)
+                .page_size(8192)
                 .connect()
                 .await
                 .unwrap();
@@ -96,7 +96,7 @@ mod sqlite {
             c.close().await.unwrap();
         }
         open_store(old.clone()).await;
-        assert_eq!(page_size(old).await, 2048);
+        assert_eq!(page_size(old).await, 8192);
     }
 }
 
