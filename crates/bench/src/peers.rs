@@ -651,16 +651,21 @@ async fn tp_login_loop(
     total: usize,
     parallel: usize,
 ) -> anyhow::Result<Duration> {
+    // Each login makes a fresh client home, as on a new machine: scratch
+    // of the load generator's, so kept in memory where the machine has a
+    // tmpfs, lest its file system's journal be counted against the server.
+    let root = Arc::new(scratch_dir()?);
     let start = Instant::now();
     let sem = Arc::new(Semaphore::new(parallel));
     let mut tasks = Vec::with_capacity(total);
     for i in 0..total {
         let (url, name, sem) = (url.to_owned(), users[i % users.len()].clone(), sem.clone());
+        let root = root.clone();
         tasks.push(tokio::spawn(async move {
             let _p = sem.acquire_owned().await?;
             let user = telepound_protocol::UserName::new(&name)?;
             let (c, _e) = telepound_client::Client::connect(&url).await?;
-            let home = tempfile::tempdir()?;
+            let home = tempfile::tempdir_in(root.path())?;
             telepound_client::account::login(&c, &user, links::PASSWORD, home.path()).await?;
             c.close().await;
             anyhow::Ok(())
@@ -670,6 +675,15 @@ async fn tp_login_loop(
         t.await??;
     }
     Ok(start.elapsed())
+}
+
+/// A scratch folder for the load generator's client homes: in `/dev/shm`
+/// where it is a writable folder, else in the usual temporary folder.
+fn scratch_dir() -> std::io::Result<tempfile::TempDir> {
+    tempfile::Builder::new()
+        .prefix("telepound-bench-")
+        .tempdir_in("/dev/shm")
+        .or_else(|_| tempfile::tempdir())
 }
 
 async fn logins(args: &Args, peer: Peer, out: &mut Results) -> anyhow::Result<()> {
