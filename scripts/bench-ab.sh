@@ -20,7 +20,7 @@ for _ in $(seq 1 "$rounds"); do
     read -r s0 t0 < <(steal)
     # shellcheck disable=SC2086 # the bench's arguments are meant to split
     target/release/telepound-bench --pin $args --peers telepound --telepound "$bin" \
-      --out "$(mktemp -d)" 2>&1 | grep -E 'K=|drained|msgs/s|KiB each|p99' | sed "s|^|$(basename "$bin") |"
+      --out "$(mktemp -d)" 2>&1 | grep -E 'drained|msgs/s|KiB each|p99' | sed "s|^|$(basename "$bin") |"
     read -r s1 t1 < <(steal)
     echo "$(basename "$bin") steal on CPU 0: $(( (s1 - s0) * 100 / (t1 - t0 + 1) ))%"
   done

@@ -86,7 +86,8 @@ pub struct Args {
     /// Offline recipients for durable accept, one sender each, sharing the
     /// messages in flight evenly (1: one sender to one recipient). Each
     /// count is measured at every `--durable-in-flight` it divides.
-    #[arg(long, value_delimiter = ',', default_value = "1,64")]
+    /// The target's spread row is read at 64 recipients.
+    #[arg(long, value_delimiter = ',', default_values_t = [1, peers::SPREAD_RECIPIENTS])]
     pub durable_recipients: Vec<usize>,
     /// Offered rates for the latency scenario, messages per second (the
     /// scenario stops past the knee, but not before 10000, the target's).
@@ -145,8 +146,21 @@ fn main() -> ExitCode {
 }
 
 fn run(args: Args) -> anyhow::Result<()> {
-    if args.repeat == 0 || args.pairs == 0 || args.durable_recipients.contains(&0) {
-        anyhow::bail!("--repeat, --pairs and --durable-recipients must be at least 1");
+    if args.repeat == 0
+        || args.pairs == 0
+        || args.durable_recipients.contains(&0)
+        || args.durable_in_flight.contains(&0)
+    {
+        anyhow::bail!(
+            "--repeat, --pairs, --durable-recipients and --durable-in-flight must be at least 1"
+        );
+    }
+    if let Some(n) = args
+        .durable_recipients
+        .iter()
+        .find(|&&n| !args.durable_in_flight.iter().any(|&k| k % n == 0))
+    {
+        anyhow::bail!("--durable-recipients {n} divides none of --durable-in-flight");
     }
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     if args.pin {

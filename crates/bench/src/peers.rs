@@ -346,7 +346,14 @@ async fn durable(args: &Args, peer: Peer, out: &mut Results) -> anyhow::Result<(
     let ends = Ends::new(&run, most, "du").await?;
     for &n in &args.durable_recipients {
         // K in flight in all, shared evenly by the n senders.
-        for &k in args.durable_in_flight.iter().filter(|&&k| k % n == 0) {
+        for &k in &args.durable_in_flight {
+            if k % n != 0 {
+                eprintln!(
+                    "   {}: skipped, not a multiple of {n}",
+                    durable_setting(k, n)
+                );
+                continue;
+            }
             let (mut rate, mut cpu) = (Vec::new(), Vec::new());
             for round in 0..args.repeat {
                 let mut senders = Vec::with_capacity(n);
@@ -652,8 +659,9 @@ async fn tp_login_loop(
     parallel: usize,
 ) -> anyhow::Result<Duration> {
     // Each login makes a fresh client home, as on a new machine: scratch
-    // of the load generator's, so kept in memory where the machine has a
-    // tmpfs, lest its file system's journal be counted against the server.
+    // of the load generator's, so kept in /dev/shm where that is writable,
+    // lest its file system's journal count against the login target (the
+    // hash-only bound makes no files).
     let root = Arc::new(scratch_dir()?);
     let start = Instant::now();
     let sem = Arc::new(Semaphore::new(parallel));

@@ -167,6 +167,8 @@ impl Results {
                 "measure_s": args.measure,
                 "pairs": args.pairs,
                 "in_flight": args.in_flight,
+                "durable_in_flight": args.durable_in_flight,
+                "durable_recipients": args.durable_recipients,
                 "command": std::env::args().collect::<Vec<_>>().join(" "),
             }),
             rows: Vec::new(),
@@ -230,7 +232,8 @@ impl Results {
             &|r| r >= 1.5,
         );
         // The same target with the messages spread over many recipients, as
-        // a chat server's are: every recipient's mailbox rows are apart.
+        // a chat server's are: each recipient's rows sit in a different part
+        // of the indexes ordered by recipient.
         push(
             &format!(
                 "durable accept, 512 in flight to {SPREAD_RECIPIENTS} recipients: ≥ 1.5× JetStream"

@@ -111,17 +111,16 @@ impl Drop for SqliteStore {
 /// envelopes lived in their rows 8 KiB did better (two or three envelopes
 /// to a page); since the envelope log takes the envelopes of large runs,
 /// the rows of a busy writer are small, and a commit writes every page it
-/// touched to the WAL whole: with the messages spread over 64 recipients
-/// each index takes a page per recipient, and 4 KiB pages took durable
-/// accept at 512 in flight from 61-63k to 67-69k msgs/s, with one
-/// recipient, 1 or 64 in flight, and the backlog drain no different
-/// (docs/BENCHMARKS.md).
+/// touched to the WAL whole: with the messages spread over many
+/// recipients, each index ordered by recipient takes a page per recipient.
+/// At 64 recipients and 512 in flight, durable accept went from 61-63k to
+/// 67-69k msgs/s; with one recipient (1, 64 and 512 in flight) and in the
+/// backlog drain the two sizes were within the noise (docs/BENCHMARKS.md).
 const PAGE_SIZE: u32 = 4096;
 
-/// WAL pages after which the writer checkpoints by itself (the checkpoint
-/// task normally keeps the WAL far smaller): 64 MiB at 4 KiB pages, 128 MiB
-/// in a file made with 8 KiB pages.
-const WRITER_AUTOCHECKPOINT_PAGES: u32 = (64 << 20) / PAGE_SIZE;
+/// WAL bytes after which the writer checkpoints by itself (the checkpoint
+/// task normally keeps the WAL far smaller), whatever the file's page size.
+const WRITER_AUTOCHECKPOINT_BYTES: u32 = 64 << 20;
 
 /// How often the checkpoint task copies the WAL into the database.
 const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
@@ -197,13 +196,20 @@ impl SqliteStore {
         // crash loses nothing committed either way, and `accepted` still
         // waits for the fsync.
         let opts = opts
-            .pragma(
-                "wal_autocheckpoint",
-                WRITER_AUTOCHECKPOINT_PAGES.to_string(),
-            )
             .synchronous(SqliteSynchronous::Normal)
             .pragma("temp_store", "MEMORY");
-        let conn = opts.connect().await?;
+        let mut conn = opts.connect().await?;
+        // In pages of this file's own size (an older file keeps 8 KiB).
+        // A PRAGMA takes no bound values: the text holds an integer of ours.
+        let page: i64 = sqlx::query_scalar("PRAGMA page_size")
+            .fetch_one(&mut conn)
+            .await?;
+        let pages = i64::from(WRITER_AUTOCHECKPOINT_BYTES) / page.max(512);
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "PRAGMA wal_autocheckpoint = {pages}"
+        )))
+        .execute(&mut conn)
+        .await?;
         // The WAL file now exists: make its directory entry durable too.
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::File::open(dir)
