@@ -114,8 +114,8 @@ impl Drop for SqliteStore {
 /// touched to the WAL whole: with the messages spread over many
 /// recipients, each index ordered by recipient takes a page per recipient.
 /// At 64 recipients and 512 in flight, durable accept went from 61-63k to
-/// 67-69k msgs/s; with one recipient (1, 64 and 512 in flight) and in the
-/// backlog drain the two sizes were within the noise (docs/BENCHMARKS.md).
+/// 67-69k msgs/s; with one recipient (1, 64 and 512 in flight), in the
+/// backlog drain and in group sends 4 KiB was no worse (docs/BENCHMARKS.md).
 const PAGE_SIZE: u32 = 4096;
 
 /// WAL bytes after which the writer checkpoints by itself (the checkpoint
