@@ -354,6 +354,7 @@ async fn durable(args: &Args, peer: Peer, out: &mut Results) -> anyhow::Result<(
                 );
                 continue;
             }
+            let setting = durable_setting(k, n);
             let (mut rate, mut cpu) = (Vec::new(), Vec::new());
             for round in 0..args.repeat {
                 let mut senders = Vec::with_capacity(n);
@@ -364,15 +365,12 @@ async fn durable(args: &Args, peer: Peer, out: &mut Results) -> anyhow::Result<(
                 let t = scenarios::durable(senders, k / n, args.warm(), args.measure(), run.pid())
                     .await?;
                 eprintln!(
-                    "   {}: {:.0} msgs/s, {:.2} µs CPU/msg",
-                    durable_setting(k, n),
-                    t.msgs_per_s,
-                    t.cpu_us_per_msg
+                    "   {setting}: {:.0} msgs/s, {:.2} µs CPU/msg",
+                    t.msgs_per_s, t.cpu_us_per_msg
                 );
                 rate.push(t.msgs_per_s);
                 cpu.push(t.cpu_us_per_msg);
             }
-            let setting = durable_setting(k, n);
             out.rows.push(Row::new(
                 "durable", peer, &setting, "accepted", "msgs/s", rate,
             ));

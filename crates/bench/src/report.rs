@@ -178,12 +178,7 @@ impl Results {
     }
 
     fn find(&self, scenario: &str, peer: Peer, setting_prefix: &str, metric: &str) -> Option<&Row> {
-        self.rows.iter().find(|r| {
-            r.scenario == scenario
-                && r.peer == peer
-                && r.setting.starts_with(setting_prefix)
-                && r.metric == metric
-        })
+        self.find_where(scenario, peer, metric, |s| s.starts_with(setting_prefix))
     }
 
     /// The row of exactly `setting`.
@@ -194,8 +189,18 @@ impl Results {
         setting: &str,
         metric: &str,
     ) -> Option<&Row> {
+        self.find_where(scenario, peer, metric, |s| s == setting)
+    }
+
+    fn find_where(
+        &self,
+        scenario: &str,
+        peer: Peer,
+        metric: &str,
+        setting: impl Fn(&str) -> bool,
+    ) -> Option<&Row> {
         self.rows.iter().find(|r| {
-            r.scenario == scenario && r.peer == peer && r.setting == setting && r.metric == metric
+            r.scenario == scenario && r.peer == peer && r.metric == metric && setting(&r.setting)
         })
     }
 
