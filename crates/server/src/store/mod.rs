@@ -19,6 +19,7 @@ use telepound_protocol::{GroupName, MsgId, UserName, auth::KsfParams};
 pub mod conformance;
 mod envlog;
 pub mod groups;
+mod mbindex;
 pub mod postgres;
 pub mod sqlite;
 mod writer;

@@ -327,3 +327,132 @@ async fn sqlite_keeps_envelopes_in_its_log_and_removes_spent_segments() {
     );
     c.close().await.unwrap();
 }
+
+/// The SQLite store keeps its mailbox index (each recipient's seqs, and
+/// the duplicate check) in memory, built from the table when it opens:
+/// after a restart, pages hold every waiting row in order, for recipients
+/// whose rows are interleaved, and a repeated send is still a duplicate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_rebuilds_its_mailbox_index_on_open() {
+    use telepound_protocol::{MsgId, UserName};
+    use telepound_server::store::{EntryKind, NewEntry};
+    let dir = tempfile::tempdir().unwrap();
+    let url = DatabaseUrl::Sqlite(dir.path().join("t.sqlite3"));
+    let (bob, carol, alice) = (
+        UserName::new("bob").unwrap(),
+        UserName::new("carol").unwrap(),
+        UserName::new("alice").unwrap(),
+    );
+    let entry = |to: &UserName, kind: EntryKind, n: usize| NewEntry {
+        recipient: to.clone(),
+        kind,
+        sender: alice.clone(),
+        msg_id: MsgId::new(),
+        server_ts: n as i64,
+        expires_at: i64::MAX,
+        // Large enough for the envelope log in the batches of 64 below.
+        envelope: format!("{{\"n\":{n},\"pad\":\"{}\"}}", "y".repeat(300)).into(),
+    };
+    let store = store::open(&url, true, writer(), Arc::new(Recorder::default()))
+        .await
+        .unwrap();
+    // 320 entries, bob's and carol's interleaved, a receipt now and then,
+    // in batches of 64; each batch repeats its first entry at its end.
+    let mut sent: Vec<(NewEntry, i64)> = Vec::new();
+    for batch in 0..5 {
+        let mut entries: Vec<NewEntry> = (0..64)
+            .map(|i| {
+                let n = batch * 64 + i;
+                let to = if n % 2 == 0 { &bob } else { &carol };
+                let kind = if n % 9 == 0 {
+                    EntryKind::Receipt
+                } else {
+                    EntryKind::Message
+                };
+                entry(to, kind, n)
+            })
+            .collect();
+        entries.push(entries[0].clone());
+        let seqs = store.enqueue(entries.clone()).await.unwrap();
+        assert_eq!(seqs[64], None, "a repeat within a batch is a duplicate");
+        for (e, seq) in entries.into_iter().zip(seqs).take(64) {
+            sent.push((e, seq.expect("stored")));
+        }
+    }
+    // Bob acknowledges every third of his.
+    let bobs: Vec<i64> = sent
+        .iter()
+        .filter(|(e, _)| e.recipient == bob)
+        .map(|(_, s)| *s)
+        .collect();
+    let acked: Vec<i64> = bobs.iter().copied().step_by(3).collect();
+    assert_eq!(
+        store.ack(&bob, acked.clone(), 5, i64::MAX).await.unwrap(),
+        acked.len() as u64
+    );
+    store.close().await;
+    drop(store);
+
+    let store = store::open(&url, true, writer(), Arc::new(Recorder::default()))
+        .await
+        .unwrap();
+    let waiting: Vec<&(NewEntry, i64)> = sent.iter().filter(|(_, s)| !acked.contains(s)).collect();
+    assert_eq!(
+        store.mailbox_depth().await.unwrap(),
+        waiting.len() as u64,
+        "the depth after the restart"
+    );
+    for who in [&bob, &carol] {
+        let want: Vec<(i64, MsgId)> = waiting
+            .iter()
+            .filter(|(e, _)| &e.recipient == who)
+            .map(|(e, s)| (*s, e.msg_id))
+            .collect();
+        let mut got = Vec::new();
+        let mut after = 0;
+        loop {
+            let page = store.fetch(who, after, 25).await.unwrap();
+            got.extend(page.iter().map(|e| (e.seq, e.msg_id)));
+            match page.last() {
+                Some(last) if page.len() == 25 => after = last.seq,
+                _ => break,
+            }
+        }
+        assert_eq!(got, want, "{who}'s mailbox after the restart");
+    }
+    // A send repeated after the restart is still a duplicate; one whose
+    // first copy was acknowledged is stored again.
+    let kept = waiting[0].0.clone();
+    let gone = sent.iter().find(|(_, s)| *s == acked[1]).unwrap().0.clone();
+    let again = store
+        .enqueue(vec![kept.clone(), gone.clone()])
+        .await
+        .unwrap();
+    assert_eq!(again[0], None, "a repeat of a waiting row");
+    assert!(
+        again[1].is_some(),
+        "a send whose first copy was acknowledged"
+    );
+    assert_eq!(
+        store
+            .waiting_since(&kept.recipient, kept.kind, &kept.sender, kept.msg_id)
+            .await
+            .unwrap(),
+        Some(kept.server_ts)
+    );
+    let mut other = kept.clone();
+    other.recipient = if kept.recipient == bob {
+        carol.clone()
+    } else {
+        bob.clone()
+    };
+    assert_eq!(
+        store
+            .waiting_since(&other.recipient, other.kind, &other.sender, other.msg_id)
+            .await
+            .unwrap(),
+        None,
+        "the same id for another recipient is another row"
+    );
+    store.close().await;
+}
