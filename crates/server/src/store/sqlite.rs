@@ -121,7 +121,8 @@ impl Drop for SqliteStore {
 /// to a page); since the envelope log takes the envelopes of large runs,
 /// the rows of a busy writer are small, and a commit writes every page it
 /// touched to the WAL whole: with the messages spread over many
-/// recipients, each index ordered by recipient takes a page per recipient.
+/// recipients, each index ordered by recipient took a page per recipient
+/// (since migration 0008 there is none: [`MailboxIndex`]).
 /// At 64 recipients and 512 in flight, durable accept went from 61-63k to
 /// 67-69k msgs/s; with one recipient (1, 64 and 512 in flight), in the
 /// backlog drain and in group sends 4 KiB was no worse (docs/BENCHMARKS.md).
