@@ -50,7 +50,8 @@ pub(crate) struct RowKey {
 /// one bucket: it does not know the hash's key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Tag {
-    id: u128,
+    /// The msg id's two halves (a `u128` would align the tag to 16 bytes).
+    id: (u64, u64),
     rest: u64,
 }
 
@@ -94,7 +95,7 @@ impl Tagger {
         key.sender.as_str().hash(&mut h);
         key.msg_id.as_uuid().as_bytes().hash(&mut h);
         Tag {
-            id: key.msg_id.as_uuid().as_u128(),
+            id: key.msg_id.as_uuid().as_u64_pair(),
             rest: h.finish(),
         }
     }
@@ -188,6 +189,11 @@ impl MailboxIndex {
         } else {
             shrink_deque(seqs);
         }
+        self.remove_key(seq, tag);
+    }
+
+    /// Removes a removed row's tag.
+    fn remove_key(&mut self, seq: i64, tag: Tag) {
         if self.keys.get(&tag) == Some(&seq) {
             match self.more.get_mut(&tag) {
                 Some(rest) => {
@@ -236,12 +242,52 @@ impl MailboxIndex {
         self.rows
     }
 
-    /// Applies a committed transaction's changes, in the order made.
+    /// Removes many of one recipient's rows: one pass over the deque
+    /// instead of a shift per row from its middle (a client chooses which
+    /// seqs it acknowledges).
+    fn remove_many(&mut self, recipient: &UserName, gone: &mut [(i64, Tag)]) {
+        let Some(seqs) = self.boxes.get_mut(recipient) else {
+            return;
+        };
+        gone.sort_unstable_by_key(|(seq, _)| *seq);
+        let before = seqs.len();
+        seqs.retain(|s| gone.binary_search_by_key(s, |(seq, _)| *seq).is_err());
+        let removed = before - seqs.len();
+        if removed == 0 {
+            return;
+        }
+        self.rows -= removed as u64;
+        if seqs.is_empty() {
+            self.boxes.remove(recipient);
+        } else {
+            shrink_deque(seqs);
+        }
+        for &(seq, tag) in gone.iter() {
+            self.remove_key(seq, tag);
+        }
+    }
+
+    /// Applies a committed transaction's changes. The additions first, in
+    /// order, then the removals a recipient at a time: a seq is never
+    /// handed out twice, so a removal only ever follows its row's addition,
+    /// and the result is the same as in the order made.
     pub(crate) fn apply(&mut self, pending: &mut Pending) {
+        let mut gone: HashMap<UserName, Vec<(i64, Tag)>> = HashMap::new();
         for change in pending.changes.drain(..) {
             match change {
                 Change::Add(recipient, seq, tag) => self.add(&recipient, seq, tag),
-                Change::Remove(recipient, seq, tag) => self.remove(&recipient, seq, tag),
+                Change::Remove(recipient, seq, tag) => {
+                    gone.entry(recipient).or_default().push((seq, tag));
+                }
+            }
+        }
+        for (recipient, mut rows) in gone {
+            if rows.len() < 8 {
+                for (seq, tag) in rows {
+                    self.remove(&recipient, seq, tag);
+                }
+            } else {
+                self.remove_many(&recipient, &mut rows);
             }
         }
         pending.clear();
@@ -324,7 +370,10 @@ mod tests {
     /// Tags of different ids all under one hash, as a collision would
     /// make them.
     fn tag(n: u128) -> Tag {
-        Tag { id: n, rest: 7 }
+        Tag {
+            id: (0, n as u64),
+            rest: 7,
+        }
     }
 
     #[test]
@@ -445,6 +494,35 @@ mod tests {
             ix.keys.capacity()
         );
         assert_eq!(ix.page(&bob, 30, 3), vec![20_000, 20_001, 20_002]);
+    }
+
+    #[test]
+    fn many_removals_from_the_middle_apply_in_one_pass() {
+        let mut ix = MailboxIndex::new();
+        let mut p = Pending::default();
+        let keys: Vec<RowKey> = (0..100).map(|_| key("bob", "alice")).collect();
+        let tags: Vec<Tag> = keys.iter().map(|k| ix.tag(k)).collect();
+        for (i, k) in keys.iter().enumerate() {
+            p.add(i as i64, k.clone(), tags[i]);
+        }
+        ix.apply(&mut p);
+        let bob = keys[0].recipient.clone();
+        // Twenty from the middle, and a row written and deleted in the
+        // same transaction.
+        for i in 40..60 {
+            p.remove(&bob, i as i64, tags[i]);
+        }
+        let extra = key("bob", "alice");
+        let t = ix.tag(&extra);
+        p.add(500, extra.clone(), t);
+        p.remove(&bob, 500, t);
+        ix.apply(&mut p);
+        let want: Vec<i64> = (0..40).chain(60..100).collect();
+        assert_eq!(ix.page(&bob, -1, 1000), want);
+        assert_eq!(ix.rows(), 80);
+        assert!(ix.candidates(tags[50]).is_empty());
+        assert_eq!(ix.candidates(tags[60]), vec![60]);
+        assert!(ix.candidates(t).is_empty());
     }
 
     #[test]

@@ -555,18 +555,21 @@ impl SqliteWriter {
         self.tagger.tag(key)
     }
 
-    /// After a mailbox change: outside a transaction (the writer makes
-    /// none there, but the trait allows it) it is committed already, so
-    /// it goes to the index now; a failed one wrote nothing.
-    fn settle<T>(&mut self, result: Result<T>) -> Result<T> {
-        if !self.in_tx {
-            if result.is_ok() {
-                locked(&self.index).apply(&mut self.pending);
-            } else {
-                self.pending.clear();
-            }
+    /// Mailbox rows change only inside a transaction, so that the index
+    /// learns of them exactly when they commit. The writer makes every
+    /// change in one; a change outside one (the connection was replaced
+    /// in the middle of a batch, which ended its transaction) fails, and
+    /// the writer runs the whole batch again on the new connection.
+    fn in_transaction(&self) -> Result<()> {
+        if self.in_tx {
+            Ok(())
+        } else {
+            Err(sqlx::Error::Protocol(
+                "a mailbox write outside a transaction (the connection was replaced mid-batch)"
+                    .into(),
+            )
+            .into())
         }
-        result
     }
 
     /// A committed row's delete, for the index.
@@ -1013,18 +1016,18 @@ impl WriteConn for SqliteWriter {
     }
 
     async fn insert(&mut self, e: &NewEntry, body: Option<i64>) -> Result<Option<i64>> {
-        let result = self.insert_one(e, body).await;
-        self.settle(result)
+        self.in_transaction()?;
+        self.insert_one(e, body).await
     }
 
     async fn insert_many(&mut self, entries: &[(i64, &NewEntry)]) -> Result<Vec<bool>> {
-        let result = self.insert_rows(entries).await;
-        self.settle(result)
+        self.in_transaction()?;
+        self.insert_rows(entries).await
     }
 
     async fn delete_many(&mut self, recipient: &UserName, seqs: &[i64]) -> Result<Vec<AckedEntry>> {
-        let result = self.delete_rows(recipient, seqs).await;
-        self.settle(result)
+        self.in_transaction()?;
+        self.delete_rows(recipient, seqs).await
     }
 
     async fn insert_body(&mut self, envelope: &str) -> Result<i64> {
@@ -1037,13 +1040,13 @@ impl WriteConn for SqliteWriter {
     }
 
     async fn delete(&mut self, recipient: &UserName, seq: i64) -> Result<Option<AckedEntry>> {
-        let result = self.delete_row(recipient, seq).await;
-        self.settle(result)
+        self.in_transaction()?;
+        self.delete_row(recipient, seq).await
     }
 
     async fn expire(&mut self, now: UnixMillis) -> Result<u64> {
-        let result = self.expire_rows(now).await;
-        self.settle(result)
+        self.in_transaction()?;
+        self.expire_rows(now).await
     }
 
     async fn reconnect(&mut self) -> Result<()> {
