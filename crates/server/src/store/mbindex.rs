@@ -509,8 +509,8 @@ mod tests {
         let bob = keys[0].recipient.clone();
         // Twenty from the middle, and a row written and deleted in the
         // same transaction.
-        for i in 40..60 {
-            p.remove(&bob, i as i64, tags[i]);
+        for (i, tag) in tags.iter().enumerate().take(60).skip(40) {
+            p.remove(&bob, i as i64, *tag);
         }
         let extra = key("bob", "alice");
         let t = ix.tag(&extra);
