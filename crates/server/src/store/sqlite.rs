@@ -313,15 +313,10 @@ async fn load_index(pool: &SqlitePool) -> Result<MailboxIndex> {
         .bind(INDEX_LOAD_ROWS)
         .fetch_one(pool)
         .await?;
-        let rows: Vec<(i64, &str, i64, &str, &str)> = json_rows(&text)?;
+        let rows: Vec<KeyRow> = json_rows(&text)?;
         let n = rows.len();
-        for (seq, recipient, kind, sender, id) in rows {
-            let key = RowKey {
-                recipient: user_name_of(recipient)?,
-                kind: EntryKind::from_i64(kind)?,
-                sender: user_name_of(sender)?,
-                msg_id: msg_id(id)?,
-            };
+        for row in rows {
+            let (seq, key) = key_of(row)?;
             let tag = index.tag(&key);
             index.add(&key.recipient, seq, tag);
             after = after.max(seq);
@@ -330,6 +325,23 @@ async fn load_index(pool: &SqlitePool) -> Result<MailboxIndex> {
             return Ok(index);
         }
     }
+}
+
+/// A row's seq and key, as `json_array(seq, recipient, kind, sender,
+/// msg_id)` gives them.
+type KeyRow<'a> = (i64, &'a str, i64, &'a str, &'a str);
+
+/// The seq and key of a [`KeyRow`].
+fn key_of((seq, recipient, kind, sender, id): KeyRow) -> Result<(i64, RowKey)> {
+    Ok((
+        seq,
+        RowKey {
+            recipient: user_name_of(recipient)?,
+            kind: EntryKind::from_i64(kind)?,
+            sender: user_name_of(sender)?,
+            msg_id: msg_id(id)?,
+        },
+    ))
 }
 
 /// The duplicate-check key of an entry.
@@ -615,15 +627,17 @@ impl SqliteWriter {
         // Duplicates first, in order (a repeat within the batch loses to
         // its first), recorded as written at once so that later entries see
         // them; should a statement fail, the transaction and these go.
-        let tags: Vec<Tag> = entries.iter().map(|(_, e)| self.tag(&row_key(e))).collect();
+        let keys: Vec<RowKey> = entries.iter().map(|(_, e)| row_key(e)).collect();
+        let tags: Vec<Tag> = keys.iter().map(|key| self.tag(key)).collect();
         let committed: Vec<Vec<i64>> = {
             let index = locked(&self.index);
             tags.iter().map(|tag| index.candidates(*tag)).collect()
         };
         let mut out = Vec::with_capacity(entries.len());
         let mut kept: Vec<(i64, &NewEntry)> = Vec::with_capacity(entries.len());
-        for ((&(seq, e), tag), committed) in entries.iter().zip(tags).zip(&committed) {
-            let key = row_key(e);
+        for (((&(seq, e), key), tag), committed) in
+            entries.iter().zip(keys).zip(tags).zip(&committed)
+        {
             let new = !self.waiting(&key, tag, committed).await?;
             if new {
                 self.pending.add(seq, key, tag);
@@ -827,7 +841,7 @@ impl SqliteWriter {
             .bind(INDEX_LOAD_ROWS)
             .fetch_one(&mut self.conn)
             .await?;
-            let rows: Vec<(i64, &str, i64, &str, &str)> = json_rows(&text)?;
+            let rows: Vec<KeyRow> = json_rows(&text)?;
             if rows.is_empty() {
                 break;
             }
@@ -849,14 +863,10 @@ impl SqliteWriter {
             }
             n += deleted;
             let last = (rows.len() as i64) < INDEX_LOAD_ROWS;
-            for (seq, recipient, kind, sender, id) in rows {
-                let recipient = user_name_of(recipient)?;
-                let entry = AckedEntry {
-                    kind: EntryKind::from_i64(kind)?,
-                    sender: user_name_of(sender)?,
-                    msg_id: msg_id(id)?,
-                };
-                self.removed(&recipient, seq, &entry);
+            for row in rows {
+                let (seq, key) = key_of(row)?;
+                let tag = self.tag(&key);
+                self.pending.remove(&key.recipient, seq, tag);
             }
             if last {
                 break;
